@@ -1,0 +1,800 @@
+"""CNN → SNN conversion: :func:`spikify`.
+
+``spikify(model, T=4)`` takes any PyTorch CNN — a torchvision or timm model as it comes, or a user's
+own module — and returns a :class:`SpikingNet` in which every activation is a LIF neuron layer.
+
+How it works:
+
+1. The model is deep-copied (the caller's model is never touched) and traced with ``torch.fx``
+   twice, in train and in eval mode, so code that branches on ``self.training`` stays correct.
+   Functional activations (``F.relu(x)``, ``x.relu()``, ``torch.relu``, ``F.silu`` …) are graph
+   nodes and are converted like activation modules; nothing is silently left analog.
+2. Every activation call site becomes a :class:`SpikingActivation` module, stored at the
+   activation module's own path (so ``features.3.squeeze_activation`` keeps its name); functional
+   calls get a new module ``<owner>.act_fn<k>``. Sigmoid / Hardsigmoid gates (squeeze-excitation)
+   stay analog on purpose. Activations we cannot turn into spikes (Tanh, ELU, Mish, …) raise one
+   error that names them.
+3. Time is folded into the batch. Stateless layers run once over ``T·N`` samples; only neurons see
+   time (they view ``[T·N, …]`` as ``[T, N, …]``). With direct encoding the input is the same at
+   every step, so every node that does not depend on a neuron output (the stem conv and its
+   BatchNorm) runs once on ``N`` samples and is broadcast over T where it meets the temporal part.
+4. The result maps ``[N, C, H, W]`` to ``[N, classes]``: the mean over time of the per-step
+   classifier output. :meth:`SpikingNet.forward_steps` returns the per-step outputs ``[T, N, classes]``
+   for losses that need them (TET).
+
+Converting a trained CNN keeps its weights. Optional threshold balancing (``balance=99.9`` with a
+``calibration`` batch) sets each neuron layer's threshold to that percentile of the CNN's
+(rectified) pre-activation values at that site.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import operator
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import SpikeliteError
+from .neuron import IF, LIF
+
+__all__ = [
+    "spikify",
+    "SpikingNet",
+    "SpikingActivation",
+    "TimeBroadcast",
+    "make_neuron",
+    "balance_thresholds",
+    "ACTIVATION_MODULES",
+    "ACTIVATION_FUNCTIONS",
+]
+
+# --------------------------------------------------------------------------------------------
+# What counts as an activation
+# --------------------------------------------------------------------------------------------
+
+ACTIVATION_MODULES: tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU)
+ACTIVATION_FUNCTIONS: set = {
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.silu, F.hardswish, F.gelu,
+}
+ACTIVATION_METHODS = {"relu", "relu_"}
+# Analog gates that are meant to stay analog (squeeze-excitation, attention gates).
+ANALOG_GATES: tuple[type, ...] = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax, nn.Identity)
+# Activations that have no spiking counterpart here: converting them silently would change the model.
+UNCONVERTIBLE_MODULES: tuple[type, ...] = (
+    nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.PReLU, nn.RReLU, nn.Softplus, nn.Hardtanh, nn.Tanhshrink,
+    nn.Softsign, nn.GLU, nn.LogSigmoid,
+)
+UNCONVERTIBLE_FUNCTIONS: set = {torch.tanh, F.tanh, F.elu, F.selu, F.celu, F.mish, F.prelu, F.softplus, F.hardtanh}
+UNCONVERTIBLE_METHODS = {"tanh", "tanh_"}
+
+
+def _timm_activation_types() -> tuple[type, ...]:
+    """timm's own activation classes (used by its model builders) that behave like the torch ones."""
+    try:
+        from timm.layers import activations as act
+    except Exception:  # pragma: no cover - timm is a dependency, but stay importable without it
+        return ()
+    names = ("Swish", "HardSwish", "GELU", "GELUTanh", "QuickGELU")
+    found = [getattr(act, n) for n in names if hasattr(act, n)]
+    try:
+        from timm.layers import activations_me as act_me
+
+        found += [getattr(act_me, n) for n in ("SwishMe", "HardSwishMe") if hasattr(act_me, n)]
+    except Exception:  # pragma: no cover
+        pass
+    return tuple(t for t in found if isinstance(t, type))
+
+
+def _is_activation_module(m: nn.Module) -> bool:
+    return isinstance(m, ACTIVATION_MODULES + _timm_activation_types()) and not isinstance(m, SpikingActivation)
+
+
+def _is_unconvertible_module(m: nn.Module) -> bool:
+    return isinstance(m, UNCONVERTIBLE_MODULES)
+
+
+# --------------------------------------------------------------------------------------------
+# Neuron factory
+# --------------------------------------------------------------------------------------------
+
+
+def make_neuron(spec=None) -> Callable[[], nn.Module]:
+    """Turn a neuron spec into a factory that builds one fresh neuron layer per call.
+
+    ``spec`` may be None (LIF defaults), a dict of :class:`~spikelite.neuron.LIF` arguments with an
+    optional ``kind`` (``"lif"`` or ``"if"``), a neuron class, or a zero-argument callable.
+    """
+    if spec is None:
+        return LIF
+    if isinstance(spec, dict):
+        kw = dict(spec)
+        kind = str(kw.pop("kind", "lif")).lower()
+        cls = {"lif": LIF, "if": IF}.get(kind)
+        if cls is None:
+            raise SpikeliteError(f"unknown neuron kind {kind!r}; valid: 'lif', 'if'")
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(kw) - valid)
+        if unknown:
+            raise SpikeliteError(f"unknown neuron option(s) {unknown} for {kind}; valid: {sorted(valid)}")
+        sur = kw.get("surrogate")
+        if isinstance(sur, dict):  # {"name":..., "alpha":...} as stored in checkpoints
+            kw["surrogate"] = sur.get("name", "sigmoid")
+            kw.setdefault("surrogate_alpha", sur.get("alpha"))
+        return functools.partial(cls, **kw)
+    if callable(spec):
+        return spec
+    raise SpikeliteError(f"neuron must be None, a dict or a callable, got {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Modules that live in the converted graph
+# --------------------------------------------------------------------------------------------
+
+
+class SpikingActivation(nn.Module):
+    """A neuron layer in a time-folded network: ``[T·N, …]`` (or ``[N, …]`` to broadcast) → ``[T·N, …]``.
+
+    Attributes:
+        neuron: the multi-step neuron (``[T, N, …] → [T, N, …]``).
+        T: time steps (set by :class:`SpikingNet`).
+        broadcast: the input is static (``[N, …]``, same at every step) and is broadcast over T.
+        source: what this replaced (e.g. ``"ReLU"`` or ``"F.relu"``), for reports and export.
+    """
+
+    def __init__(self, neuron: nn.Module, T: int, broadcast: bool = False, source: str = ""):
+        super().__init__()
+        self.neuron = neuron
+        self.T = int(T)
+        self.broadcast = bool(broadcast)
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = self.T
+        if self.broadcast:
+            x_seq = x.unsqueeze(0).expand(T, *x.shape)
+        else:
+            if x.shape[0] % T:
+                raise SpikeliteError(
+                    f"SpikingActivation: batch of {x.shape[0]} is not a multiple of T={T}; "
+                    "was this layer called outside its SpikingNet?"
+                )
+            x_seq = x.view(T, x.shape[0] // T, *x.shape[1:])
+        return self.neuron(x_seq).flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, broadcast={self.broadcast}, source={self.source!r}"
+
+
+class TimeBroadcast(nn.Module):
+    """Repeats a static ``[N, …]`` tensor over T steps: ``[T·N, …]`` (time-major)."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.T = int(T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(0).expand(self.T, *x.shape).flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}"
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing
+# --------------------------------------------------------------------------------------------
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps activations and BatchNorm-like modules (timm's BatchNormAct2d) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if _is_activation_module(m) or _is_unconvertible_module(m) or isinstance(m, ANALOG_GATES):
+            return True
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return True
+        if isinstance(m, (SpikingActivation, TimeBroadcast, LIF)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module, training: bool) -> fx.Graph:
+    was = model.training
+    model.train(training)
+    try:
+        return _Tracer().trace(model)
+    except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError …
+        raise SpikeliteError(
+            f"cannot convert {type(model).__name__}: torch.fx could not trace it ({type(exc).__name__}: {exc}). "
+            "Data-dependent Python control flow in forward() must be moved into a leaf module."
+        ) from exc
+    finally:
+        model.train(was)
+
+
+_NON_TENSOR_METHODS = {"size", "dim", "numel", "nelement", "element_size", "item", "tolist", "__len__"}
+_NON_TENSOR_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad"}
+
+
+def _nodes_in(arg) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(arg, lambda n: found.append(n))
+    return found
+
+
+def _owner_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    last = list(stack.values())[-1]
+    path = last[0] if isinstance(last, tuple) else str(last)
+    return path or ""
+
+
+def _unique_name(root: nn.Module, base: str) -> str:
+    name, k = base, 1
+    while True:
+        try:
+            root.get_submodule(name)
+        except AttributeError:
+            return name
+        name = f"{base}_{k}"
+        k += 1
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    *parents, leaf = path.split(".")
+    owner = root
+    for p in parents:
+        if not hasattr(owner, p):
+            owner.add_module(p, nn.Module())
+        owner = getattr(owner, p)
+    setattr(owner, leaf, module)
+
+
+def _describe_site(node: fx.Node, module: nn.Module | None) -> str:
+    if node.op == "call_module":
+        return f"{node.target} ({type(module).__name__})"
+    owner = _owner_path(node) or "<root>"
+    tgt = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"{tgt}() in {owner}"
+
+
+def _activation_sites(gm: fx.GraphModule):
+    """Return (convertible nodes, unconvertible node descriptions)."""
+    acts, bad = [], []
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            if _is_activation_module(m):
+                acts.append(node)
+            elif _is_unconvertible_module(m):
+                bad.append(_describe_site(node, m))
+        elif node.op == "call_function":
+            if node.target in ACTIVATION_FUNCTIONS:
+                acts.append(node)
+            elif node.target in UNCONVERTIBLE_FUNCTIONS:
+                bad.append(_describe_site(node, None))
+        elif node.op == "call_method":
+            if node.target in ACTIVATION_METHODS:
+                acts.append(node)
+            elif node.target in UNCONVERTIBLE_METHODS:
+                bad.append(_describe_site(node, None))
+    return acts, bad
+
+
+def _leaf_inner_activations(gm: fx.GraphModule) -> dict[fx.Node, list[str]]:
+    """Leaf modules called by the graph (e.g. BatchNormAct2d) that hold activation submodules."""
+    inner: dict[fx.Node, list[str]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        m = gm.get_submodule(node.target)
+        if _is_activation_module(m):
+            continue
+        paths = [f"{node.target}.{n}" for n, sub in m.named_modules() if n and _is_activation_module(sub)]
+        bad = [f"{node.target}.{n} ({type(sub).__name__})" for n, sub in m.named_modules()
+               if n and _is_unconvertible_module(sub)]
+        if bad:
+            raise SpikeliteError(f"cannot convert activation(s) with no spiking counterpart: {', '.join(bad)}")
+        if paths:
+            inner[node] = paths
+    return inner
+
+
+class _Plan:
+    """The conversion decisions for one traced graph, shared by the train and eval graphs."""
+
+    def __init__(self):
+        self.site_names: dict[tuple, str] = {}  # site key -> module path of its SpikingActivation
+        self.modules: dict[str, SpikingActivation] = {}
+        self.fn_counter: dict[str, int] = {}
+
+
+def _site_key(node: fx.Node, gm: fx.GraphModule, occurrence: dict) -> tuple:
+    if node.op == "call_module":
+        base = ("module", node.target)
+    else:
+        tgt = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        base = ("fn", _owner_path(node), tgt)
+    k = occurrence.get(base, 0)
+    occurrence[base] = k + 1
+    return base + (k,)
+
+
+def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, plan: _Plan) -> tuple[bool, dict]:
+    """Rewrite ``gm`` in place. Returns (output_is_temporal, {node name of original act site: module path})."""
+    graph = gm.graph
+    acts, bad = _activation_sites(gm)
+    if bad:
+        raise SpikeliteError(
+            "cannot convert activation(s) with no spiking counterpart: " + ", ".join(bad)
+            + ". Replace them with ReLU/SiLU-like activations, or convert them yourself before spikify()."
+        )
+    act_set = set(acts)
+    inner = _leaf_inner_activations(gm)
+    temporal: dict[fx.Node, bool] = {}
+    non_tensor: set[fx.Node] = set()
+    occurrence: dict = {}
+    site_paths: dict[str, str] = {}
+    n_broadcast = 0
+
+    def broadcast(n: fx.Node, before: fx.Node) -> fx.Node:
+        nonlocal n_broadcast
+        name = _unique_name(gm, f"time_broadcast{n_broadcast}")
+        n_broadcast += 1
+        gm.add_module(name, TimeBroadcast(T))
+        with graph.inserting_before(before):
+            b = graph.call_module(name, (n,))
+        temporal[b] = True
+        return b
+
+    for node in list(graph.nodes):
+        if node.op == "placeholder":
+            temporal[node] = encoding == "rate"
+            continue
+        if node.op == "get_attr":
+            temporal[node] = False
+            continue
+        inputs = [n for n in _nodes_in((node.args, node.kwargs)) if n in temporal]
+        tensor_inputs = [n for n in inputs if n not in non_tensor]
+        # Non-tensor bookkeeping (x.size(), x.shape[0], arithmetic on them).
+        if (node.op == "call_method" and node.target in _NON_TENSOR_METHODS) or (
+            node.op == "call_function" and node.target is getattr and len(node.args) > 1
+            and node.args[1] in _NON_TENSOR_ATTRS
+        ) or (
+            node.op == "call_function" and inputs and not tensor_inputs
+            and getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins")
+        ) or (node.op == "call_function" and node.target is len):
+            non_tensor.add(node)
+            temporal[node] = False
+            continue
+        if node.op == "output":
+            continue
+        if node in act_set:
+            key = _site_key(node, gm, occurrence)
+            src = node.args[0]
+            is_static = not temporal.get(src, False)
+            path = plan.site_names.get(key)
+            if path is None:
+                if node.op == "call_module":
+                    path = node.target if key[-1] == 0 else _unique_name(gm, f"{node.target}__{key[-1]}")
+                    source = type(gm.get_submodule(node.target)).__name__
+                else:
+                    owner = key[1]
+                    k = plan.fn_counter.get(owner, 0)
+                    plan.fn_counter[owner] = k + 1
+                    path = f"{owner}.act_fn{k}" if owner else f"act_fn{k}"
+                    tgt = key[2]
+                    source = f"F.{tgt}" if node.op == "call_function" else f"Tensor.{tgt}"
+                plan.site_names[key] = path
+                plan.modules[path] = SpikingActivation(factory(), T, broadcast=is_static, source=source)
+            module = plan.modules[path]
+            if module.broadcast != is_static:  # train and eval graphs disagree: broadcast explicitly
+                if is_static:
+                    src = broadcast(src, node)
+                module.broadcast = False
+            _set_submodule(gm, path, module)
+            with graph.inserting_before(node):
+                new = graph.call_module(path, (src,))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            temporal[new] = True
+            site_paths[node.name] = path
+            continue
+        if node in inner:
+            leaf = gm.get_submodule(node.target)
+            for path in inner[node]:
+                rel = path[len(node.target) + 1:]
+                sub = leaf.get_submodule(rel)
+                if not isinstance(sub, SpikingActivation):
+                    key = ("inner", path, 0)
+                    if key not in plan.site_names:
+                        plan.site_names[key] = path
+                        plan.modules[path] = SpikingActivation(factory(), T, broadcast=False, source=type(sub).__name__)
+                    _set_submodule(leaf, rel, plan.modules[plan.site_names[key]])
+                site_paths[f"{node.name}:{rel}"] = path
+            src = node.args[0]
+            if isinstance(src, fx.Node) and not temporal.get(src, False):
+                node.args = (broadcast(src, node),) + tuple(node.args[1:])
+            temporal[node] = True
+            continue
+        # An ordinary node: temporal when any input is; mixed tensor inputs get the static ones broadcast.
+        is_t = any(temporal[n] for n in tensor_inputs)
+        if is_t:
+            static = [n for n in tensor_inputs if not temporal[n]]
+            for s in dict.fromkeys(static):
+                b = broadcast(s, node)
+                node.args = fx.node.map_arg(node.args, lambda n, s=s, b=b: b if n is s else n)
+                node.kwargs = fx.node.map_arg(node.kwargs, lambda n, s=s, b=b: b if n is s else n)
+        temporal[node] = is_t
+
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    outs = _nodes_in(out_node.args)
+    if len(outs) != 1 or not isinstance(out_node.args[0], fx.Node):
+        raise SpikeliteError("spikify supports models that return one tensor (the logits)")
+    if not plan.modules:
+        raise SpikeliteError(
+            f"{type(gm).__name__}: found no activation to convert (ReLU, ReLU6, LeakyReLU, SiLU, Hardswish, GELU "
+            "modules or F.relu-style calls)"
+        )
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return temporal[outs[0]], site_paths
+
+
+# --------------------------------------------------------------------------------------------
+# The spiking network
+# --------------------------------------------------------------------------------------------
+
+
+def _first_layer(model: nn.Module):
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m.in_channels, m.weight.dim()
+        if isinstance(m, nn.Linear):
+            return m.in_features, 2
+    return None, None
+
+
+class SpikingNet(nn.Module):
+    """A time-folded spiking network made by :func:`spikify`.
+
+    ``net(x)`` maps ``[N, C, H, W]`` to ``[N, classes]`` (mean over time of the per-step outputs);
+    :meth:`forward_steps` returns ``[T, N, classes]``. ``net.T`` can be changed at any time (train
+    short, evaluate longer). ``net.body`` holds the CNN's layers under their original names.
+    """
+
+    def __init__(self, body: fx.GraphModule, eval_graph: fx.Graph | None, T: int, encoding: str,
+                 output_temporal: bool, output_temporal_eval: bool, in_channels: int | None, input_dim: int | None,
+                 neuron_config: dict | None):
+        super().__init__()
+        self.body = body
+        self._eval_graph = eval_graph
+        self._eval_body: list[fx.GraphModule] = []  # not registered: shares body's modules
+        self._output_temporal = (bool(output_temporal), bool(output_temporal_eval))
+        self.encoding = encoding
+        self.in_channels = in_channels
+        self.input_dim = input_dim
+        self.neuron_config = neuron_config
+        self._T = int(T)
+        self._rebuild_eval_body()
+
+    # -- structure -------------------------------------------------------------------------
+    def _rebuild_eval_body(self) -> None:
+        self._eval_body = [] if self._eval_graph is None else [fx.GraphModule(self.body, self._eval_graph)]
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._rebuild_eval_body()
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._rebuild_eval_body()
+        return result
+
+    def __deepcopy__(self, memo):
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k != "_eval_body":
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        new.__dict__["_eval_body"] = []
+        new._rebuild_eval_body()
+        return new
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_eval_body"] = []
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._rebuild_eval_body()
+
+    def spiking_layers(self) -> list[tuple[str, SpikingActivation]]:
+        """The neuron layers in graph order, as (module path in ``body``, module)."""
+        seen, out = set(), []
+        for node in self.body.graph.nodes:
+            if node.op == "call_module":
+                m = self.body.get_submodule(node.target)
+                if isinstance(m, SpikingActivation) and id(m) not in seen:
+                    seen.add(id(m))
+                    out.append((node.target, m))
+                else:
+                    for n, sub in m.named_modules():
+                        if n and isinstance(sub, SpikingActivation) and id(sub) not in seen:
+                            seen.add(id(sub))
+                            out.append((f"{node.target}.{n}", sub))
+        return out
+
+    @property
+    def T(self) -> int:
+        return self._T
+
+    @T.setter
+    def T(self, value: int) -> None:
+        value = _check_T(value)
+        self._T = value
+        for m in self.body.modules():
+            if isinstance(m, (SpikingActivation, TimeBroadcast)):
+                m.T = value
+
+    def config(self) -> dict:
+        """What :func:`spikify` needs to rebuild this network (weights live in the state_dict)."""
+        return {"T": self.T, "encoding": self.encoding, "neuron": self.neuron_config}
+
+    # -- running ---------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise SpikeliteError(f"SpikingNet expects a tensor input, got {type(x).__name__}")
+        if self.input_dim is not None and x.dim() != self.input_dim:
+            raise SpikeliteError(
+                f"input has rank {x.dim()} (shape {tuple(x.shape)}); this network expects rank {self.input_dim} "
+                f"[N, C, ...] — one sample per row, time is added inside"
+            )
+        if self.in_channels is not None and self.input_dim and self.input_dim > 2 and x.shape[1] != self.in_channels:
+            raise SpikeliteError(f"input has {x.shape[1]} channels; this network expects {self.in_channels}")
+        return x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Input as the graph sees it: unchanged for direct encoding, ``[T·N, …]`` Bernoulli spikes for rate."""
+        if self.encoding == "rate":
+            p = x.clamp(0.0, 1.0)
+            return torch.bernoulli(p.unsqueeze(0).expand(self.T, *p.shape)).flatten(0, 1)
+        return x
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step outputs ``[T, N, …]``."""
+        x = self._check_input(x)
+        n = x.shape[0]
+        use_eval = not self.training and self._eval_body
+        body = self._eval_body[0] if use_eval else self.body
+        out = body(self.encode(x))
+        temporal = self._output_temporal[1 if use_eval else 0]
+        if temporal:
+            return out.view(self.T, n, *out.shape[1:])
+        return out.unsqueeze(0).expand(self.T, *out.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_steps(x).mean(0)
+
+
+def _check_T(T) -> int:
+    if isinstance(T, bool) or not isinstance(T, int):
+        try:
+            if float(T) != int(T):
+                raise ValueError
+            T = int(T)
+        except (TypeError, ValueError):
+            raise SpikeliteError(f"T must be a positive integer, got {T!r}") from None
+    if T < 1:
+        raise SpikeliteError(f"T must be >= 1, got {T}")
+    return T
+
+
+# --------------------------------------------------------------------------------------------
+# Threshold balancing
+# --------------------------------------------------------------------------------------------
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm, watch: set[str]):
+        super().__init__(gm)
+        self.watch = watch
+        self.values: dict[str, list[torch.Tensor]] = {}
+
+    def run_node(self, n):
+        if n.name in self.watch:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            self.values.setdefault(n.name, []).append(args[0].detach())
+        return super().run_node(n)
+
+
+def _percentile(values: Iterable[torch.Tensor], q: float) -> float:
+    v = torch.cat([t.float().flatten() for t in values]).clamp_min(0.0)
+    limit = 4_000_000
+    if v.numel() > limit:
+        g = torch.Generator().manual_seed(0)
+        v = v[torch.randint(0, v.numel(), (limit,), generator=g)]
+    thr = float(torch.quantile(v, q / 100.0))
+    if thr <= 0:
+        thr = float(v.max()) if float(v.max()) > 0 else 1.0
+    return thr
+
+
+class _StopForward(Exception):
+    pass
+
+
+def balance_thresholds(net: "SpikingNet", calibration: torch.Tensor, percentile: float = 99.9) -> list[float]:
+    """Spike-domain threshold balancing, layer by layer in graph order.
+
+    For each neuron layer, with the layers before it already balanced, run the SNN on the
+    calibration batch, take the charge each step adds to the membrane (``x/τ`` with decay_input,
+    else ``x``) and set the threshold to its ``percentile``. Measured in the SNN itself, so the
+    scale of spike inputs (amplitude 1, not the CNN's activation value), concatenations and
+    residual paths are all accounted for. Returns the thresholds set.
+    """
+    layers = net.spiking_layers()
+    was = net.training
+    net.eval()
+    chosen = []
+    try:
+        for _, act in layers:
+            captured: list[torch.Tensor] = []
+
+            def grab(m, args, store=captured):
+                store.append(args[0].detach())
+                raise _StopForward
+
+            h = act.register_forward_pre_hook(grab)
+            try:
+                with torch.no_grad():
+                    net(calibration)
+            except _StopForward:
+                pass
+            finally:
+                h.remove()
+            if not captured:
+                continue
+            charge = captured[0]
+            neuron = act.neuron
+            if getattr(neuron, "decay_input", False):
+                charge = charge / neuron.tau.detach()
+            thr = _percentile([charge], percentile)
+            if hasattr(neuron, "set_threshold"):
+                neuron.set_threshold(thr)
+            chosen.append(thr)
+    finally:
+        net.train(was)
+    return chosen
+
+
+def _calibrate(model_eval_gm: fx.GraphModule, sites: list[fx.Node], inner_hooks: dict[str, nn.Module],
+               x: torch.Tensor, q: float) -> dict[str, float]:
+    recorder = _Recorder(model_eval_gm, {n.name for n in sites})
+    captured: dict[str, list[torch.Tensor]] = {}
+    handles = [
+        mod.register_forward_pre_hook(lambda m, a, path=path: captured.setdefault(path, []).append(a[0].detach()))
+        for path, mod in inner_hooks.items()
+    ]
+    try:
+        with torch.no_grad():
+            recorder.run(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {name: _percentile(vals, q) for name, vals in recorder.values.items()}
+    out.update({path: _percentile(vals, q) for path, vals in captured.items()})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# spikify
+# --------------------------------------------------------------------------------------------
+
+
+def spikify(
+    model: nn.Module,
+    T: int = 4,
+    neuron=None,
+    encoding: str = "direct",
+    balance: float | None = None,
+    calibration: torch.Tensor | None = None,
+    balance_mode: str = "snn",
+) -> SpikingNet:
+    """Convert a CNN into a spiking network.
+
+    Args:
+        model: any ``nn.Module`` whose forward maps one input tensor to logits. It is copied, never
+            modified.
+        T: time steps (>= 1).
+        neuron: neuron spec: None (LIF defaults: τ=2, V_th=1, hard reset to 0, sigmoid surrogate), a
+            dict of :class:`~spikelite.neuron.LIF` arguments (``{"kind": "if", ...}`` for IF), or a
+            zero-argument callable returning a neuron module.
+        encoding: ``"direct"`` (the analog image at every step; the layers before the first neuron
+            run once) or ``"rate"`` (Bernoulli spikes with probability = pixel value in [0, 1]).
+        balance: if given (e.g. ``99.9``), set each neuron layer's threshold to this percentile of
+            the CNN's rectified pre-activations on ``calibration``.
+        calibration: a batch ``[N, C, H, W]`` for threshold balancing.
+        balance_mode: ``"snn"`` (default): balance in the spike domain, layer by layer
+            (:func:`balance_thresholds`); ``"cnn"``: the percentile of the CNN's own rectified
+            pre-activations at each site (the classic recipe; it ignores that a spike has
+            amplitude 1 rather than the activation's value, so deep layers go silent).
+    """
+    if not isinstance(model, nn.Module):
+        raise SpikeliteError(f"spikify expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, SpikingNet):
+        raise SpikeliteError("model is already a SpikingNet")
+    T = _check_T(T)
+    if encoding not in ("direct", "rate"):
+        raise SpikeliteError(f"encoding must be 'direct' or 'rate', got {encoding!r}")
+    if balance is not None:
+        if not (0 < float(balance) <= 100):
+            raise SpikeliteError(f"balance must be a percentile in (0, 100], got {balance}")
+        if calibration is None:
+            raise SpikeliteError("balance needs a calibration batch (calibration=tensor [N, C, H, W])")
+        if balance_mode not in ("snn", "cnn"):
+            raise SpikeliteError(f"balance_mode must be 'snn' or 'cnn', got {balance_mode!r}")
+    factory = make_neuron(neuron)
+    try:
+        probe = factory()
+    except SpikeliteError:
+        raise
+    except Exception as exc:
+        raise SpikeliteError(f"neuron factory failed: {exc}") from exc
+    neuron_config = probe.config() if hasattr(probe, "config") else None
+
+    work = copy.deepcopy(model)
+    training = model.training
+    in_channels, input_dim = _first_layer(work)
+
+    g_train = _trace(work, True)
+    g_eval = _trace(work, False)
+    same = g_train.python_code("self").src == g_eval.python_code("self").src
+
+    thresholds: dict[str, float] = {}
+    if balance is not None and balance_mode == "cnn":
+        cal_gm = fx.GraphModule(work, g_eval)
+        sites, _ = _activation_sites(cal_gm)
+        inner = _leaf_inner_activations(cal_gm)
+        inner_mods = {p: cal_gm.get_submodule(p) for paths in inner.values() for p in paths}
+        thresholds = _calibrate(cal_gm, sites, inner_mods, calibration, float(balance))
+
+    plan = _Plan()
+    body = fx.GraphModule(work, g_train, class_name=type(model).__name__)
+    out_t, site_paths = _build_spiking_graph(body, T, factory, encoding, plan)
+    eval_graph, out_t_eval = None, out_t
+    if not same:
+        eval_gm = fx.GraphModule(work, g_eval, class_name=type(model).__name__)
+        out_t_eval, site_eval = _build_spiking_graph(eval_gm, T, factory, encoding, plan)
+        # Every module the eval graph calls must be reachable from body (the eval graph runs on it).
+        for node in eval_gm.graph.nodes:
+            if node.op == "call_module":
+                try:
+                    body.get_submodule(node.target)
+                except AttributeError:
+                    _set_submodule(body, node.target, eval_gm.get_submodule(node.target))
+        site_paths = {**site_eval, **site_paths}
+        eval_graph = eval_gm.graph
+    if thresholds:
+        for key, value in thresholds.items():
+            path = site_paths.get(key, key)  # activation node name, or the path of a leaf's inner activation
+            mod = plan.modules.get(path)
+            if mod is not None and hasattr(mod.neuron, "set_threshold"):
+                mod.neuron.set_threshold(value)
+    net = SpikingNet(body, eval_graph, T, encoding, out_t, out_t_eval, in_channels, input_dim, neuron_config)
+    if balance is not None and balance_mode == "snn":
+        net._check_input(calibration)
+        balance_thresholds(net, calibration, float(balance))
+    net.train(training)
+    return net
