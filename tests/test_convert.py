@@ -1,0 +1,264 @@
+"""spikify: any CNN in, a working time-folded SNN out."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from spikelite import SpikeliteError
+from spikelite.convert import SpikingActivation, SpikingNet, TimeBroadcast, spikify
+from spikelite.neuron import LIF
+
+
+def _timm_mixnet():
+    timm = pytest.importorskip("timm")
+    return timm.create_model("mixnet_s", num_classes=10)
+
+
+PEER_MODELS = {
+    "squeezenet1_1": lambda: torchvision.models.squeezenet1_1(num_classes=10),
+    "shufflenet_v2_x0_5": lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=10),
+    "mnasnet1_0": lambda: torchvision.models.mnasnet1_0(num_classes=10),
+    "timm_mixnet_s": _timm_mixnet,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PEER_MODELS))
+def test_library_models_convert_train_and_do_not_leak_state(name):
+    torch.manual_seed(0)
+    cnn = PEER_MODELS[name]()
+    n_acts = sum(isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish)) for m in cnn.modules())
+    net = spikify(cnn, T=2)
+    x = torch.randn(2, 3, 32, 32)
+    net.train()
+    y = net(x)
+    assert y.shape == (2, 10)
+    y.square().sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    net.eval()
+    with torch.no_grad():
+        a, b = net(x), net(x)
+    assert torch.equal(a, b)
+    assert len(net.spiking_layers()) >= n_acts > 0
+    # nothing analog left behind (activation modules all replaced)
+    assert not any(type(m) in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish) for m in net.modules())
+    # caller's model untouched
+    assert not any(isinstance(m, SpikingActivation) for m in cnn.modules())
+
+
+class FunctionalNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        y = self.c2(x).relu()
+        x = torch.relu(x + y)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_functional_activations_are_converted_and_named():
+    net = spikify(FunctionalNet(), T=3)
+    names = [p for p, _ in net.spiking_layers()]
+    assert names == ["act_fn0", "act_fn1", "act_fn2"]
+    sources = [m.source for _, m in net.spiking_layers()]
+    assert sources == ["F.relu", "Tensor.relu", "F.relu"] or sources[1] == "Tensor.relu"
+    code = net.body.code
+    assert "relu" not in code.replace("act_fn", "")
+
+
+def test_time_folding_and_direct_encoding_run_stem_once():
+    cnn = torchvision.models.squeezenet1_1(num_classes=10)
+    net = spikify(cnn, T=4)
+    seen = {}
+    for path in ("features.0", "features.3.squeeze", "classifier.1"):
+        net.body.get_submodule(path).register_forward_hook(lambda m, i, o, p=path: seen.__setitem__(p, o.shape[0]))
+    net(torch.randn(3, 3, 32, 32))
+    assert seen == {"features.0": 3, "features.3.squeeze": 12, "classifier.1": 12}
+    first = net.spiking_layers()[0][1]
+    assert first.broadcast and not net.spiking_layers()[1][1].broadcast
+
+
+def test_folded_equals_explicit_time_loop():
+    """The folded network equals running the CNN step by step with stateful neurons by hand."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    net = spikify(cnn, T=5).eval()
+    x = torch.randn(2, 3, 9, 9) * 3
+    with torch.no_grad():
+        steps = net.forward_steps(x)
+        a1 = cnn[1](cnn[0](x))
+        s1 = LIF()(a1.unsqueeze(0).expand(5, *a1.shape))
+        a2 = torch.stack([cnn[3](s) for s in s1])
+        s2 = LIF()(a2)
+        ref = torch.stack([cnn[7](cnn[6](cnn[5](s))) for s in s2])
+    assert torch.allclose(steps, ref, atol=1e-6)
+    assert torch.allclose(net(x), ref.mean(0), atol=1e-6)
+
+
+def test_residual_mixing_static_and_temporal_is_broadcast():
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 1)
+            self.c = nn.Conv2d(4, 4, 1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            s = self.stem(x)  # static: no neuron before it
+            y = F.relu(self.c(s)) + s  # temporal + static
+            return self.head(y.mean((2, 3)))
+
+    net = spikify(Res(), T=3)
+    assert any(isinstance(m, TimeBroadcast) for m in net.modules())
+    assert net(torch.randn(2, 3, 4, 4)).shape == (2, 2)
+
+
+def test_state_dict_roundtrip_deepcopy_pickle_and_T_change():
+    torch.manual_seed(0)
+    cnn = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+    net = spikify(cnn, T=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = net(x)
+    other = spikify(torchvision.models.shufflenet_v2_x0_5(num_classes=10), T=2).eval()
+    other.load_state_dict(net.state_dict())
+    assert torch.equal(other(x), ref)
+    assert torch.equal(copy.deepcopy(net)(x), ref)
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), ref)
+    net.T = 6
+    assert net.forward_steps(x).shape == (6, 2, 10)
+    assert all(m.T == 6 for _, m in net.spiking_layers())
+
+
+def test_train_and_eval_graphs_differ_and_both_work():
+    class DropBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = F.relu(self.c(x))
+            if self.training:  # branch on training: traced twice
+                x = F.dropout(x, 0.5, True)
+            return self.fc(x.mean((2, 3)))
+
+    net = spikify(DropBlock(), T=2)
+    assert net._eval_graph is not None
+    x = torch.randn(2, 3, 6, 6)
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    net.train()
+    net(x).sum().backward()
+    # .to() keeps the eval graph on the moved modules
+    net.to(torch.float64).eval()
+    assert net(x.double()).dtype == torch.float64
+
+
+def test_threshold_balancing_keeps_deep_layers_firing():
+    torch.manual_seed(0)
+    cnn = torchvision.models.squeezenet1_1(num_classes=10)
+    x = torch.randn(8, 3, 32, 32)
+    rates = {}
+    for mode in ("snn", "cnn"):
+        net = spikify(cnn, T=4, balance=99.0, calibration=x, balance_mode=mode).eval()
+        out = []
+        hooks = [a.register_forward_hook(lambda m, i, o: out.append(float(o.mean()))) for _, a in net.spiking_layers()]
+        with torch.no_grad():
+            net(x)
+        for h in hooks:
+            h.remove()
+        rates[mode] = out
+        thr = [float(a.neuron.v_threshold) for _, a in net.spiking_layers()]
+        assert len(set(thr)) > 5  # per-layer thresholds were set
+    assert min(rates["snn"]) > 0.001  # every layer fires
+    assert rates["snn"][-1] > 10 * max(rates["cnn"][-1], 1e-6)
+
+
+def test_neuron_spec_dict_and_if_kind():
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    cnn(torch.randn(1, 1, 5, 5))
+    net = spikify(cnn, T=2, neuron={"kind": "if", "v_threshold": 0.5, "surrogate": "atan"})
+    neuron = net.spiking_layers()[0][1].neuron
+    assert float(neuron.v_threshold) == 0.5 and neuron.surrogate.name == "atan"
+    assert net.config()["neuron"]["kind"] == "if"
+
+
+def test_rate_encoding_shapes_and_randomness():
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net = spikify(cnn, T=4, encoding="rate").eval()
+    x = torch.rand(2, 3, 8, 8)
+    enc = net.encode(x)
+    assert enc.shape == (8, 3, 8, 8) and set(enc.unique().tolist()) <= {0.0, 1.0}
+    assert net(x).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda net: net(torch.randn(3, 32, 32)), "rank"),
+        (lambda net: net(torch.randn(2, 1, 32, 32)), "channels"),
+        (lambda net: setattr(net, "T", 0), "T must be"),
+    ],
+)
+def test_bad_input_to_spiking_net(call, match):
+    net = spikify(torchvision.models.squeezenet1_1(num_classes=10), T=2)
+    with pytest.raises(SpikeliteError, match=match):
+        call(net)
+
+
+def test_bad_arguments_to_spikify_leave_model_untouched():
+    cnn = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), nn.Conv2d(3, 3, 1), nn.Tanh())
+    before = copy.deepcopy(cnn.state_dict())
+    with pytest.raises(SpikeliteError, match=r"3 \(Tanh\)"):
+        spikify(cnn)
+    assert isinstance(cnn[1], nn.ReLU) and all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())
+    with pytest.raises(SpikeliteError, match="T must be"):
+        spikify(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), T=0)
+    with pytest.raises(SpikeliteError, match="no activation"):
+        spikify(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    with pytest.raises(SpikeliteError, match="encoding"):
+        spikify(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), encoding="latency")
+    with pytest.raises(SpikeliteError, match="calibration"):
+        spikify(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), balance=99.9)
+    with pytest.raises(SpikeliteError, match="unknown neuron option"):
+        spikify(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), neuron={"taux": 2})
+
+
+def test_untraceable_model_gives_clear_error():
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return F.relu(self.c(x))
+            return x
+
+    with pytest.raises(SpikeliteError, match="could not trace"):
+        spikify(Dynamic())
+
+
+@pytest.mark.slow
+def test_compiles_with_torch_compile():
+    net = spikify(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)), T=2)
+    x = torch.randn(2, 3, 6, 6)
+    net(x)
+    eager = net(x)
+    compiled = torch.compile(net)
+    out = compiled(x)
+    assert torch.allclose(out, eager, atol=1e-5)
+    out.sum().backward()
