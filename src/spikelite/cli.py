@@ -16,6 +16,7 @@ from .errors import SpikeliteError
 # Stage modules that contribute subcommands, in the order `spikelite --help` lists them.
 COMMAND_MODULES = [
     "spikelite.demo",
+    "spikelite.models",
 ]
 
 

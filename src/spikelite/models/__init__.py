@@ -1,0 +1,434 @@
+"""The spikelite model zoo: lightweight CNNs in a small-image form, one form for the CNN and its SNN.
+
+``create_model(name, num_classes=10, image_size=32, in_chans=3, width=1.0, **options)`` builds a
+plain PyTorch CNN from torchvision's or timm's definition (module names kept), adapted to small
+images by one rule (see :mod:`spikelite.models._common`). ``spikelite.convert.spikify`` turns any of
+them into a spiking network.
+
+Every model records how it was built in ``model.spikelite_spec`` (all options resolved, JSON-safe),
+so ``create_model(**model.spikelite_spec)`` rebuilds the same architecture; checkpoints store it.
+``macro_modules`` lists each model's removable blocks in order under stable names (fire2 ... fire9,
+stage2_unit1 ..., block1 ..., entry1 ...). ``model_info`` gives parameters and dense MACs.
+``spikelite models`` prints the table (docs/models.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import SpikeliteError
+from ._common import auto_stem_reduction, check_options
+from ._info import count_macs, count_params, dummy_forward
+from .mixnet import MixNetOptions, build_mixnet, mixnet_macro_modules
+from .mnasnet import MnasNetOptions, build_mnasnet, mnasnet_macro_modules
+from .shufflenet import ShuffleNetV2Options, build_shufflenetv2, shufflenetv2_macro_modules
+from .squeezenet import SqueezeNetOptions, build_squeezenet, squeezenet_macro_modules
+from .xception import XceptionOptions, build_xception_mini, xception_macro_modules
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "get_entry",
+    "model_info",
+    "macro_modules",
+    "macro_module_info",
+    "fit_width",
+    "ModelEntry",
+    "ModelInfo",
+    "MacroModule",
+    "PAPER_PARAMS",
+    "register_cli",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One registered model name."""
+
+    name: str
+    family: str
+    description: str
+    options: type  # the family's options dataclass
+    build: Callable[..., tuple[nn.Module, dict]]  # (name, num_classes, image_size, in_chans, width, opts)
+    macro: Callable[[], list[tuple[str, str]]]
+    has_width: bool = True
+
+
+# The study's CIFAR-10 parameter counts, per family (see docs/models.md for the comparison).
+PAPER_PARAMS = {
+    "shufflenetv2": 911_000,
+    "xception": 1_025_000,
+    "mnasnet": 151_800,
+    "mixnet": 84_900,
+    "squeezenet": 736_500,
+}
+
+
+def _entries() -> dict[str, ModelEntry]:
+    def sq(version):
+        return lambda name, nc, size, ch, w, o: build_squeezenet(name, version, nc, size, ch, w, o)
+
+    def shuf(table, base):
+        return lambda name, nc, size, ch, w, o: build_shufflenetv2(name, table, base, nc, size, ch, w, o)
+
+    def mnas(alpha):
+        return lambda name, nc, size, ch, w, o: build_mnasnet(name, alpha, nc, size, ch, w, o)
+
+    def mix(variant):
+        return lambda name, nc, size, ch, w, o: build_mixnet(name, variant, nc, size, ch, w, o)
+
+    entries = [
+        ModelEntry("squeezenet1_0", "squeezenet", "torchvision SqueezeNet 1.0 (+BN)", SqueezeNetOptions,
+                   sq("1_0"), lambda: squeezenet_macro_modules("1_0"), has_width=False),
+        ModelEntry("squeezenet1_1", "squeezenet", "torchvision SqueezeNet 1.1 (+BN)", SqueezeNetOptions,
+                   sq("1_1"), lambda: squeezenet_macro_modules("1_1"), has_width=False),
+        ModelEntry("shufflenetv2_x0_3", "shufflenetv2", "torchvision ShuffleNetV2, 0.3 x the x1.0 stage widths",
+                   ShuffleNetV2Options, shuf("x1_0", 0.3), shufflenetv2_macro_modules),
+        ModelEntry("shufflenetv2_x0_5", "shufflenetv2", "torchvision ShuffleNetV2 x0.5", ShuffleNetV2Options,
+                   shuf("x0_5", 1.0), shufflenetv2_macro_modules),
+        ModelEntry("shufflenetv2_x1_0", "shufflenetv2", "torchvision ShuffleNetV2 x1.0", ShuffleNetV2Options,
+                   shuf("x1_0", 1.0), shufflenetv2_macro_modules),
+        ModelEntry("mnasnet_b1", "mnasnet", "torchvision MnasNet-B1 (mnasnet1_0, alpha 1.0)", MnasNetOptions,
+                   mnas(1.0), mnasnet_macro_modules),
+        ModelEntry("mnasnet0_5", "mnasnet", "torchvision MnasNet-B1, alpha 0.5", MnasNetOptions,
+                   mnas(0.5), mnasnet_macro_modules),
+        ModelEntry("mixnet_s", "mixnet", "timm MixNet-S", MixNetOptions, mix("mixnet_s"),
+                   lambda: mixnet_macro_modules("mixnet_s")),
+        ModelEntry("mixnet_m", "mixnet", "timm MixNet-M", MixNetOptions, mix("mixnet_m"),
+                   lambda: mixnet_macro_modules("mixnet_m")),
+        ModelEntry("xception_mini", "xception", "timm XceptionAligned with a ~1M-parameter block list",
+                   XceptionOptions, build_xception_mini, xception_macro_modules),
+    ]
+    return {e.name: e for e in entries}
+
+
+_REGISTRY = _entries()
+
+
+def list_models() -> list[str]:
+    """The registered model names, in registry order."""
+    return list(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise SpikeliteError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _check_int(key: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpikeliteError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_width(name: str, width) -> float:
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+        raise SpikeliteError(f"{name}: width must be a positive number, got {width!r}")
+    return float(width)
+
+
+def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chans: int = 3, width: float = 1.0,
+                 **kw: Any) -> nn.Module:
+    """Build a registered model in its small-image form.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: classifier outputs.
+        image_size: side of the (square) input images; picks the stem (see ``_common``) and is
+            checked against the network's total downsampling.
+        in_chans: input channels.
+        width: multiplier on the named model's channel widths (SqueezeNet has none: 1.0 only).
+        **kw: family options (``SqueezeNetOptions`` etc.), e.g. ``batch_norm=False``, ``pool="avg"``,
+            ``stem_reduction=2``.
+
+    The returned model has ``spikelite_spec``: every argument with defaults filled in, so that
+    ``create_model(**model.spikelite_spec)`` rebuilds the same architecture even if defaults change.
+    """
+    entry = get_entry(name)
+    num_classes = _check_int("num_classes", num_classes)
+    image_size = _check_int("image_size", image_size)
+    in_chans = _check_int("in_chans", in_chans)
+    width = _check_width(name, width)
+    opts = check_options(name, entry.options, kw)
+    model, resolved = entry.build(name, num_classes, image_size, in_chans, width, opts)
+    model.spikelite_spec = {
+        "name": name, "num_classes": num_classes, "image_size": image_size, "in_chans": in_chans, "width": width,
+        **resolved,
+    }
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# macro modules
+# ----------------------------------------------------------------------------------------------
+
+def _find_spec(model: nn.Module) -> tuple[dict | None, str]:
+    """The spec of a create_model model (path prefix ""), or of a SpikingNet carrying one ("body.")."""
+    spec = getattr(model, "spikelite_spec", None)
+    body = getattr(model, "body", None)
+    is_snn = type(model).__name__ == "SpikingNet" and isinstance(body, nn.Module)
+    if is_snn and not isinstance(spec, dict):
+        spec = getattr(body, "spikelite_spec", None)
+    if not isinstance(spec, dict):
+        return None, ""
+    return spec, ("body." if is_snn else "")
+
+
+def macro_modules(model) -> list[tuple[str, str]]:
+    """The removable blocks of a model, in forward order, as ``(stable_name, module_path)``.
+
+    ``model`` is a model from :func:`create_model` (paths are relative to it), a SpikingNet made
+    from one that carries its ``spikelite_spec`` (paths then start with ``body.``), a spec dict,
+    or a model name (paths relative to the CNN, which are also the paths inside ``SpikingNet.body``).
+    Stable names: SqueezeNet ``fire2`` ... ``fire9``; ShuffleNetV2 ``stage2_unit1`` ...
+    ``stage4_unit4``; MnasNet and MixNet ``block1`` ... (every block of the library's stacks);
+    xception_mini ``entry1-3``, ``middle1-3``, ``exit1-2``.
+    """
+    prefix = ""
+    if isinstance(model, str):
+        name = model
+    elif isinstance(model, dict):
+        name = model.get("name")
+    elif isinstance(model, nn.Module):
+        spec, prefix = _find_spec(model)
+        if spec is None:
+            raise SpikeliteError(
+                f"{type(model).__name__} was not built by spikelite.models.create_model (no spikelite_spec), "
+                "so its macro modules are unknown; pass the model name instead"
+            )
+        name = spec.get("name")
+    else:
+        raise SpikeliteError(f"macro_modules expects a model, a spec dict or a model name, got {type(model).__name__}")
+    out = [(stable, prefix + path) for stable, path in get_entry(name).macro()]
+    if isinstance(model, nn.Module):
+        for stable, path in out:
+            try:
+                model.get_submodule(path)
+            except AttributeError:
+                raise SpikeliteError(
+                    f"{name}: macro module {stable} should be at {path!r} but the model has no such module "
+                    "(was it modified after create_model?)"
+                ) from None
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MacroModule:
+    """A macro module with the shapes it sees on a dummy image (batch dimension left out)."""
+
+    name: str
+    path: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    params: int
+
+    @property
+    def shape_preserving(self) -> bool:
+        """True when the block can be replaced by an identity without touching its neighbours."""
+        return self.in_shape == self.out_shape
+
+
+def macro_module_info(model: nn.Module, image_size: int | None = None) -> list[MacroModule]:
+    """:func:`macro_modules` plus each block's input/output shape and parameter count."""
+    spec, _ = _find_spec(model)
+    if spec is None:
+        macro_modules(model)  # raises the explanatory error
+    image_size = image_size or spec["image_size"]
+    pairs = macro_modules(model)
+    shapes: dict[str, tuple] = {}
+
+    def make_hook(path):
+        def hook(m, inputs, out):
+            shapes[path] = (tuple(inputs[0].shape[1:]), tuple(out.shape[1:]))
+        return hook
+
+    modules = {path: model.get_submodule(path) for _, path in pairs}
+    dummy_forward(model, (1, spec["in_chans"], image_size, image_size),
+                  {m: make_hook(path) for path, m in modules.items()})
+    return [MacroModule(stable, path, *shapes[path], count_params(modules[path])) for stable, path in pairs]
+
+
+# ----------------------------------------------------------------------------------------------
+# parameters and MACs
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """Size of a model: parameters and dense MACs of one image at ``image_size``."""
+
+    name: str | None
+    params: int
+    macs: int
+    image_size: int
+    in_chans: int
+    output_shape: tuple[int, ...]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def model_info(model: nn.Module, image_size: int | None = None, in_chans: int | None = None) -> ModelInfo:
+    """Parameters and dense MACs (Conv2d + Linear, hooks on one zero image) of a CNN.
+
+    ``image_size`` and ``in_chans`` default to the model's ``spikelite_spec``; for other models
+    pass them. For a :class:`~spikelite.convert.SpikingNet` (pass ``image_size``) the hooks see time
+    folded into the batch, so the figure is the dense MACs of one time step, equal to the CNN's.
+    """
+    spec = getattr(model, "spikelite_spec", None) or {}
+    image_size = image_size or spec.get("image_size")
+    in_chans = in_chans or spec.get("in_chans", 3)
+    if image_size is None:
+        raise SpikeliteError("model_info needs image_size for a model not built by create_model")
+    image_size = _check_int("image_size", image_size)
+    macs, out = count_macs(model, (1, in_chans, image_size, image_size))
+    return ModelInfo(spec.get("name"), count_params(model), macs, image_size, in_chans, tuple(out.shape[1:]))
+
+
+def _count_params_fast(name: str, num_classes: int, in_chans: int, width: float, kw: dict) -> int:
+    # parameter counts do not depend on the image size; building on the meta device skips allocation
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, image_size=224, in_chans=in_chans, width=width, **kw)
+    return count_params(model)
+
+
+def fit_width(name: str, target_params: int, num_classes: int = 10, in_chans: int = 3, step: float = 0.01,
+              max_width: float = 4.0, **kw) -> tuple[float, int]:
+    """The width (on a grid of ``step``) whose parameter count is closest to ``target_params``.
+
+    Returns ``(width, params)``. Parameter counts grow with width (in steps, from channel rounding),
+    so a bisection finds the crossing and its grid neighbours are compared.
+    """
+    entry = get_entry(name)
+    if not entry.has_width:
+        raise SpikeliteError(f"{name} has no width multiplier to fit")
+    target = _check_int("target_params", target_params)
+    n_max = int(round(max_width / step))
+    cache: dict[int, int] = {}
+
+    def params(i: int) -> int:
+        if i not in cache:
+            cache[i] = _count_params_fast(name, num_classes, in_chans, round(i * step, 6), kw)
+        return cache[i]
+
+    lo, hi = 1, n_max  # smallest grid index with params >= target lies in [lo, hi]
+    if params(hi) < target:
+        return round(hi * step, 6), params(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if params(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    candidates = [i for i in range(max(1, lo - 2), min(n_max, lo + 2) + 1)]
+    best = min(candidates, key=lambda i: (abs(params(i) - target), i))
+    return round(best * step, 6), params(best)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: spikelite models
+# ----------------------------------------------------------------------------------------------
+
+def _fmt_count(n: int, unit: str = "k") -> str:
+    if unit == "M":
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:,.1f}k"
+
+
+def model_table(image_size: int = 32, num_classes: int = 10, in_chans: int = 3, names: list[str] | None = None,
+                target_params: bool = False) -> list[dict]:
+    """One row per model: name, family, params, MACs, stem_reduction, macro-module count, output map."""
+    rows = []
+    for name in names or list_models():
+        entry = get_entry(name)
+        model = create_model(name, num_classes=num_classes, image_size=image_size, in_chans=in_chans)
+        info = model_info(model)
+        row = {
+            "name": name,
+            "family": entry.family,
+            "params": info.params,
+            "macs": info.macs,
+            "stem_reduction": model.spikelite_spec["stem_reduction"],
+            "macro_modules": len(macro_modules(model)),
+        }
+        if target_params:
+            paper = PAPER_PARAMS.get(entry.family)
+            row["paper_params"] = paper
+            if entry.has_width and paper:
+                w, p = fit_width(name, paper, num_classes=num_classes, in_chans=in_chans)
+                row["closest_width"], row["params_at_width"] = w, p
+            else:
+                row["closest_width"], row["params_at_width"] = None, None
+        rows.append(row)
+    return rows
+
+
+def _render(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    headers = {
+        "name": "model", "family": "family", "params": "params", "macs": "MACs", "stem_reduction": "stem reduction",
+        "macro_modules": "macro modules", "paper_params": "paper params (CIFAR-10)",
+        "closest_width": "closest width", "params_at_width": "params at that width",
+    }
+    keys = list(rows[0]) if rows else list(headers)
+
+    def cell(k, v):
+        if v is None:
+            return "-"
+        if k in ("params", "paper_params", "params_at_width"):
+            return _fmt_count(v) if fmt != "csv" else str(v)
+        if k == "macs":
+            return _fmt_count(v, "M") if fmt != "csv" else str(v)
+        return str(v)
+
+    table = [[cell(k, r[k]) for k in keys] for r in rows]
+    head = [headers[k] for k in keys]
+    if fmt == "csv":
+        return "\n".join(",".join(line) for line in [keys] + table)
+    if fmt == "markdown":
+        right = {"params", "macs", "paper_params", "params_at_width", "closest_width", "macro_modules", "stem_reduction"}
+        sep = ["---:" if k in right else "---" for k in keys]
+        return "\n".join("| " + " | ".join(line) + " |" for line in [head, sep] + table)
+    widths = [max(len(x) for x in col) for col in zip(head, *table)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + table)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    names = None
+    if args.names:
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+        for n in names:
+            get_entry(n)
+    rows = model_table(args.image_size, args.num_classes, args.in_chans, names, target_params=args.paper)
+    if args.format == "table":
+        print(f"# image {args.in_chans}x{args.image_size}x{args.image_size}, {args.num_classes} classes; "
+              "MACs: dense Conv2d+Linear per image")
+    sys.stdout.write(_render(rows, args.format) + "\n")
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the model zoo with params and MACs",
+                       description="List the spikelite model zoo: parameters and dense MACs at a given image "
+                                   "size and class count.")
+    p.add_argument("--image-size", type=int, default=32, help="input side in pixels (default 32)")
+    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
+    p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
+    p.add_argument("--names", default="", help="comma-separated model names (default: all)")
+    p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
+    p.add_argument("--paper", action="store_true",
+                   help="add the paper's CIFAR-10 parameter count per family and the width that comes closest")
+    p.set_defaults(func=_cli)
+
+
+# re-exported for users who want the image-size rule directly
+__all__ += ["auto_stem_reduction"]

@@ -1,0 +1,68 @@
+"""MnasNet-B1 from torchvision in a small-image form.
+
+Built from ``torchvision.models.MNASNet`` (the B1 variant; ``mnasnet_b1`` is torchvision's
+``mnasnet1_0``). Changes:
+
+* stem (the image-size rule of :mod:`spikelite.models._common`): below 64 px ``layers.0`` runs with
+  stride 1; from 64 px torchvision's stride 2 (MnasNet has no stem max-pool).
+* width: torchvision's ``alpha`` (depth multiplier): ``alpha = base * width`` where base is 1.0 for
+  ``mnasnet_b1`` and 0.5 for ``mnasnet0_5``. As in torchvision, the 1280-channel head conv
+  (``layers.14``) does not scale with alpha.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+from torchvision.models.mnasnet import MNASNet
+
+from ._common import check_rate, check_size, replace_first_conv, resolve_stem_reduction, set_stride
+
+__all__ = ["MnasNetOptions", "build_mnasnet", "mnasnet_macro_modules", "STACK_REPEATS", "STACK_STRIDES"]
+
+# the six stacks of inverted residuals at layers.8 ... layers.13
+STACK_REPEATS = (3, 3, 3, 2, 4, 1)
+STACK_STRIDES = (2, 2, 2, 1, 2, 1)
+_FIRST_STACK = 8
+
+
+@dataclasses.dataclass
+class MnasNetOptions:
+    """Options of the MnasNet family."""
+
+    dropout: float = 0.2
+    stem_reduction: int | None = None
+
+    def check(self, name: str) -> None:
+        self.dropout = check_rate(name, "dropout", self.dropout)
+
+
+def _tv_init(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+def build_mnasnet(name: str, base_alpha: float, num_classes: int, image_size: int, in_chans: int, width: float,
+                  opts: MnasNetOptions) -> tuple[nn.Module, dict]:
+    opts.check(name)
+    stem_reduction = resolve_stem_reduction(name, opts.stem_reduction, image_size, 2)
+    total = stem_reduction
+    for s in STACK_STRIDES:
+        total *= s
+    check_size(name, image_size, total, stem_reduction)
+
+    model = MNASNet(base_alpha * width, num_classes=num_classes, dropout=opts.dropout)
+    model.layers[0] = replace_first_conv(model.layers[0], in_chans, _tv_init)
+    set_stride(model.layers[0], stem_reduction)
+    resolved = dataclasses.asdict(opts)
+    resolved["stem_reduction"] = stem_reduction
+    return model, resolved
+
+
+def mnasnet_macro_modules() -> list[tuple[str, str]]:
+    out, k = [], 0
+    for s, repeats in enumerate(STACK_REPEATS):
+        for b in range(repeats):
+            k += 1
+            out.append((f"block{k}", f"layers.{_FIRST_STACK + s}.{b}"))
+    return out
