@@ -45,6 +45,7 @@ __all__ = [
     "ModelInfo",
     "MacroModule",
     "PAPER_PARAMS",
+    "auto_stem_reduction",
     "register_cli",
 ]
 
@@ -428,7 +429,3 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paper", action="store_true",
                    help="add the paper's CIFAR-10 parameter count per family and the width that comes closest")
     p.set_defaults(func=_cli)
-
-
-# re-exported for users who want the image-size rule directly
-__all__ += ["auto_stem_reduction"]
