@@ -793,6 +793,8 @@ def spikify(
             if mod is not None and hasattr(mod.neuron, "set_threshold"):
                 mod.neuron.set_threshold(value)
     net = SpikingNet(body, eval_graph, T, encoding, out_t, out_t_eval, in_channels, input_dim, neuron_config)
+    if hasattr(model, "spikelite_spec"):  # zoo models: keep how to rebuild the CNN
+        net.spikelite_spec = copy.deepcopy(model.spikelite_spec)
     if balance is not None and balance_mode == "snn":
         net._check_input(calibration)
         balance_thresholds(net, calibration, float(balance))

@@ -26,6 +26,9 @@ Two implementations compute the same thing:
 from __future__ import annotations
 
 import math
+import os
+import types
+import warnings
 
 import torch
 from torch import nn
@@ -162,6 +165,120 @@ def lif_multistep(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, s
     return _FusedLIF.apply(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)
 
 
+# --------------------------------------------------------------------------------------------
+# Compiled kernels: one fused elementwise kernel per time step (forward and backward), generated
+# by torch.compile (C++/OpenMP on CPU, Triton on CUDA). Same dynamics as _FusedLIF; used for fixed
+# tau and threshold. If compilation is unavailable (no C++ compiler, unsupported platform) the
+# eager fused path is used instead, with one warning.
+# --------------------------------------------------------------------------------------------
+
+
+def _fwd_step(x, v, h_out, s_out, tau, th, r, decay_input: bool, soft: bool):
+    if decay_input:
+        h = v + (x - (v - r)) / tau
+    else:
+        h = v - (v - r) / tau + x
+    fired = h >= th
+    h_out.copy_(h)
+    s_out.copy_(fired)
+    if soft:
+        return h - fired.to(h.dtype) * th
+    return torch.where(fired, r, h)
+
+
+def _bwd_step(h, g_s, g_v, gx_out, tau, th, r, alpha, decay_input: bool, soft: bool, detach: bool, grad_fn):
+    sg = grad_fn(h - th, alpha)
+    if soft:
+        dv_dh = 1.0 if detach else 1.0 - th * sg
+        g_h = g_s * sg + g_v * dv_dh
+    else:
+        not_fired = (h < th).to(h.dtype)
+        g_h = g_s * sg + g_v * (not_fired if detach else not_fired + (r - h) * sg)
+    gx_out.copy_(g_h / tau if decay_input else g_h)
+    return g_h * (1.0 - 1.0 / tau)
+
+
+def _specialised(fn, tag: str):
+    """A copy of ``fn`` with its own code object, so torch.compile keeps a separate cache for it."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+class _CompiledKernels:
+    """Lazily compiled step kernels, one per neuron variant; ``broken`` once compilation failed."""
+
+    def __init__(self):
+        self.cache: dict[tuple, object] = {}
+        self.broken = os.environ.get("SPIKELITE_COMPILE", "1") == "0"
+
+    def get(self, kind: str, key: tuple):
+        fn = self.cache.get((kind, key))
+        if fn is None:
+            base = _fwd_step if kind == "fwd" else _bwd_step
+            tag = "_".join(getattr(k, "__qualname__", str(k)).replace(".", "_") for k in key)
+            fn = torch.compile(_specialised(base, tag), dynamic=True)
+            self.cache[(kind, key)] = fn
+        return fn
+
+    def fail(self, exc: Exception) -> None:
+        self.broken = True
+        warnings.warn(f"spikelite: compiled LIF kernels unavailable ({type(exc).__name__}: {exc}); "
+                      "using the eager fused path", RuntimeWarning, stacklevel=3)
+
+
+_KERNELS = _CompiledKernels()
+
+
+class _CompiledLIF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_seq, tau, v_threshold, v_reset, decay_input, soft, detach_reset, grad_fn, alpha):
+        fwd = _KERNELS.get("fwd", (decay_input, soft))
+        r = torch.zeros((), dtype=x_seq.dtype, device=x_seq.device) if soft else \
+            torch.full((), v_reset, dtype=x_seq.dtype, device=x_seq.device)
+        h_seq = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+        spikes = torch.empty_like(h_seq)
+        v = torch.zeros_like(h_seq[0]) if soft else torch.full_like(h_seq[0], float(v_reset))
+        for t in range(x_seq.shape[0]):
+            v = fwd(x_seq[t], v, h_seq[t], spikes[t], tau, v_threshold, r, decay_input, soft)
+        ctx.save_for_backward(h_seq, tau, v_threshold, r)
+        ctx.cfg = (decay_input, soft, detach_reset, grad_fn, alpha)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        h_seq, tau, th, r = ctx.saved_tensors
+        decay_input, soft, detach, grad_fn, alpha = ctx.cfg
+        bwd = _KERNELS.get("bwd", (decay_input, soft, detach, grad_fn))
+        grad_spikes = grad_spikes.contiguous()
+        grad_x = torch.empty_like(h_seq)
+        g_v = torch.zeros_like(h_seq[0])
+        for t in range(h_seq.shape[0] - 1, -1, -1):
+            g_v = bwd(h_seq[t], grad_spikes[t], g_v, grad_x[t], tau, th, r, alpha, decay_input, soft, detach, grad_fn)
+        return grad_x, None, None, None, None, None, None, None, None
+
+
+def _compiled_ok(surrogate, tau, v_threshold) -> bool:
+    if _KERNELS.broken or not isinstance(surrogate, Surrogate):
+        return False
+    cls = type(surrogate)
+    if cls.grad is not Surrogate.grad or cls.grad_fn is Surrogate.grad_fn:
+        return False  # a user surrogate that only overrides grad(): eager fused path
+    return not (tau.requires_grad or v_threshold.requires_grad)
+
+
+def lif_multistep_compiled(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate):
+    """LIF over ``x_seq`` with compiled per-step kernels (fixed tau and threshold)."""
+    soft = v_reset is None
+    try:
+        return _CompiledLIF.apply(x_seq, tau.detach(), v_threshold.detach(), v_reset, decay_input, soft,
+                                  detach_reset, type(surrogate).grad_fn, surrogate.alpha)
+    except Exception as exc:  # compilation failed: no compiler, unsupported platform …
+        if not _KERNELS.cache or isinstance(exc, SpikeliteError):
+            raise
+        _KERNELS.fail(exc)
+        return lif_multistep(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)
+
+
 class LIF(nn.Module):
     """Multi-step Leaky Integrate-and-Fire neuron layer.
 
@@ -176,7 +293,8 @@ class LIF(nn.Module):
         surrogate_alpha: sharpness of a named surrogate (its own default when None).
         learn_tau: learn τ per layer, parametrised PLIF-style as ``1/τ = sigmoid(w)``.
         learn_threshold: learn the threshold per layer.
-        backend: ``"auto"`` (fused when possible), ``"fused"`` or ``"torch"`` (reference).
+        backend: ``"auto"`` (compiled kernels for fixed τ/threshold, else fused), ``"compiled"``,
+            ``"fused"`` (eager, one autograd node for the sequence) or ``"torch"`` (reference).
 
     Shapes: input ``[T, N, ...]`` → spikes ``[T, N, ...]`` (same dtype).
     """
@@ -204,8 +322,8 @@ class LIF(nn.Module):
             v_reset = float(v_reset)
             if v_reset >= float(v_threshold):
                 raise SpikeliteError(f"LIF: v_reset ({v_reset}) must be below v_threshold ({v_threshold})")
-        if backend not in ("auto", "fused", "torch"):
-            raise SpikeliteError(f"LIF: backend must be 'auto', 'fused' or 'torch', got {backend!r}")
+        if backend not in ("auto", "compiled", "fused", "torch"):
+            raise SpikeliteError(f"LIF: backend must be 'auto', 'compiled', 'fused' or 'torch', got {backend!r}")
         self.v_reset = v_reset
         self.decay_input = bool(decay_input)
         self.detach_reset = bool(detach_reset)
@@ -240,13 +358,17 @@ class LIF(nn.Module):
             self.v_threshold.fill_(float(value))
 
     def uses_fused(self) -> bool:
-        return self.backend == "fused" or (self.backend == "auto" and isinstance(self.surrogate, Surrogate))
+        return self.backend in ("fused", "compiled") or (self.backend == "auto" and isinstance(self.surrogate, Surrogate))
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 2:
             raise SpikeliteError(f"LIF expects a sequence [T, N, ...], got shape {tuple(x_seq.shape)}")
         tau = self.tau.to(x_seq.dtype)
         v_th = self.v_threshold.to(x_seq.dtype)
+        if self.backend in ("auto", "compiled") and _compiled_ok(self.surrogate, tau, v_th) \
+                and not torch.compiler.is_compiling():
+            return lif_multistep_compiled(x_seq, tau, v_th, self.v_reset, self.decay_input, self.detach_reset,
+                                          self.surrogate)
         if self.uses_fused():
             return lif_multistep(x_seq, tau, v_th, self.v_reset, self.decay_input, self.detach_reset, self.surrogate)
         return lif_multistep_reference(

@@ -57,7 +57,12 @@ class Surrogate:
             raise SpikeliteError(f"surrogate {self.name!r}: alpha must be a positive number, got {alpha}")
         self.alpha = alpha
 
-    def grad(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """The surrogate derivative at ``x``; subclasses implement ``grad_fn`` (or override this)."""
+        return type(self).grad_fn(x, self.alpha)
+
+    @staticmethod
+    def grad_fn(x: torch.Tensor, alpha: float) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +88,10 @@ class Sigmoid(Surrogate):
     name = "sigmoid"
     default_alpha = 4.0
 
-    def grad(self, x):
-        s = torch.sigmoid(self.alpha * x)
-        return self.alpha * s * (1.0 - s)
+    @staticmethod
+    def grad_fn(x, alpha):
+        s = torch.sigmoid(alpha * x)
+        return alpha * s * (1.0 - s)
 
 
 class ATan(Surrogate):
@@ -94,8 +100,9 @@ class ATan(Surrogate):
     name = "atan"
     default_alpha = 2.0
 
-    def grad(self, x):
-        return (self.alpha / 2.0) / (1.0 + (math.pi / 2.0 * self.alpha * x) ** 2)
+    @staticmethod
+    def grad_fn(x, alpha):
+        return (alpha / 2.0) / (1.0 + (math.pi / 2.0 * alpha * x) ** 2)
 
 
 class FastSigmoid(Surrogate):
@@ -104,8 +111,9 @@ class FastSigmoid(Surrogate):
     name = "fast_sigmoid"
     default_alpha = 25.0
 
-    def grad(self, x):
-        return 1.0 / (self.alpha * x.abs() + 1.0) ** 2
+    @staticmethod
+    def grad_fn(x, alpha):
+        return 1.0 / (alpha * x.abs() + 1.0) ** 2
 
 
 class Triangle(Surrogate):
@@ -114,8 +122,9 @@ class Triangle(Surrogate):
     name = "triangle"
     default_alpha = 1.0
 
-    def grad(self, x):
-        return self.alpha * torch.clamp(1.0 - self.alpha * x.abs(), min=0.0)
+    @staticmethod
+    def grad_fn(x, alpha):
+        return alpha * torch.clamp(1.0 - alpha * x.abs(), min=0.0)
 
 
 class Rectangle(Surrogate):
@@ -124,8 +133,9 @@ class Rectangle(Surrogate):
     name = "rectangle"
     default_alpha = 1.0
 
-    def grad(self, x):
-        return self.alpha * (x.abs() < 0.5 / self.alpha).to(x.dtype)
+    @staticmethod
+    def grad_fn(x, alpha):
+        return alpha * (x.abs() < 0.5 / alpha).to(x.dtype)
 
 
 SURROGATES: dict[str, type[Surrogate]] = {
