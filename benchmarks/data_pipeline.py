@@ -10,11 +10,13 @@ shared ``cifar10-jpeg-train.tar.gz`` unpacked outside the repository):
    at batch 128 (shuffled; no augmentation, flip+crop4, flip+crop4+cutout16), median of ``--epochs``;
 4. for scale, the model's training-step time at the same batch (a spikelite zoo CNN and its
    spiking version at T=4, forward + backward + SGD), extrapolated to an epoch;
-5. optionally (``--torchvision-baseline``) the usual torchvision pipeline — ``ImageFolder`` + PIL
+5. optionally (``--compare-threads``) the standard epoch with the batch ops on all intra-op threads
+   instead of BatchLoader's single-thread scope;
+6. optionally (``--torchvision-baseline``) the usual torchvision pipeline — ``ImageFolder`` + PIL
    ``RandomCrop(32, 4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize`` through a
    ``DataLoader`` with ``--workers`` processes — over the same 45,000 images for one epoch.
 
-    python benchmarks/data_pipeline.py --root /work/data/cifar10 --epochs 3 --torchvision-baseline
+    python benchmarks/data_pipeline.py --root /work/data/cifar10 --epochs 3 --torchvision-baseline --compare-threads
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def main() -> int:
     parser.add_argument("--model-steps", type=int, default=3)
     parser.add_argument("--torchvision-baseline", action="store_true")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="also time an epoch with the batch ops multi-threaded (CPU only)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -138,6 +142,20 @@ def main() -> int:
             print(f"  one epoch, {len(loader)} batches of {args.batch_size}, augment={aug:<18} "
                   f"{res['epoch_s'][aug]:7.3f} s  (median of {args.epochs}; {min(times):.3f}-{max(times):.3f})")
         batches = len(D.BatchLoader(train, args.batch_size))
+
+        if args.compare_threads and args.device == "cpu":
+            # The same epoch with the batch ops spread over torch's intra-op threads (the single-thread
+            # scope that BatchLoader uses on the CPU switched off).
+            loader = D.BatchLoader(train, args.batch_size, shuffle=True, augment=D.Augment(), seed=0)
+            scope = D._single_cpu_thread
+            D._single_cpu_thread = lambda active: scope(False)
+            try:
+                times = [epoch_time(loader, e) for e in range(args.epochs)]
+            finally:
+                D._single_cpu_thread = scope
+            res["epoch_s_all_threads"] = statistics.median(times)
+            print(f"  same epoch (standard) with the batch ops on all {res['threads']} threads:      "
+                  f"{res['epoch_s_all_threads']:7.3f} s  (median of {args.epochs}; {min(times):.3f}-{max(times):.3f})")
 
         if args.model:
             res["model"] = {}

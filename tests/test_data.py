@@ -653,6 +653,10 @@ def test_loader_bad_arguments():
         BatchLoader(data, 2, augment="spin")
     with pytest.raises(SpikeliteError, match="epoch"):
         BatchLoader(data, 2).set_epoch(-1)
+    with pytest.raises(SpikeliteError, match="unknown device 'tpu9'"):
+        BatchLoader(data, 2, device="tpu9")
+    with pytest.raises(SpikeliteError, match="holds no images"):
+        BatchLoader(data.subset(torch.zeros(0, dtype=torch.int64)), 2)
     with pytest.raises(SpikeliteError, match="uint8"):
         ImageData(data.images.float(), data.labels, data.classes, "x", data.mean, data.std)
     with pytest.raises(SpikeliteError, match="labels outside"):

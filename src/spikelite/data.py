@@ -252,28 +252,33 @@ def stratified_split(labels: torch.Tensor, val_size: float | int | None, seed: i
     n = int(labels.numel())
     count = _val_count(val_size, n, "the dataset")
     seed = _check_int("seed", seed)
-    counts = torch.bincount(labels)
-    quota = counts * count
-    take = quota // n
-    remainder = quota % n
+    lab = labels.numpy()
+    if n and lab.min() < 0:
+        raise SpikeliteError("stratified_split: labels must be >= 0")
+    counts = np.bincount(lab) if n else np.zeros(0, dtype=np.int64)
+    quota = counts.astype(np.int64) * count
+    take = quota // max(n, 1)
+    remainder = quota % max(n, 1)
     missing = count - int(take.sum())
     if missing:
-        # Stable sort by remainder, largest first; ties keep the lower class index first.
+        # Largest remainders first; ties keep the lower class index first.
         order = sorted(range(len(counts)), key=lambda c: (-int(remainder[c]), c))
         for c in order[:missing]:
             take[c] += 1
+    # Index bookkeeping in numpy (no intra-op threads); the random draws from one seeded torch generator.
+    by_class = np.argsort(lab, kind="stable")  # each class's indices, ascending, one after another
+    bounds = np.concatenate([[0], np.cumsum(counts)])
     generator = torch.Generator().manual_seed(_seed_from("val-split", seed))
     val_parts = []
     for c in range(len(counts)):
-        members = torch.nonzero(labels == c).flatten()
-        if int(take[c]) > 0:
-            perm = torch.randperm(members.numel(), generator=generator)
+        if take[c] > 0:
+            members = by_class[bounds[c]:bounds[c + 1]]
+            perm = torch.randperm(len(members), generator=generator).numpy()
             val_parts.append(members[perm[: int(take[c])]])
-    val = torch.sort(torch.cat(val_parts)).values if val_parts else torch.zeros(0, dtype=torch.int64)
-    mask = torch.ones(n, dtype=torch.bool)
+    val = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, dtype=np.int64)
+    mask = np.ones(n, dtype=bool)
     mask[val] = False
-    train = torch.nonzero(mask).flatten()
-    return train, val
+    return torch.from_numpy(np.flatnonzero(mask).astype(np.int64)), torch.from_numpy(val.astype(np.int64))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,16 +312,16 @@ def _file_entry(path: str) -> tuple[str, int, int]:
 
 def _list_images(folder: str) -> list[tuple[str, int, int]]:
     """(path, size, mtime_ns) of the image files directly in ``folder``, sorted by name."""
-    out = []
+    found = []
     with os.scandir(folder) as it:
         for entry in it:
             if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             if entry.is_file():
                 st = entry.stat()
-                out.append((entry.path, st.st_size, st.st_mtime_ns))
-    out.sort(key=lambda e: os.path.basename(e[0]))
-    return out
+                found.append((entry.name, entry.path, st.st_size, st.st_mtime_ns))
+    found.sort()
+    return [f[1:] for f in found]
 
 
 def _subdirs(folder: str) -> list[str]:
@@ -1028,7 +1033,7 @@ def load_split(name: str, root: str | None, split: str, *, val_size: float | int
         raise SpikeliteError(f"{key}: the {part} part at {root} holds no images")
     mean, std = _split_stats(key, root, part, src, opts)
     if split == "test":
-        images, labels = src.images, src.labels
+        images, labels = src.images.clone(), src.labels.clone()  # never alias the cached tensors
     else:
         _val_count(val_size, len(src.labels), key)  # a bad val_size is reported with the dataset's name
         train_idx, val_idx = stratified_split(src.labels, val_size, seed)
@@ -1189,19 +1194,25 @@ class BatchLoader:
             augment = Augment.from_name(augment)
         elif augment is not None and not isinstance(augment, Augment):
             raise SpikeliteError(f"augment must be an Augment, a name like 'standard', or None; got {augment!r}")
-        self.augment = augment if augment is not None and augment.enabled else None
+        # A private copy: changing the caller's Augment later cannot change this loader.
+        self.augment = dataclasses.replace(augment) if augment is not None and augment.enabled else None
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise SpikeliteError(f"unknown device {device!r}: {exc}") from None
         n = len(data)
+        if n == 0:
+            raise SpikeliteError(f"{data.name}: the split holds no images")
         if n // self.world_size == 0:
             raise SpikeliteError(f"{data.name}: {n} images cannot be shared among {self.world_size} ranks")
         self.epoch = 0
         _, c, h, w = data.images.shape
         self._shape = (c, h, w)
-        self._images = data.images.reshape(n, c * h * w).to(self.device).contiguous()
-        self._labels = data.labels.to(self.device)
+        try:
+            self._images = data.images.reshape(n, c * h * w).to(self.device).contiguous()
+            self._labels = data.labels.to(self.device)
+        except (RuntimeError, AssertionError) as exc:  # e.g. "cuda" on a machine without CUDA
+            raise SpikeliteError(f"cannot put {data.name} on device {self.device}: {exc}") from None
         mean = torch.tensor(data.mean, dtype=torch.float32)
         std = torch.tensor(data.std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std)).view(1, c, 1, 1).to(self.device)
