@@ -86,19 +86,37 @@ def build_cnn():
 
 
 def saved_bytes(model, x, y, loss_fn) -> int:
+    """Bytes autograd keeps for backward in one training step, each storage counted once.
+
+    A spikelite SpikingNet stores spike tensors as booleans through its own saved-tensor hooks;
+    since only the innermost hooks run, the net's hooks are switched off here and the library's
+    own packing function is applied inside the counting hook instead, so what is counted is
+    exactly what spikelite stores.
+    """
+    from spikelite.convert import SpikingNet, _pack_saved
+
     storages: dict[int, int] = {}
+    compact = isinstance(model, SpikingNet) and model.compact_spikes
 
     def pack(t):
+        p = _pack_saved(t) if compact else t
+        stored = p[0] if isinstance(p, tuple) else p
         try:
-            s = t.untyped_storage()
+            s = stored.untyped_storage()
             storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
         except Exception:
             pass
-        return t
+        return p
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(model(x), y)
-    loss.backward()
+    if compact:
+        model.compact_spikes = False
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p[0].to(p[1]) if isinstance(p, tuple) else p):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+    finally:
+        if compact:
+            model.compact_spikes = True
     model.zero_grad(set_to_none=True)
     return sum(storages.values())
 

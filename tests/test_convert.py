@@ -262,3 +262,39 @@ def test_compiles_with_torch_compile():
     out = compiled(x)
     assert torch.allclose(out, eager, atol=1e-5)
     out.sum().backward()
+
+
+def test_compact_spike_storage_saves_memory_and_keeps_gradients():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    net = spikify(cnn, T=3)
+    from spikelite.convert import mark_spikes
+
+    tagged = [n.args[0].target for n in net.body.graph.nodes if n.target is mark_spikes]
+    assert tagged == ["3", "7"]  # conv after the pool, linear after the flatten
+    x = torch.randn(4, 3, 8, 8)
+    grads, stored = [], []
+    for compact in (False, True):
+        net.compact_spikes = compact
+        net.zero_grad()
+        kinds = []
+
+        def pack(t, kinds=kinds):
+            from spikelite.convert import _pack_saved
+
+            p = _pack_saved(t) if compact else t
+            kinds.append((p[0] if isinstance(p, tuple) else p).dtype)
+            return t
+
+        net.compact_spikes = False  # count with our own hook (the innermost hook wins)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(x).sum().backward()
+        net.compact_spikes = compact
+        net.zero_grad()
+        net(x).sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+        stored.append(kinds)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert torch.bool not in stored[0] and stored[1].count(torch.bool) >= 2

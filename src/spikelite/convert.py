@@ -443,10 +443,80 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
             f"{type(gm).__name__}: found no activation to convert (ReLU, ReLU6, LeakyReLU, SiLU, Hardswish, GELU "
             "modules or F.relu-style calls)"
         )
+    _mark_binary_inputs(gm)
     graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return temporal[outs[0]], site_paths
+
+
+# --------------------------------------------------------------------------------------------
+# Compact spike storage: spike tensors saved for backward are kept as 1-byte booleans
+# --------------------------------------------------------------------------------------------
+
+_BINARY_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                   nn.Identity, nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.ZeroPad2d, TimeBroadcast)
+_BINARY_FUNCTIONS = {torch.cat, torch.concat, torch.flatten, torch.reshape, torch.transpose, torch.permute,
+                     torch.chunk, torch.split, operator.getitem, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+                     torch.channel_shuffle, torch.squeeze, torch.unsqueeze, torch.stack}
+_BINARY_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "contiguous", "chunk", "split",
+                   "squeeze", "unsqueeze", "expand", "repeat"}
+_SAVES_INPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def mark_spikes(x: torch.Tensor) -> torch.Tensor:
+    """Identity that tags a tensor known to hold only 0/1 values (graph node inserted by spikify)."""
+    if isinstance(x, torch.Tensor):
+        x._spikelite_binary = True
+    return x
+
+
+def _mark_binary_inputs(gm: fx.GraphModule) -> None:
+    """Tag, statically, the binary tensors that a conv/linear layer saves for its backward."""
+    binary: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            if isinstance(m, SpikingActivation):
+                binary.add(node)
+                continue
+            ok = isinstance(m, _BINARY_MODULES)
+        elif node.op == "call_function":
+            ok = node.target in _BINARY_FUNCTIONS
+        elif node.op == "call_method":
+            ok = node.target in _BINARY_METHODS
+        else:
+            ok = False
+        if not ok:
+            continue
+        first = node.args[0] if node.args else None
+        tensors = _nodes_in(first) if isinstance(first, (list, tuple)) else ([first] if isinstance(first, fx.Node) else [])
+        if tensors and all(t in binary for t in tensors):
+            binary.add(node)
+    for node in list(binary):
+        users = [u for u in node.users if u.op == "call_module" and isinstance(gm.get_submodule(u.target), _SAVES_INPUT)]
+        if not users:
+            continue
+        with gm.graph.inserting_after(node):
+            tag = gm.graph.call_function(mark_spikes, (node,))
+        for u in users:
+            u.args = fx.node.map_arg(u.args, lambda n: tag if n is node else n)
+
+
+def _pack_saved(t: torch.Tensor):
+    if getattr(t, "_spikelite_binary", False) and t.is_floating_point():
+        packed = getattr(t, "_spikelite_packed", None)
+        if packed is None:
+            packed = (t.to(torch.bool), t.dtype)
+            t._spikelite_packed = packed
+        return packed
+    return t
+
+
+def _unpack_saved(p):
+    if isinstance(p, tuple):
+        return p[0].to(p[1])
+    return p
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,6 +553,8 @@ class SpikingNet(nn.Module):
         self.in_channels = in_channels
         self.input_dim = input_dim
         self.neuron_config = neuron_config
+        # Spike tensors that convolutions save for backward are stored as booleans (1 byte, not 4).
+        self.compact_spikes = True
         self._T = int(T)
         self._rebuild_eval_body()
 
@@ -578,7 +650,11 @@ class SpikingNet(nn.Module):
         n = x.shape[0]
         use_eval = not self.training and self._eval_body
         body = self._eval_body[0] if use_eval else self.body
-        out = body(self.encode(x))
+        if self.compact_spikes and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            with torch.autograd.graph.saved_tensors_hooks(_pack_saved, _unpack_saved):
+                out = body(self.encode(x))
+        else:
+            out = body(self.encode(x))
         temporal = self._output_temporal[1 if use_eval else 0]
         if temporal:
             return out.view(self.T, n, *out.shape[1:])
