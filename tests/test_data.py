@@ -508,6 +508,10 @@ def test_cache_off_default_dir_and_corrupt_file(tmp_path, monkeypatch):
         again = load_split("imagefolder", str(root), "train", val_size=0)
     assert len(again) == 4 and len(calls) == 12
     assert entry.stat().st_size > 100  # rewritten
+    monkeypatch.setenv("SPIKELITE_CACHE", "off")
+    D.clear_memory_cache()
+    load_split("imagefolder", str(root), "train", val_size=0)
+    assert len(calls) == 16 and len(list((tmp_path / "default-cache" / "data").iterdir())) == 1
 
 
 def test_cache_dir_that_cannot_be_written_only_warns(tmp_path):
@@ -559,6 +563,8 @@ def test_loader_without_augmentation_normalises_exactly():
     torch.testing.assert_close(x * 0.25 + 0.5, data.images.float() / 255)
     assert torch.equal(torch.cat([b[1] for b in batches]), data.labels)
     assert len(BatchLoader(data, 4, drop_last=True)) == 2
+    mask = data.labels == 1
+    assert torch.equal(data.subset(mask).images, data.images[mask])
     assert [len(y) for _, y in BatchLoader(data, 4, drop_last=True)] == [4, 4]
 
 

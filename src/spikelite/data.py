@@ -100,7 +100,8 @@ CIFAR100_CLASSES = (
     "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
     "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
     "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor",
     "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
 )
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -187,8 +188,11 @@ class ImageData:
         return int(self.images.shape[0])
 
     def subset(self, indices: torch.Tensor) -> "ImageData":
-        """The images at ``indices`` (a copy), with the same classes and statistics."""
-        indices = torch.as_tensor(indices, dtype=torch.int64)
+        """The images at ``indices`` (integer indices or a boolean mask; a copy), same classes and statistics."""
+        indices = torch.as_tensor(indices)
+        if indices.dtype == torch.bool:
+            indices = torch.nonzero(indices).flatten()
+        indices = indices.to(torch.int64)
         return dataclasses.replace(self, images=self.images.index_select(0, indices),
                                    labels=self.labels.index_select(0, indices))
 
@@ -763,7 +767,8 @@ def _load_cifar(key: str, root, part: str, opts: _Options) -> _Source:
 
 def _tiny_base(root: Path) -> Path | None:
     for base in (root / "tiny-imagenet-200", root):
-        if (base / "wnids.txt").is_file() or (base / "train").is_dir() or (base / "val" / "val_annotations.txt").is_file():
+        if ((base / "wnids.txt").is_file() or (base / "train").is_dir()
+                or (base / "val" / "val_annotations.txt").is_file()):
             return base
     return None
 
@@ -895,7 +900,8 @@ def _load_fashion_mnist(key: str, root, part: str, opts: _Options) -> _Source:
 
     def locate():
         for folder in candidates:
-            img, lab = _find_idx(folder, f"{prefix}-images-idx3-ubyte"), _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+            img = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+            lab = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
             if img is not None and lab is not None:
                 return img, lab
         return None
