@@ -17,6 +17,7 @@ from .errors import SpikeliteError
 COMMAND_MODULES = [
     "spikelite.demo",
     "spikelite.models",
+    "spikelite.train",
     "spikelite.energy",
 ]
 

@@ -1,0 +1,423 @@
+"""spikelite.train: recipes, metrics, checkpoints, the CNN -> SNN pipeline, resume after SIGKILL, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from spikelite import SpikeliteError, neuron
+from spikelite import data as D
+from spikelite import train as T
+from spikelite.cli import main as cli_main
+from spikelite.convert import SpikingNet, spikify
+from spikelite.models import create_model
+
+# A zoo model small enough for 8x8 digits on a shared 2-core machine (~30 ms per CNN step).
+TINY = {"model.name": "shufflenetv2_x0_3", "model.width": 0.25, "data.dataset": "digits", "data.image_size": 8,
+        "threads": 1, "quiet": True, "tensorboard": False, "batch_size": 32, "optim.lr": 0.05,
+        "data.val_subset": 96}
+TINY_FLAGS = ["--model", "shufflenetv2_x0_3", "--width", "0.25", "--dataset", "digits", "--image-size", "8",
+              "--threads", "1", "--quiet", "--no-tensorboard", "--batch-size", "32", "--lr", "0.05",
+              "--val-subset", "96"]
+
+
+def _env():
+    env = dict(os.environ, SPIKELITE_COMPILE="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    src = str(Path(T.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # eager LIF kernels: no compile time in tests
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: 1 thread is fastest, and 50x faster than 2 on a busy machine
+    D.clear_memory_cache()
+    yield
+    D.clear_memory_cache()
+    torch.set_num_threads(threads)
+
+
+def _cfg(tmp_path, name="run", **over):
+    ov = dict(TINY)
+    ov["out"] = str(tmp_path / name)
+    ov.update({k.replace("__", "."): v for k, v in over.items()})
+    return T.load_config(None, ov)
+
+
+# ----------------------------------------------------------------------------------------------
+# recipes
+# ----------------------------------------------------------------------------------------------
+
+
+def test_recipe_from_yaml_with_flag_overrides_and_clear_errors(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "mode": "snn", "epochs": 3,
+        "optim": {"lr": "5e-2", "weight_decay": "5e-4", "optimizer": "AdamW", "betas": [0.9, 0.99]},
+        "snn": {"T": 2, "neuron": {"tau": 2.0, "surrogate": "atan"}, "tet": True},
+        "data": {"dataset": "CIFAR-10", "val_size": 5000},
+    }))
+    cfg = T.load_config(recipe, ["optim.lr=0.1", "snn.neuron.v_threshold=0.5", "data.val_size=0.2"])
+    assert cfg.mode == "snn" and cfg.epochs == 3 and cfg.snn.T == 2 and cfg.snn.tet
+    assert cfg.optim.lr == 0.1 and cfg.optim.weight_decay == 5e-4 and cfg.optim.optimizer == "adamw"
+    assert cfg.snn.neuron == {"tau": 2.0, "surrogate": "atan", "v_threshold": 0.5}
+    assert cfg.data.dataset == "cifar10" and cfg.data.val_size == 0.2
+    assert T.TrainConfig.from_dict(cfg.to_dict()) == cfg  # the dict form (stored in checkpoints) round-trips
+    assert isinstance(T.load_config(recipe, ["data.val_size=5000"]).data.val_size, int)  # a count stays a count
+
+    with pytest.raises(SpikeliteError, match=r"unknown key\(s\) 'lr' in the recipe; valid keys: .*optim.lr\?"):
+        T.load_config(None, {"lr": 0.1})
+    with pytest.raises(SpikeliteError, match=r"'nesterov_momentum' in section 'optim'; valid keys: optimizer, lr"):
+        T.load_config(None, {"optim.nesterov_momentum": True})
+    with pytest.raises(SpikeliteError, match="optim.lr must be a number"):
+        T.load_config(None, {"optim.lr": "fast"})
+    with pytest.raises(SpikeliteError, match="mode must be one of cnn, snn"):
+        T.load_config(None, {"mode": "ann"})
+    with pytest.raises(SpikeliteError, match="snn.neuron: unknown neuron option"):
+        T.load_config(None, {"snn.neuron.taus": 2})
+    with pytest.raises(SpikeliteError, match="unknown model"):
+        T.load_config(None, {"model.name": "resnet9000"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(SpikeliteError, match="must hold a mapping"):
+        T.load_config(bad)
+
+
+def test_example_recipes_in_configs_load():
+    found = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert {p.name for p in found} >= {"cnn_cifar10.yaml", "snn_cifar10.yaml"}
+    for path in found:
+        T.load_config(path)
+    cnn = T.load_config(found[0].with_name("cnn_cifar10.yaml")).to_dict()
+    snn = T.load_config(found[0].with_name("snn_cifar10.yaml")).to_dict()
+    assert {k for k in cnn if cnn[k] != snn[k]} == {"mode"}  # one recipe for both
+
+
+def test_cli_flags_override_the_yaml_recipe(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 7\noptim: {lr: 0.2, label_smoothing: 0.1}\nsnn: {T: 6}\n")
+    assert cli_main(["train", "-c", str(recipe), "--lr", "0.05", "--snn", "--tet", "--neuron", "tau=3",
+                     "--set", "optim.betas=[0.8,0.9]", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["epochs"] == 7 and printed["mode"] == "snn"
+    assert printed["optim"]["lr"] == 0.05 and printed["optim"]["label_smoothing"] == 0.1
+    assert printed["optim"]["betas"] == [0.8, 0.9]
+    assert printed["snn"] == {**printed["snn"], "T": 6, "tet": True, "neuron": {"tau": 3}}
+    assert cli_main(["train", "--set", "optim.lrr=1", "--print-config"]) == 2
+    assert "valid keys" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics, schedule, optimiser groups, loss
+# ----------------------------------------------------------------------------------------------
+
+
+def test_macro_f1_and_confusion_match_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        k = 2 + trial % 6
+        y = torch.randint(0, k, (50,), generator=g)
+        p = torch.where(torch.rand(50, generator=g) < 0.6, y, torch.randint(0, k, (50,), generator=g))
+        if trial % 5 == 0:
+            p[p == 0] = 1  # a class never predicted
+        cm = T.confusion_matrix(p, y, k + 1)  # one extra class that never occurs: left out of the mean
+        assert cm.tolist() == metrics.confusion_matrix(y, p, labels=list(range(k + 1))).tolist()
+        assert T.macro_f1(cm) == pytest.approx(metrics.f1_score(y, p, average="macro"), abs=1e-12)
+
+
+def test_lr_schedule_warms_up_then_follows_the_cosine():
+    cfg = T.OptimConfig(lr=0.1, min_lr=0.001, warmup_epochs=1)
+    total, warm = 100, 10
+    lrs = [T.lr_at(s, total, cfg, warm) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    mid = warm + (total - warm) // 2
+    assert lrs[mid] == pytest.approx(0.001 + 0.5 * 0.099, rel=1e-6)
+    assert T.lr_at(total, total, cfg, warm) == pytest.approx(0.001)
+    const = T.OptimConfig(lr=0.1, schedule="constant")
+    assert {T.lr_at(s, 50, const, 0) for s in range(50)} == {0.1}
+
+
+def test_no_weight_decay_on_batchnorm_bias_and_neuron_parameters():
+    cnn = create_model("shufflenetv2_x0_3", num_classes=10, image_size=8, width=0.25)
+    net = spikify(cnn, T=2, neuron={"learn_tau": True, "learn_threshold": True})
+    decay, no_decay = T.param_groups(net, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    names = dict(net.named_parameters())
+    assert set(decay["names"]) | set(no_decay["names"]) == set(names)
+    assert all(names[n].ndim > 1 for n in decay["names"])  # conv and linear weights only
+    assert any(n.endswith("tau_param") for n in no_decay["names"])
+    assert any(n.endswith("v_threshold") for n in no_decay["names"])
+    assert any(n.endswith("fc.bias") for n in no_decay["names"])
+    bn = [n for n, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(f"{b}.weight" in no_decay["names"] for b in bn)
+    opt = T._make_optimizer(net, T.OptimConfig(optimizer="sgd"))
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_tet_loss_is_the_mean_of_per_step_cross_entropies():
+    g = torch.Generator().manual_seed(1)
+    out = torch.randn(3, 5, 4, generator=g)
+    y = torch.randint(0, 4, (5,), generator=g)
+    expected = sum(F.cross_entropy(out[t], y, label_smoothing=0.1) for t in range(3)) / 3
+    assert torch.allclose(T._classification_loss(out, y, 0.1), expected)
+    assert torch.allclose(T._classification_loss(out.mean(0), y, 0.0), F.cross_entropy(out.mean(0), y))
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def test_checkpoints_rebuild_cnn_and_snn_from_the_file_alone(tmp_path):
+    torch.manual_seed(0)
+    cnn = create_model("shufflenetv2_x0_3", num_classes=10, image_size=8, width=0.25).eval()
+    x = torch.randn(6, 3, 8, 8)
+    net = spikify(cnn, T=3, neuron={"tau": 1.5, "surrogate": "atan", "v_reset": None}, balance=99.0,
+                  calibration=x).eval()
+    for model, name in ((cnn, "cnn.pt"), (net, "snn.pt")):
+        path = T.save_checkpoint(tmp_path / name, model, meta={"data": {"dataset": "digits"}, "note": [1, 2.5]})
+        assert not list(tmp_path.glob(".*.tmp"))  # written via a temp file + os.replace
+        loaded, meta = T.load_checkpoint(path)
+        assert type(loaded) is type(model) and not loaded.training
+        assert meta["kind"] == ("snn" if model is net else "cnn") and meta["note"] == [1, 2.5]
+        assert "state_dict" not in meta and meta["model_spec"] == cnn.spikelite_spec
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+    _, meta = T.load_checkpoint(tmp_path / "snn.pt")
+    assert meta["snn"]["T"] == 3 and meta["snn"]["neuron"]["v_reset"] is None
+    # balanced thresholds are state, not config: they come back from the state_dict
+    thresholds = [float(a.neuron.v_threshold) for _, a in T.load_checkpoint(tmp_path / "snn.pt")[0].spiking_layers()]
+    assert thresholds == [float(a.neuron.v_threshold) for _, a in net.spiking_layers()] and len(set(thresholds)) > 1
+
+
+def test_bad_checkpoints_are_one_clear_error(tmp_path):
+    cnn = create_model("shufflenetv2_x0_3", num_classes=10, image_size=8, width=0.25)
+    good = T.save_checkpoint(tmp_path / "good.pt", cnn)
+    raw = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    torch.save(cnn.state_dict(), tmp_path / "bare.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": T.CHECKPOINT_FORMAT, "x": Evil()}, tmp_path / "evil.pt")
+    cases = {"truncated.pt": "corrupt or truncated", "garbage.pt": "corrupt or truncated",
+             "bare.pt": "not a spikelite checkpoint", "evil.pt": "never run code", "missing.pt": "does not exist"}
+    for name, msg in cases.items():
+        with pytest.raises(SpikeliteError, match=msg):
+            T.load_checkpoint(tmp_path / name)
+    wrong = T.read_checkpoint(good)
+    wrong["model_spec"] = {**wrong["model_spec"], "num_classes": 7}
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(SpikeliteError, match="weights do not fit"):
+        T.load_checkpoint(tmp_path / "wrong.pt")
+    import numpy as np
+
+    with pytest.raises(SpikeliteError, match="holds a ndarray"):
+        T.save_checkpoint(tmp_path / "np.pt", cnn, meta={"extra": np.zeros(2)})
+    assert not (tmp_path / "np.pt").exists()
+
+
+def test_rebuild_hook_passes_a_prune_keep_list_to_create_model(monkeypatch):
+    seen = {}
+
+    def fake_create_model(**spec):
+        seen.update(spec)
+        return torch.nn.Linear(2, 2)
+
+    import spikelite.models as M
+
+    monkeypatch.setattr(M, "create_model", fake_create_model)
+    T.rebuild_model({"kind": "cnn", "model_spec": {"name": "squeezenet1_1"}, "prune": {"keep": ["fire2", "fire4"]}})
+    assert seen == {"name": "squeezenet1_1", "keep": ["fire2", "fire4"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# training runs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cnn_to_snn_pipeline_on_digits(tmp_path, capsys):
+    """Train a zoo CNN, then: convert without fine-tuning (epochs 0) and convert + fine-tune with TET."""
+    cnn_cfg = _cfg(tmp_path, "cnn", epochs=2, data__train_subset=320, optim__warmup_epochs=0.5,
+                   optim__label_smoothing=0.1)
+    summary = T.train(cnn_cfg)
+    run = Path(cnn_cfg.out)
+    assert summary["epochs"] == 2 and summary["steps"] == 20 and summary["kind"] == "cnn"
+    rows = list((run / "log.csv").read_text().splitlines())
+    assert rows[0].startswith("epoch,step,lr,train_loss,train_acc,val_loss,val_acc,val_f1,epoch_seconds,data_seconds")
+    assert len(rows) == 3
+    hist = summary["final"]
+    assert hist["train_samples"] == 320 and 0 <= hist["data_share"] <= 1 and hist["epoch_seconds"] > 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 20
+    assert (run / "best.pt").exists() and (run / "config.yaml").exists()
+
+    # the SNN must use the CNN's train/val split: another split would leak training images into validation
+    with pytest.raises(SpikeliteError, match="different train/val split"):
+        T.train(_cfg(tmp_path, "leak", mode="snn", init_from=str(run / "last.pt"), epochs=0, data__val_size=0.3))
+
+    # converted, not fine-tuned: one evaluation at epoch 0, checkpoint written
+    conv = T.train(_cfg(tmp_path, "conv", mode="snn", init_from=str(run / "last.pt"), epochs=0, snn__T=2,
+                        snn__balance=99.9, snn__calibration_size=64))
+    assert conv["kind"] == "snn" and conv["steps"] == 0 and conv["final"]["epoch"] == 0
+    model, meta = T.load_checkpoint(tmp_path / "conv" / "last.pt")
+    assert isinstance(model, SpikingNet) and model.T == 2 and meta["source_checkpoint"]["kind"] == "cnn"
+    assert meta["metrics"]["val_acc"] == conv["final"]["val_acc"]
+
+    # converted and fine-tuned with surrogate gradients and the TET loss
+    ft = T.train(_cfg(tmp_path, "ft", mode="snn", init_from=str(run / "last.pt"), epochs=1, snn__T=2, snn__tet=True,
+                      data__train_subset=128, optim__lr=0.01))
+    assert [r["epoch"] for r in T.read_checkpoint(tmp_path / "ft" / "last.pt")["history"]] == [0, 1]
+    assert ft["final"]["train_loss"] > 0
+
+    # the checkpoint evaluates from the file alone, on the test split
+    capsys.readouterr()
+    assert cli_main(["eval", str(tmp_path / "ft" / "last.pt"), "--split", "test", "--threads", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["kind"] == "snn" and res["T"] == 2 and res["n"] == 359 and res["dataset"] == "digits"
+    assert 0 <= res["accuracy"] <= 1 and sum(map(sum, res["confusion"])) == 359
+    direct = T.evaluate_checkpoint(tmp_path / "ft" / "last.pt", split="test")
+    assert direct["accuracy"] == res["accuracy"] and direct["macro_f1"] == res["macro_f1"]
+
+
+def test_cnn_training_learns_digits(tmp_path):
+    summary = T.train(_cfg(tmp_path, epochs=4, data__train_subset=640, data__val_subset=None, data__image_size=16,
+                           optim__warmup_epochs=1))
+    assert summary["best"]["val_acc"] > 0.5, summary["best"]  # 10 classes: chance is 0.1 (measured: 0.74)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = T._classification_loss
+
+    def poisoned(out, y, ls):
+        calls["n"] += 1
+        loss = real(out, y, ls)
+        return loss * float("nan") if calls["n"] > 12 else loss  # epoch 1 has 8 steps: dies in epoch 2
+
+    monkeypatch.setattr(T, "_classification_loss", poisoned)
+    cfg = _cfg(tmp_path, epochs=3, data__train_subset=256)
+    with pytest.raises(SpikeliteError, match=r"loss became NaN/inf in epoch 2 \(step 13\).*last good checkpoint is "):
+        T.train(cfg)
+    ckpt = T.read_checkpoint(Path(cfg.out) / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["train_state"]["step"] == 8
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_bad_input_gives_one_clear_error_and_exit_2(tmp_path, capsys):
+    cnn = create_model("shufflenetv2_x0_3", num_classes=10, image_size=8, width=0.25)
+    ckpt = T.save_checkpoint(tmp_path / "c.pt", cnn, meta={"data": {"dataset": "digits", "image_size": 8}})
+    cases = [
+        (["train", "--dataset", "imagefolder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+         "does not exist"),
+        (["eval", str(tmp_path / "missing.pt")], "does not exist"),
+        (["eval", str(ckpt), "--dataset", "fashion-mnist", "--data", str(tmp_path / "fm")], "fashion-mnist"),
+    ]
+    # an image folder with 3 classes, for a 10-class checkpoint
+    from PIL import Image
+
+    for c in ("a", "b", "c"):
+        (tmp_path / "three" / "test" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "three" / "test" / c / "0.png")
+    cases.append((["eval", str(ckpt), "--dataset", "imagefolder", "--data", str(tmp_path / "three")],
+                  "has 3 classes but the checkpoint's model has 10"))
+    (tmp_path / "trunc.pt").write_bytes(ckpt.read_bytes()[:1000])
+    cases.append((["eval", str(tmp_path / "trunc.pt")], "corrupt or truncated"))
+    for argv, msg in cases:
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_existing_run_needs_resume_and_the_same_recipe(tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = _cfg(tmp_path, epochs=1, data__train_subset=64, tensorboard=True)
+    T.train(cfg)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    with pytest.raises(SpikeliteError, match="already holds a run.*--resume"):
+        T.train(cfg)
+    changed = _cfg(tmp_path, epochs=1, data__train_subset=64, tensorboard=True, optim__lr=0.5)
+    with pytest.raises(SpikeliteError, match=r"different recipe \(optim.lr: 0.05 -> 0.5\)"):
+        T.train(changed, resume=True)
+    # a finished run resumes to a no-op; runtime keys (eval batch size) may change
+    again = T.train(_cfg(tmp_path, epochs=1, data__train_subset=64, data__eval_batch_size=17), resume=True)
+    assert again["steps"] == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# resume after SIGKILL and DDP (subprocesses)
+# ----------------------------------------------------------------------------------------------
+
+RESUME_FLAGS = TINY_FLAGS + ["--snn", "--T", "2", "--encoding", "rate", "--epochs", "3", "--train-subset", "320",
+                             "--warmup-epochs", "1", "--label-smoothing", "0.1", "--save-every-steps", "3"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "spikelite", "train", *RESUME_FLAGS, "--out", str(killed)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (killed / "last.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = T.read_checkpoint(killed / "last.pt")["train_state"]
+    assert state["epoch"] < 3 and state["batch"] > 0, state  # killed mid-epoch, mid-run
+
+    resumed = subprocess.run([sys.executable, "-m", "spikelite", "train", "--out", str(killed), "--resume",
+                              "--quiet", "--threads", "1"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+
+    # the uninterrupted reference, in this process, same recipe
+    ov = {"mode": "snn", "snn.T": 2, "snn.encoding": "rate", "epochs": 3, "data.train_subset": 320,
+          "optim.warmup_epochs": 1, "optim.label_smoothing": 0.1, "save_every_steps": 3}
+    T.train(T.load_config(None, {**TINY, **ov, "out": str(tmp_path / "ref")}))
+    a = T.read_checkpoint(killed / "last.pt")
+    b = T.read_checkpoint(tmp_path / "ref" / "last.pt")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for ra, rb in zip(a["history"], b["history"]):
+        assert (ra["train_loss"], ra["val_acc"], ra["train_acc"]) == (rb["train_loss"], rb["val_acc"], rb["train_acc"])
+    assert len((killed / "log.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_torchrun(tmp_path):
+    pytest.importorskip("torch.distributed")
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("gloo backend not available")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "spikelite", "train", *TINY_FLAGS, "--epochs", "2", "--train-subset", "256", "--out", str(out)]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2 * 8  # 256 images, global batch 32
+    ckpt = T.read_checkpoint(out / "last.pt")
+    assert ckpt["train_state"]["world_size"] == 2 and len(ckpt["train_state"]["rng"]["torch"]) == 2
+    assert [r["train_samples"] for r in ckpt["history"]] == [256, 256]  # the two shards cover the data once
+    assert len((out / "log.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.csv", "summary.json"]
+    model, _ = T.load_checkpoint(out / "last.pt")
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
