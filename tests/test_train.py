@@ -409,7 +409,8 @@ def test_ddp_two_cpu_processes_with_torchrun(tmp_path):
         pytest.skip("gloo backend not available")
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "spikelite", "train", *TINY_FLAGS, "--epochs", "2", "--train-subset", "256", "--out", str(out)]
+           "-m", "spikelite", "train", *TINY_FLAGS, "--epochs", "2", "--train-subset", "256", "--out", str(out),
+           "--snn", "--T", "2", "--tet"]  # DDP wraps the per-step (TET) forward of a SpikingNet
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -419,5 +420,6 @@ def test_ddp_two_cpu_processes_with_torchrun(tmp_path):
     assert [r["train_samples"] for r in ckpt["history"]] == [256, 256]  # the two shards cover the data once
     assert len((out / "log.csv").read_text().splitlines()) == 3
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.csv", "summary.json"]
-    model, _ = T.load_checkpoint(out / "last.pt")
+    model, meta = T.load_checkpoint(out / "last.pt")
+    assert isinstance(model, SpikingNet) and meta["config"]["snn"]["tet"]
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)

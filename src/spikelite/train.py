@@ -1147,16 +1147,20 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     cfg = copy.deepcopy(config)
     dist_env = _Dist()
     prev_threads = torch.get_num_threads()
+    prev_benchmark = torch.backends.cudnn.benchmark
     device = _resolve_device(cfg.device, dist_env)
     rng_devices = [device] if device.type == "cuda" else []
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         dist_env.setup(device)
         with torch.random.fork_rng(devices=rng_devices):
             return _Run(cfg, dist_env, device, resume).run()
     finally:
         torch.set_num_threads(prev_threads)
+        torch.backends.cudnn.benchmark = prev_benchmark
         dist_env.teardown()
 
 
