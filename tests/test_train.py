@@ -280,6 +280,13 @@ def test_cnn_to_snn_pipeline_on_digits(tmp_path, capsys):
     assert isinstance(model, SpikingNet) and model.T == 2 and meta["source_checkpoint"]["kind"] == "cnn"
     assert meta["metrics"]["val_acc"] == conv["final"]["val_acc"]
 
+    # a pruned structure recorded in the source checkpoint is carried into the converted one
+    src = T.read_checkpoint(run / "last.pt")
+    src["prune"] = {"keep": None, "method": "test"}
+    torch.save(src, tmp_path / "pruned.pt")
+    T.train(_cfg(tmp_path, "conv_pruned", mode="snn", init_from=str(tmp_path / "pruned.pt"), epochs=0, snn__T=2))
+    assert T.load_checkpoint(tmp_path / "conv_pruned" / "last.pt")[1]["prune"] == {"keep": None, "method": "test"}
+
     # converted and fine-tuned with surrogate gradients and the TET loss
     ft = T.train(_cfg(tmp_path, "ft", mode="snn", init_from=str(run / "last.pt"), epochs=1, snn__T=2, snn__tet=True,
                       data__train_subset=128, optim__lr=0.01))

@@ -1268,7 +1268,10 @@ class _Run:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _meta(self) -> dict:
+        # a pruned structure travels from the source (or resumed) checkpoint into every new one
+        origin = self.src_meta if self.src_meta is not None else (self.resume_ckpt or {})
         return {
+            "prune": origin.get("prune"),
             "data": self.data_info,
             "config": self.cfg.to_dict(),
             "metrics": self.history[-1] if self.history else None,
@@ -1662,18 +1665,17 @@ def _base_from_checkpoint(path: str) -> dict:
 def _cli_train(args: argparse.Namespace) -> int:
     overrides = _overrides_from_args(args)
     cfg = load_config(args.config, overrides)
-    if cfg.init_from:
+    last = Path(cfg.out) / "last.pt"
+    if args.resume and last.exists():
+        stored = read_checkpoint(last).get("config")
+        if not isinstance(stored, dict):
+            raise SpikeliteError(f"{last} does not record its recipe; cannot resume")
+        # the stored recipe, with this command line's YAML and flags on top (train() refuses changes)
+        cfg = load_config(args.config, overrides, base=stored)
+    elif cfg.init_from:
         # Start from the source checkpoint's data (same dataset, split and image size: the SNN must not
         # train on the CNN's validation images) and architecture; the YAML and flags still win.
         cfg = load_config(args.config, overrides, base=_base_from_checkpoint(cfg.init_from))
-    if args.resume:
-        last = Path(cfg.out) / "last.pt"
-        if last.exists():
-            stored = read_checkpoint(last).get("config")
-            if not isinstance(stored, dict):
-                raise SpikeliteError(f"{last} does not record its recipe; cannot resume")
-            # the stored recipe, with this command line's YAML and flags on top
-            cfg = load_config(args.config, overrides, base=stored)
     if args.print_config:
         import yaml
 
