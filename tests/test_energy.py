@@ -322,6 +322,25 @@ def test_batchnorm_that_cannot_be_folded_costs_macs_and_makes_next_layer_mac():
     assert r.acs == 0
 
 
+def test_batchnorm_after_concatenated_or_broadcast_convs_is_folded():
+    class CatBN(nn.Module):  # a mixed conv (two convs, concatenated) and a stem broadcast over time
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 2, 3, padding=1, bias=False)
+            self.b = nn.Conv2d(3, 2, 5, padding=2, bias=False)
+            self.bn = nn.BatchNorm2d(4)
+            self.lif = LIF(v_threshold=0.3, backend="fused")
+
+        def forward(self, x):
+            h = torch.cat([self.a(x), self.b(x)], 1).unsqueeze(0).expand(2, -1, -1, -1, -1).flatten(0, 1)
+            return self.lif(self.bn(h).view(2, x.shape[0], 4, 6, 6)).mean((0, 2, 3, 4))
+
+    r = measure(CatBN(), torch.randn(3, 3, 6, 6))
+    layers = {row.name: row for row in r.layers}
+    assert layers["bn"].op == "folded" and r.bn_macs == 0
+    assert r.macs == 2 * 36 * 3 * 9 + 2 * 36 * 3 * 25
+
+
 def test_plain_cnn_is_all_macs_and_matches_model_info():
     cnn = create_model("squeezenet1_1")
     r = measure(cnn, torch.randn(2, 3, 32, 32), profiles=["45nm-fp32"])
@@ -648,3 +667,25 @@ def test_peers_option_runs_both_counters_on_the_same_rate_encoded_spikes():
     assert measure(net, x, batch_size=2, seed=7).acs == r.acs
     assert measure(net, x, batch_size=2, seed=8).acs != r.acs
     assert "SynOpCounter" in r.table()
+
+
+def test_input_repeated_over_time_counts_the_stem_every_step():
+    class RepeatSNN(nn.Module):  # the image enters every step: the stem is temporal too
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, padding=1)
+            self.lif = LIF(v_threshold=0.2, backend="fused")
+            self.fc = nn.Linear(4 * 25, 3)
+
+        def forward(self, x):
+            T, n = 3, x.shape[0]
+            s = self.lif(self.conv(x.repeat(T, 1, 1, 1)).view(T, n, 4, 5, 5)).flatten(0, 1)
+            return self.fc(s.flatten(1)).view(T, n, 3).mean(0)
+
+    torch.manual_seed(0)
+    r = measure(RepeatSNN(), torch.randn(4, 2, 5, 5))
+    stem = 4 * 25 * 2 * 9
+    assert r.time_steps == 3
+    assert r.macs == 3 * stem  # analog input at every step
+    assert r.cnn_macs == stem + 3 * 100  # one step of the CNN
+    assert r.layers[1].op == "AC" and r.acs == pytest.approx(r.spikes * 3)  # each spike reaches 3 outputs

@@ -12,9 +12,9 @@ inference), averaged over the samples:
   (``out_elements x in_channels/groups x kernel``, the convention of thop/fvcore/SpikingJelly's
   ``MACCounter``). ``effective_macs`` gives NeuroBench's convention beside it (only nonzero inputs,
   real fan-out, so padding taps are not counted).
-* **BatchNorm** directly after a conv/linear is folded into it for inference (costs nothing); a
-  BatchNorm that cannot be folded (its input is not a conv/linear output) costs one MAC per element.
-  Bias additions are not counted (as in both peer counters).
+* **BatchNorm** is folded into the conv/linear layer before it for inference (costs nothing). Only
+  a BatchNorm that normalises spikes (its input binary, not a conv/linear output) has nothing to fold
+  into; it costs one MAC per element. Bias additions are not counted (as in both peer counters).
 * **neuron-state updates** (one per neuron per time step), spikes, per-layer firing rates, input
   density of every synaptic layer and the activation sparsity of the neuron outputs.
 * the dense MACs of the SNN's own CNN (the same layers for one time step), parameters, accuracy
@@ -620,14 +620,18 @@ class EnergyReport:
 
 
 class _LayerStats:
-    __slots__ = ("name", "type", "calls", "ac_calls", "mac_calls", "acs", "macs", "eff_macs", "dense", "cnn",
-                 "nonzero", "elements", "folded_calls")
+    __slots__ = ("name", "type", "calls", "ac_calls", "mac_calls", "acs", "macs", "eff_macs", "dense",
+                 "dense_static", "nonzero", "elements", "folded_calls")
 
     def __init__(self, name: str, type_: str):
         self.name, self.type = name, type_
         self.calls = self.ac_calls = self.mac_calls = self.folded_calls = 0
         self.acs = self.macs = self.eff_macs = self.dense = self.nonzero = self.elements = 0
-        self.cnn = 0.0
+        self.dense_static = 0  # dense MACs of the calls on exactly the batch's images (run once, not per step)
+
+    def cnn_macs(self, time_steps: int | None) -> float:
+        """The CNN's dense MACs: static calls once, the others divided by the time steps they cover."""
+        return self.dense_static + (self.dense - self.dense_static) / (time_steps or 1)
 
 
 class _NeuronStats:
@@ -701,11 +705,10 @@ class _Counter:
             for h in hooks:
                 h.remove()
 
-    def _steps_of_call(self, x: torch.Tensor) -> int:
-        """Time steps one call covers: a call on exactly the batch's images is static (once)."""
-        if not self.spiking or x.dim() == 0 or x.shape[0] == self.images_in_batch:
-            return 1
-        return self.time_steps or 1
+    def _is_static(self, x: torch.Tensor) -> bool:
+        """A call on exactly the batch's images runs once per inference; a SpikingNet's temporal layers
+        see ``T*N`` rows (a model of one's own may show ``[T, N, ...]``): T steps in one call."""
+        return not self.spiking or x.dim() == 0 or x.shape[0] == self.images_in_batch
 
     def _synaptic_hook(self, m: nn.Module, args, out) -> None:
         x = _first_tensor(args)
@@ -724,34 +727,39 @@ class _Counter:
                 st.macs += dense
                 st.eff_macs += eff
             st.dense += dense
-            st.cnn += dense / self._steps_of_call(x)
+            if self._is_static(x):
+                st.dense_static += dense
             st.nonzero += int((x != 0).sum())
             st.elements += x.numel()
-        # mark the output (and its current version) so a BatchNorm right after can be folded into m
+        # mark the output (and its version: an in-place op changes it) so that a BatchNorm reading it
+        # directly is known to fold into m even when the output happens to be all zeros
         try:
             setattr(out, self._TAG, out._version)
         except Exception:  # pragma: no cover - tensors that refuse attributes
             pass
 
     def _bn_hook(self, m: nn.Module, args, out) -> None:
+        """BatchNorm is folded into the conv/linear layer before it (free at inference), unless it
+        normalises spikes: in a spiking model, a BN whose input is binary with at least one spike and
+        not itself a conv/linear output has no layer to fold into and costs one MAC per element."""
         x = _first_tensor(args)
         if x is None:
             return
         st = self.bns[m]
         st.calls += 1
-        tag = getattr(x, self._TAG, None)
-        if tag is not None and tag == x._version:
+        with torch.no_grad():
+            tag = getattr(x, self._TAG, None)
+            direct = tag is not None and tag == x._version
+            on_spikes = self.spiking and not direct and is_binary(x) and bool((x != 0).any())
+        if not on_spikes:
             st.folded_calls += 1
-            try:  # the BN output of a conv is still a (folded) conv output
-                setattr(out, self._TAG, out._version)
-            except Exception:  # pragma: no cover
-                pass
             return
         n = x.numel()
         st.macs += n
         st.dense += n
         st.eff_macs += n
-        st.cnn += n / self._steps_of_call(x)
+        if self._is_static(x):
+            st.dense_static += n
         st.mac_calls += 1
 
     def _neuron_hook(self, m: nn.Module, args, out) -> None:
@@ -981,7 +989,7 @@ def _finish(counter: _Counter, model: nn.Module, images: int, profiles: list[Ene
             continue
         density = (st.nonzero / st.elements) if st.elements else None
         row = LayerCount(st.name, st.type, op, st.calls, st.acs * per, st.macs * per, st.eff_macs * per,
-                         st.dense * per, st.cnn * per, density)
+                         st.dense * per, st.cnn_macs(counter.time_steps) * per, density)
         rows.append(row)
         acs += row.acs
         macs += row.macs
