@@ -298,3 +298,31 @@ def test_compact_spike_storage_saves_memory_and_keeps_gradients():
         stored.append(kinds)
     assert all(torch.equal(a, b) for a, b in zip(*grads))
     assert torch.bool not in stored[0] and stored[1].count(torch.bool) >= 2
+
+
+def test_recalibrate_bn_fits_statistics_to_spikes():
+    from spikelite.convert import recalibrate_bn
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = torch.randn(16, 3, 9, 9)
+    cnn.train()
+    for _ in range(20):  # running statistics fitted to the CNN's ReLU activations
+        cnn(x)
+    net = spikify(cnn.eval(), T=4)
+    bn2 = net.body.get_submodule("4")
+    before = bn2.running_mean.clone()
+    assert recalibrate_bn(net, [(x, None)]) == 2
+    # now the running statistics are exactly the batch statistics of the spike-driven conv output
+    feats = {}
+    net.body.get_submodule("3").register_forward_hook(lambda m, i, o: feats.__setitem__("c", o))
+    net.eval()
+    net(x)
+    c = feats["c"]
+    # (eval uses the unbiased running variance upstream, so spikes differ very slightly)
+    assert torch.allclose(bn2.running_mean, c.mean((0, 2, 3)), atol=2e-3)
+    assert not torch.allclose(bn2.running_mean, before)
+    assert not net.training and bn2.momentum == 0.1
+    with pytest.raises(SpikeliteError, match="empty"):
+        recalibrate_bn(net, [])

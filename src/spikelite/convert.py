@@ -49,6 +49,7 @@ __all__ = [
     "TimeBroadcast",
     "make_neuron",
     "balance_thresholds",
+    "recalibrate_bn",
     "ACTIVATION_MODULES",
     "ACTIVATION_FUNCTIONS",
 ]
@@ -753,6 +754,40 @@ def balance_thresholds(net: "SpikingNet", calibration: torch.Tensor, percentile:
     finally:
         net.train(was)
     return chosen
+
+
+def recalibrate_bn(net: nn.Module, calibration) -> int:
+    """Re-estimate every BatchNorm's running statistics on the spiking network's own activity.
+
+    A converted CNN's BatchNorm statistics were fitted to ReLU activations; the SNN's convolutions
+    see spikes instead, so those statistics are wrong (and the converted net collapses to one
+    class). One train-mode pass with cumulative averaging (``momentum=None``) over the calibration
+    batch(es) replaces them with the statistics of the spike-driven activations, layer by layer
+    consistent because each BatchNorm normalises with its own batch statistics in that pass.
+    ``calibration`` is a tensor batch or an iterable of tensors / ``(x, y)`` batches. Learned
+    affine parameters are kept. Returns the number of BatchNorm layers updated.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    if not batches:
+        raise SpikeliteError("recalibrate_bn: the calibration data is empty")
+    momenta = [m.momentum for m in bns]
+    was = net.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    try:
+        with torch.no_grad():
+            for b in batches:
+                net(b[0] if isinstance(b, (tuple, list)) else b)
+    finally:
+        for m, mo in zip(bns, momenta):
+            m.momentum = mo
+        net.train(was)
+    return len(bns)
 
 
 def _calibrate(model_eval_gm: fx.GraphModule, sites: list[fx.Node], inner_hooks: dict[str, nn.Module],
