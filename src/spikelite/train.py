@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .convert import SpikingNet, make_neuron, spikify
+from .convert import SpikingNet, make_neuron, recalibrate_bn, spikify
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
 from .errors import SpikeliteError
 
@@ -197,7 +197,8 @@ class SNNConfig:
     tet: bool = False  # TET loss: cross-entropy at every time step, averaged
     balance: Optional[float] = None  # threshold balancing percentile (e.g. 99.9) when converting a CNN
     balance_mode: str = "snn"
-    calibration_size: int = 256  # training images in the balancing batch
+    calibration_size: int = 256  # training images in the balancing / BN-recalibration batch
+    recalibrate_bn: bool = True  # converting a CNN: re-estimate BatchNorm statistics on the SNN's spikes
 
     def __post_init__(self):
         _coerce_fields(self, "snn")
@@ -1083,12 +1084,15 @@ def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device
         src.train()
         if src_meta["kind"] == "cnn" and cfg.mode == "snn":
             cal = None
-            if cfg.snn.balance is not None:
+            if cfg.snn.balance is not None or cfg.snn.recalibrate_bn:
                 cal = _calibration_batch(cfg, train_data, torch.device("cpu"))
-            net = _spikify_cfg(src, cfg, cal)
+            net = _spikify_cfg(src, cfg, cal if cfg.snn.balance is not None else None)
+            n_bn = recalibrate_bn(net, cal) if cfg.snn.recalibrate_bn else 0
+            net.train()
             log(f"converted CNN {cfg.init_from} to an SNN (T={cfg.snn.T}"
                 + (f", thresholds balanced at the {cfg.snn.balance} percentile of {cal.shape[0]} training images"
-                   if cal is not None else "") + ")")
+                   if cfg.snn.balance is not None else "")
+                + (f", {n_bn} BatchNorm layers recalibrated on spikes" if n_bn else "") + ")")
             return net, src_meta
         if src_meta["kind"] == "snn" and cfg.mode == "cnn":
             raise SpikeliteError(f"init_from {cfg.init_from} is an SNN checkpoint; mode cnn needs a CNN checkpoint")
