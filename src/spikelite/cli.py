@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "spikelite.models",
     "spikelite.train",
     "spikelite.energy",
+    "spikelite.export",
 ]
 
 
