@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "spikelite.train",
     "spikelite.energy",
     "spikelite.export",
+    "spikelite.prune",
 ]
 
 

@@ -149,7 +149,8 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
         in_chans: input channels.
         width: multiplier on the named model's channel widths (SqueezeNet has none: 1.0 only).
         **kw: family options (``SqueezeNetOptions`` etc.), e.g. ``batch_norm=False``, ``pool="avg"``,
-            ``stem_reduction=2``.
+            ``stem_reduction=2``; and ``keep=[...]``: the macro modules to keep, the others removed
+            as :func:`spikelite.prune.apply_keep` does (a pruned architecture; docs/pruning.md).
 
     The returned model has ``spikelite_spec``: every argument with defaults filled in, so that
     ``create_model(**model.spikelite_spec)`` rebuilds the same architecture even if defaults change.
@@ -159,12 +160,17 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
     image_size = _check_int("image_size", image_size)
     in_chans = _check_int("in_chans", in_chans)
     width = _check_width(name, width)
+    keep = kw.pop("keep", None)
     opts = check_options(name, entry.options, kw)
     model, resolved = entry.build(name, num_classes, image_size, in_chans, width, opts)
     model.spikelite_spec = {
         "name": name, "num_classes": num_classes, "image_size": image_size, "in_chans": in_chans, "width": width,
         **resolved,
     }
+    if keep is not None:  # a pruned architecture: spec["keep"] records the kept macro modules
+        from ..prune import apply_keep
+
+        apply_keep(model, keep)
     return model
 
 
