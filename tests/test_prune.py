@@ -102,7 +102,7 @@ def test_every_family_prunes_runs_as_cnn_and_snn_and_rebuilds_from_its_spec(name
         torch.testing.assert_close(again(x), pruned(x))
         for stable in remove:  # the removed blocks are gone from the module tree (identity or projection)
             m = pruned.get_submodule(dict(macro_modules(pruned))[stable])
-            assert isinstance(m, (nn.Identity, P.Projection))
+            assert isinstance(m, (nn.Identity, nn.ChannelShuffle, P.Projection))
     # the last pruned model runs after spikify (T=2) and trains one step, as CNN and as SNN
     snn = spikify(pruned, T=2)
     assert snn.spikelite_spec["keep"] == pruned.spikelite_spec["keep"]
@@ -143,7 +143,14 @@ def test_shufflenet_units_are_removed_across_the_channel_shuffle():
     assert proj.conv.in_channels == info["stage3_unit1"].in_shape[0]
     assert proj.conv.out_channels == info["stage3_unit1"].out_shape[0]
     assert proj.conv.stride == (2, 2) and isinstance(proj.act, nn.ReLU)  # units end in ReLU
-    assert isinstance(pruned.get_submodule("stage3.1"), nn.Identity)
+    # a stride-1 unit becomes its skip path: exactly the unit with its convolution branch made an identity
+    skip = pruned.get_submodule("stage3.1")
+    assert isinstance(skip, nn.ChannelShuffle) and skip.groups == 2
+    unit = base.get_submodule("stage3.1")
+    z = torch.randn(4, unit.branch2[0].in_channels * 2, 4, 4)
+    branch2, unit.branch2 = unit.branch2, nn.Identity()
+    torch.testing.assert_close(skip(z), unit(z))
+    unit.branch2 = branch2
     # the kept units still split, convolve, concatenate and shuffle their channels, as CNN and as SNN
     assert pruned(x).shape == (32, 10)
     net = spikify(pruned, T=2)
@@ -414,28 +421,29 @@ def test_bad_input_gives_one_clear_error():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_greedy_search_accepts_within_the_drop_and_stops_at_the_energy_budget():
-    def cand(kept, acc, energy):
-        return P.Candidate("c", list(kept), [], acc, acc, 100, 100, energy, 0.0, 0.0, 0.0)
+def test_greedy_search_keeps_the_best_within_the_drop_and_stops_at_the_energy_budget():
+    cost = {"a": 0.005, "b": 0.001, "c": 0.05, "d": 0.002}  # accuracy lost by removing each module
 
-    base = cand(["a", "b", "c", "d"], 0.90, 10.0)
-    # each removal saves 2 mJ and costs 0.1 point of accuracy, except "b" (5 points); "b" ranks first
+    def cand(label, kept, acc, energy):
+        return P.Candidate(label, list(kept), [], acc, acc, 100, 100, energy, 0.0, 0.0, 0.0)
 
-    def try_remove(model, current, name, step):
+    def try_remove(model, current, name, step):  # every removal saves 2 mJ
         kept = [k for k in current.kept if k != name]
-        return kept, cand(kept, current.accuracy - (0.05 if name == "b" else 0.001), current.energy_mj - 2.0)
+        return kept, cand(name, kept, current.accuracy - cost[name], current.energy_mj - 2.0)
 
-    def rank(kept):
-        return sorted(kept, key=lambda k: k != "b")
-    tried, best, model, steps, stop = P.greedy_search(base, base.kept, rank=rank, try_remove=try_remove,
+    base = cand("unpruned", ["a", "b", "c", "d"], 0.90, 10.0)
+    tried, best, model, steps, stop = P.greedy_search(base, base.kept, rank=sorted, try_remove=try_remove,
                                                       max_drop=1.0, energy_budget_mj=5.0, candidates_per_step=2)
-    assert [c.status for c in tried][:2] == ["rejected: drop 5.00 > 1 pts", "accepted"]
-    assert best.energy_mj <= 5.0 and all(c.energy_mj > 5.0 for c in tried if c.status == "accepted" and c is not best)
-    assert "energy budget met" in stop and 100 * (base.accuracy - best.accuracy) <= 1.0
-    # with one candidate per step, the rejected "b" stops the search at the start
-    tried, best, _, _, stop = P.greedy_search(base, base.kept, rank=rank, try_remove=try_remove, max_drop=1.0,
+    assert [(c.label, c.status) for c in tried] == [
+        ("a", "within limit"), ("b", "accepted"),  # both within 1 point: the more accurate one is kept
+        ("a", "accepted"), ("c", "rejected: drop 5.10 > 1 pts"),
+        ("c", "rejected: drop 5.60 > 1 pts"), ("d", "accepted")]
+    assert best.kept == model == ["c"] and best.energy_mj == 4.0 and "energy budget met" in stop
+    assert [s["ranking"] for s in steps] == [["a", "b", "c", "d"], ["a", "c", "d"], ["c", "d"]]
+    # one candidate per step and a tight limit: the first removal is rejected, the baseline stays
+    tried, best, _, _, stop = P.greedy_search(base, base.kept, rank=sorted, try_remove=try_remove, max_drop=0.1,
                                               energy_budget_mj=None)
-    assert best is base and len(tried) == 1 and "accuracy-drop limit 1 pts reached" in stop
+    assert best is base and len(tried) == 1 and "accuracy-drop limit 0.1 pts reached" in stop
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,11 @@ The paper removes whole fire modules from spiking SqueezeNet and retrains. This 
 tool for every zoo family and for user models:
 
 * **Removal** (:func:`prune_model`, and ``create_model(..., keep=[...])`` for the architecture alone).
-  A module whose output has the shape of its input becomes an ``nn.Identity``. A module that
-  changes channels or resolution is handled by one rule per family:
+  A module whose output has the shape of its input becomes an ``nn.Identity`` — except a
+  ShuffleNetV2 stride-1 unit, which becomes its own skip path, ``nn.ChannelShuffle(2)``: the unit
+  passes half its channels through unchanged but interleaves them with the branch output, and the
+  units after it expect them there. A module that changes channels or resolution is handled by one
+  rule per family:
 
   - *SqueezeNet* (fire modules change channels, never resolution: the pools are separate layers):
     the fire becomes an identity and the next kept fire's ``squeeze`` conv (or the classifier conv
@@ -102,11 +105,13 @@ PAPER_SCHEDULES: dict[str, tuple[str, ...]] = {
     "ref-2": ("fire2", "fire4", "fire5", "fire6", "fire8", "fire9"),
 }
 
-# One rule per family for modules that change shape (shape-preserving ones always become identities).
+# One rule per family for modules that change shape (shape-preserving ones become identities, ShuffleNetV2's
+# stride-1 units their channel shuffle).
 FAMILY_RULES: dict[str, str] = {
     "squeezenet": "rebuild the next kept fire's squeeze conv (or the classifier conv) for the new channel "
                   "count, keeping the overlapping input-channel weights",
-    "shufflenetv2": "1x1 projection with the unit's stride + BatchNorm + ReLU (units end in ReLU)",
+    "shufflenetv2": "1x1 projection with the unit's stride + BatchNorm + ReLU (units end in ReLU); a stride-1 unit "
+                    "becomes its skip path, a 2-group channel shuffle",
     "mnasnet": "1x1 projection with the block's stride + BatchNorm (linear bottleneck output)",
     "mixnet": "1x1 projection with the block's stride + BatchNorm (linear bottleneck output)",
     "xception": "1x1 projection with the block's stride + BatchNorm (+ ReLU for exit2, which ends in ReLU)",
@@ -157,8 +162,9 @@ class ChannelAdapt(nn.Module):
 class Replacement:
     """What removing one module leaves in its place.
 
-    ``kind``: ``identity`` (shape kept), ``channels`` (SqueezeNet: identity here, the next input conv
-    rebuilt) or ``projection`` (:class:`Projection` with ``stride`` and ``act``).
+    ``kind``: ``identity`` (shape kept), ``shuffle`` (a ShuffleNetV2 stride-1 unit: its skip path,
+    ``nn.ChannelShuffle(2)``), ``channels`` (SqueezeNet: identity here, the next input conv rebuilt)
+    or ``projection`` (:class:`Projection` with ``stride`` and ``act``).
     """
 
     kind: str
@@ -170,6 +176,8 @@ class Replacement:
     def describe(self) -> str:
         if self.kind == "identity":
             return "identity"
+        if self.kind == "shuffle":
+            return "channel shuffle (the unit's skip path)"
         if self.kind == "channels":
             return f"identity, next input conv {self.out_shape[0]} -> {self.in_shape[0]} channels"
         s = f", stride {self.stride}" if self.stride != 1 else ""
@@ -179,6 +187,8 @@ class Replacement:
         """The module the pruned network holds at the removed module's path."""
         if self.kind == "projection":
             return Projection(self.in_shape[0], self.out_shape[0], self.stride, self.act)
+        if self.kind == "shuffle":
+            return nn.ChannelShuffle(2)
         return nn.Identity()
 
     def functional(self) -> nn.Module:
@@ -397,7 +407,10 @@ def replacement_plan(family: str, probe: _Probe, name: str = "") -> Replacement:
     """The rule: identity for shape-preserving blocks; SqueezeNet's channel rule or a projection."""
     i, o = probe.in_shape, probe.out_shape
     if i == o:
-        return Replacement("identity", i, o)
+        # A ShuffleNetV2 stride-1 unit passes half its channels through untouched but interleaves them
+        # with the branch's output (channel_shuffle, 2 groups): its skip path is that permutation, and
+        # an identity would hand every later unit its channels in the wrong places.
+        return Replacement("shuffle" if family == "shufflenetv2" else "identity", i, o)
     if family == "squeezenet":
         if i[1:] != o[1:]:  # pragma: no cover - fire modules never change resolution
             raise SpikeliteError(f"{name}: a fire module that changes resolution ({i} -> {o}) has no rule")
@@ -1139,9 +1152,9 @@ class PruneConfig:
     max_drop: float | None = None  # greedy: largest accepted accuracy drop (points) from the unpruned model
     energy_budget: Any = None  # greedy: stop once energy <= budget (fraction like 0.6 / "60%", or "0.12mJ")
     finetune_epochs: int = 1  # fine-tuning epochs per candidate (0: evaluate as pruned)
-    rank_by: str = "taylor"  # greedy: taylor | ablation
+    rank_by: str = "ablation"  # greedy: ablation | taylor (docs/pruning.md: Taylor misranks plain chains)
     ablation: bool = True  # also run the exact ablation in the importance report
-    candidates_per_step: int = 1  # greedy: how many of the least important modules to try per step
+    candidates_per_step: int = 1  # greedy: try this many of the least important modules per step, keep the best
     calibration_size: int = 256  # training images (un-augmented) for importance and projection fits
     energy_samples: int = 64  # validation images for the energy measurement
     profile: str = "45nm-fp32"  # energy profile
@@ -1312,14 +1325,15 @@ def greedy_search(baseline: Candidate, base_model: nn.Module, *, rank: Callable[
                   max_drop: float | None, energy_budget_mj: float | None, candidates_per_step: int = 1,
                   log: Callable[[str], None] = lambda s: None,
                   ) -> tuple[list[Candidate], Candidate, nn.Module, list[dict], str]:
-    """Remove the least important module, one per step, while the constraints allow.
+    """Remove one module per step, least important first, while the constraints allow.
 
     ``rank(model)`` lists the present modules least important first; ``try_remove(model, current,
-    name, step)`` returns the pruned, fine-tuned and evaluated candidate. A candidate whose accuracy
-    is more than ``max_drop`` points below ``baseline``'s is rejected (the next module in the
-    ranking is tried, up to ``candidates_per_step``); the search stops when no candidate is accepted,
-    when the energy is within ``energy_budget_mj``, or when one module is left. Returns (every
-    candidate tried, the last accepted one, its model, per-step rankings, the stop reason).
+    name, step)`` returns the pruned, fine-tuned and evaluated candidate. Each step tries the first
+    ``candidates_per_step`` modules of the ranking; a candidate whose accuracy is more than
+    ``max_drop`` points below ``baseline``'s is rejected, and of the others the most accurate one
+    (then the one with less energy) is kept. The search stops when a step keeps nothing, when the
+    energy is within ``energy_budget_mj``, or when one module is left. Returns (every candidate
+    tried, the last one kept, its model, per-step rankings, the stop reason).
     """
     current, model = baseline, base_model
     tried: list[Candidate] = []
@@ -1334,7 +1348,7 @@ def greedy_search(baseline: Candidate, base_model: nn.Module, *, rank: Callable[
         step += 1
         order = rank(model)
         steps.append({"step": step, "present": list(current.kept), "ranking": order})
-        accepted = None
+        ok: list[tuple[nn.Module, Candidate]] = []
         for name in order[:candidates_per_step]:
             cand_model, cand = try_remove(model, current, name, step)
             tried.append(cand)
@@ -1344,13 +1358,14 @@ def greedy_search(baseline: Candidate, base_model: nn.Module, *, rank: Callable[
                 cand.status = f"rejected: drop {drop:.2f} > {max_drop:g} pts"
                 log(f"  step {step}: removing {name} drops accuracy by {drop:.2f} points (> {max_drop:g}): rejected")
                 continue
-            cand.status = "accepted"
-            accepted = (cand_model, cand)
-            break
-        if accepted is None:
+            cand.status = "within limit"
+            ok.append((cand_model, cand))
+        if not ok:
             return tried, current, model, steps, (f"accuracy-drop limit {max_drop:g} pts reached: no removal among "
                                                   f"{', '.join(order[:candidates_per_step])} stays within it")
-        model, current = accepted
+        model, current = max(ok, key=lambda mc: (mc[1].accuracy if mc[1].accuracy is not None else -1.0,
+                                                 -(mc[1].energy_mj or 0.0)))
+        current.status = "accepted"
 
 
 def _load_data(meta: dict, data_root: str | None, dataset: str | None, cfg: PruneConfig):
@@ -1753,12 +1768,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--energy-budget", help="greedy: stop at this energy: a fraction of the unpruned model's (0.6, "
                                            "60%%) or per image (0.12mJ, 120uJ)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per candidate (default 1)")
-    p.add_argument("--rank-by", choices=("taylor", "ablation"), default="taylor",
-                   help="greedy: importance that orders removals (default taylor)")
+    p.add_argument("--rank-by", choices=("ablation", "taylor"), default="ablation",
+                   help="greedy: importance that orders removals (default ablation: exact, one calibration pass "
+                        "per module; taylor: one forward+backward pass)")
     p.add_argument("--no-ablation", action="store_true",
                    help="skip the exact-ablation importance (one pass per module)")
     p.add_argument("--candidates-per-step", type=int, default=1,
-                   help="greedy: try up to this many of the least important modules per step (default 1)")
+                   help="greedy: fine-tune the K least important removals per step and keep the most accurate "
+                        "within --max-drop (default 1)")
     p.add_argument("--calibration-size", type=int, default=256,
                    help="training images for importance and projection fits (default 256)")
     p.add_argument("--energy-samples", type=int, default=64, help="validation images for energy (default 64)")
