@@ -1772,7 +1772,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="greedy: importance that orders removals (default ablation: exact, one calibration pass "
                         "per module; taylor: one forward+backward pass)")
     p.add_argument("--no-ablation", action="store_true",
-                   help="skip the exact-ablation importance (one pass per module)")
+                   help="skip the exact-ablation importance (one pass per module; greedy still runs it when it "
+                        "ranks by ablation)")
     p.add_argument("--candidates-per-step", type=int, default=1,
                    help="greedy: fine-tune the K least important removals per step and keep the most accurate "
                         "within --max-drop (default 1)")
