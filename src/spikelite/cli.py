@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "spikelite.energy",
     "spikelite.export",
     "spikelite.prune",
+    "spikelite.bench",
+    "spikelite.report",
 ]
 
 
