@@ -97,8 +97,17 @@ def test_recipe_from_yaml_with_flag_overrides_and_clear_errors(tmp_path):
 def test_example_recipes_in_configs_load():
     found = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert {p.name for p in found} >= {"cnn_cifar10.yaml", "snn_cifar10.yaml"}
+    import yaml
+
+    from spikelite.bench import load_spec
+
     for path in found:
-        T.load_config(path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if "models" in raw:  # a benchmark grid, not a training recipe
+            names = [d["name"] if isinstance(d, dict) else d for d in raw["datasets"]]
+            load_spec(path, check_paths=False, roots={n: "unused" for n in names})
+        else:
+            T.load_config(path)
     cnn = T.load_config(found[0].with_name("cnn_cifar10.yaml")).to_dict()
     snn = T.load_config(found[0].with_name("snn_cifar10.yaml")).to_dict()
     assert {k for k in cnn if cnn[k] != snn[k]} == {"mode"}  # one recipe for both
@@ -202,6 +211,26 @@ def test_checkpoints_rebuild_cnn_and_snn_from_the_file_alone(tmp_path):
     # balanced thresholds are state, not config: they come back from the state_dict
     thresholds = [float(a.neuron.v_threshold) for _, a in T.load_checkpoint(tmp_path / "snn.pt")[0].spiking_layers()]
     assert thresholds == [float(a.neuron.v_threshold) for _, a in net.spiking_layers()] and len(set(thresholds)) > 1
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_checkpoints_keep_module_versions_mnasnet_cnn_and_snn(tmp_path, legacy):
+    # torchvision's MNASNet refuses a state_dict that lacks its version entry; older checkpoints
+    # (legacy) did not store module versions and still load
+    torch.manual_seed(0)
+    cnn = create_model("mnasnet0_5", num_classes=10, image_size=32, width=0.25).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for model, name in ((cnn, "cnn.pt"), (spikify(cnn, T=2).eval(), "snn.pt")):
+        path = T.save_checkpoint(tmp_path / name, model)
+        raw = torch.load(path, weights_only=True)
+        assert raw["state_dict_metadata"][""] is not None
+        if legacy:
+            del raw["state_dict_metadata"]
+            torch.save(raw, path)
+        loaded, meta = T.load_checkpoint(path)
+        assert "state_dict_metadata" not in meta
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
 
 
 def test_bad_checkpoints_are_one_clear_error(tmp_path):

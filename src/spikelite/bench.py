@@ -961,6 +961,19 @@ def _keep_for_schedule(model, schedule: str, calibration, seed: int) -> tuple[li
                                                    "taylor": {mi.name: mi.taylor for mi in rep.modules}}
 
 
+def _apply_backend(model, cfg) -> None:
+    """Give a rebuilt SNN the LIF backend the recipe asks for (checkpoints do not store it; all backends
+    compute the same spikes, ``fused`` just skips torch.compile)."""
+    backend = (cfg.snn.neuron or {}).get("backend")
+    if not backend:
+        return
+    from .neuron import LIF
+
+    for mod in model.modules():
+        if isinstance(mod, LIF):
+            mod.backend = backend
+
+
 def _prepare_pruned(spec: BenchSpec, cell: Cell, cfg, run_dir: Path, stage: _Stage) -> dict:
     """Write ``<cell>/pruned_init.pt``: the source cell's model with the schedule's modules removed."""
     from .prune import prune_model
@@ -974,6 +987,7 @@ def _prepare_pruned(spec: BenchSpec, cell: Cell, cfg, run_dir: Path, stage: _Sta
     stage("prune")
     src_path = _source_checkpoint(run_dir, cell.deps[0], spec.eval.checkpoint)
     model, meta = load_checkpoint(src_path)
+    _apply_backend(model, cfg)
     cal = _calibration_data(cfg, spec.prune.calibration_size, cell.seed)
     keep, importance = _keep_for_schedule(model, cell.schedule, cal, cell.seed)
     pruned = prune_model(model, keep=keep, calibration=cal, seed=cell.seed)
@@ -1007,13 +1021,7 @@ def _evaluate_cell(spec: BenchSpec, cell: Cell, cfg, ckpt: Path, stage: _Stage) 
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     stage("evaluate")
     model, meta = load_checkpoint(ckpt, device=dev)
-    backend = (cfg.snn.neuron or {}).get("backend")
-    if backend and isinstance(model, SpikingNet):  # not stored in checkpoints: evaluate as the recipe trains
-        from .neuron import LIF
-
-        for mod in model.modules():
-            if isinstance(mod, LIF):
-                mod.backend = backend
+    _apply_backend(model, cfg)
     data = _load_split_for(meta, cfg.data.root, spec.eval.split, spec.eval.subset, cell.seed)
     res = evaluate(model, data, batch_size=spec.eval.batch_size, device=dev, seed=cell.seed)
     stage("energy")

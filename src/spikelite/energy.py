@@ -1341,9 +1341,13 @@ def _cli(args: argparse.Namespace) -> int:
     elif meta.get("kind") == "snn":
         src = meta.get("source_checkpoint") or {}
         path = src.get("path")
-        if path and src.get("kind") == "cnn" and Path(path).is_file():
-            cnn, _ = load_model(path)
-            cnn_note = f"CNN: the SNN's source checkpoint {path}"
+        if path and src.get("kind") == "cnn":
+            if Path(path).is_file():
+                cnn, _ = load_model(path)
+                cnn_note = f"CNN: the SNN's source checkpoint {path}"
+            else:
+                cnn_note = (f"the SNN's source checkpoint {path} is not there: the CNN line uses the SNN's own "
+                            "layers (pass --cnn to run the CNN)")
     report = measure(model, data, profiles=profs, cnn=cnn, accuracy=args.accuracy, cnn_accuracy=args.cnn_accuracy,
                      batch_size=args.batch_size, seed=args.seed, peers=args.peers)
     if cnn_note:

@@ -28,6 +28,7 @@ checkpoints also store the RNG states. Under ``torchrun`` the run is data-parall
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import csv
@@ -726,10 +727,15 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, meta: dict | N
         "prune": None,
     }
     for k, v in (meta or {}).items():
-        if k in ("format", "format_version", "spikelite_version", "kind", "snn", "state_dict", "train_state"):
+        if k in ("format", "format_version", "spikelite_version", "kind", "snn", "state_dict", "state_dict_metadata",
+                 "train_state"):
             continue
         ckpt[k] = _plain(v)
-    ckpt["state_dict"] = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+    sd = _unwrap(model).state_dict()
+    ckpt["state_dict"] = {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+    # module versions (e.g. torchvision's MNASNet refuses a state_dict without its version entry)
+    ckpt["state_dict_metadata"] = {k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str, bool))}
+                                   for k, v in getattr(sd, "_metadata", {}).items()}
     ckpt["train_state"] = train_state
     _check_plain(ckpt)
     _atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
@@ -821,8 +827,12 @@ def rebuild_model(meta: dict) -> nn.Module:
 
 def _model_from_checkpoint(ckpt: dict, where: str) -> nn.Module:
     model = rebuild_model(ckpt)
+    sd = collections.OrderedDict(ckpt["state_dict"])
+    # the module versions the weights were saved with; older checkpoints lack them: the rebuilt
+    # model's own versions are the ones its code writes, so they describe those weights too
+    sd._metadata = collections.OrderedDict(ckpt.get("state_dict_metadata") or model.state_dict()._metadata)
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise SpikeliteError(f"{where}: the weights do not fit the model its spec describes "
@@ -837,7 +847,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     ckpt = read_checkpoint(path)
     model = _model_from_checkpoint(ckpt, str(path))
     model.to(device).eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "state_dict_metadata", "train_state")}
     return model, meta
 
 
