@@ -50,6 +50,7 @@ __all__ = [
     "make_neuron",
     "balance_thresholds",
     "recalibrate_bn",
+    "inference_model",
     "ACTIVATION_MODULES",
     "ACTIVATION_FUNCTIONS",
 ]
@@ -556,12 +557,14 @@ class SpikingNet(nn.Module):
         self.neuron_config = neuron_config
         # Spike tensors that convolutions save for backward are stored as booleans (1 byte, not 4).
         self.compact_spikes = True
+        self._checkpoint_segments = 0
         self._T = int(T)
         self._rebuild_eval_body()
 
     # -- structure -------------------------------------------------------------------------
     def _rebuild_eval_body(self) -> None:
         self._eval_body = [] if self._eval_graph is None else [fx.GraphModule(self.body, self._eval_graph)]
+        self._ckpt_body: list[fx.GraphModule] = []  # built on first use: shares body's modules
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
@@ -578,7 +581,7 @@ class SpikingNet(nn.Module):
         new = cls.__new__(cls)
         memo[id(self)] = new
         for k, v in self.__dict__.items():
-            if k != "_eval_body":
+            if k not in ("_eval_body", "_ckpt_body"):
                 new.__dict__[k] = copy.deepcopy(v, memo)
         new.__dict__["_eval_body"] = []
         new._rebuild_eval_body()
@@ -587,6 +590,7 @@ class SpikingNet(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_eval_body"] = []
+        state["_ckpt_body"] = []
         return state
 
     def __setstate__(self, state):
@@ -610,6 +614,29 @@ class SpikingNet(nn.Module):
         return out
 
     @property
+    def checkpoint_segments(self) -> int:
+        """Activation checkpointing for training: 0 (off) or k ≥ 1 segments (see :mod:`spikelite.checkpoint`)."""
+        return getattr(self, "_checkpoint_segments", 0)
+
+    @checkpoint_segments.setter
+    def checkpoint_segments(self, value: int) -> None:
+        from .checkpoint import check_segments
+
+        self._checkpoint_segments = check_segments(value)
+        self._ckpt_body = []
+
+    def _training_body(self) -> fx.GraphModule:
+        """``body``, or its checkpointed split when ``checkpoint_segments`` is on (built once, cached)."""
+        k = self.checkpoint_segments
+        if not k or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.body
+        if not getattr(self, "_ckpt_body", None):
+            from .checkpoint import checkpointed_body
+
+            self._ckpt_body = [checkpointed_body(self.body, k)]
+        return self._ckpt_body[0]
+
+    @property
     def T(self) -> int:
         return self._T
 
@@ -620,6 +647,10 @@ class SpikingNet(nn.Module):
         for m in self.body.modules():
             if isinstance(m, (SpikingActivation, TimeBroadcast)):
                 m.T = value
+
+    def inference(self, channels_last: bool = False) -> "SpikingNet":
+        """An eval-only, autograd-free copy with BatchNorm folded (see :func:`inference_model`)."""
+        return inference_model(self, channels_last=channels_last)
 
     def config(self) -> dict:
         """What :func:`spikify` needs to rebuild this network (weights live in the state_dict)."""
@@ -651,6 +682,8 @@ class SpikingNet(nn.Module):
         n = x.shape[0]
         use_eval = not self.training and self._eval_body
         body = self._eval_body[0] if use_eval else self.body
+        if self.training:
+            body = self._training_body()
         if self.compact_spikes and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             with torch.autograd.graph.saved_tensors_hooks(_pack_saved, _unpack_saved):
                 out = body(self.encode(x))
@@ -663,6 +696,13 @@ class SpikingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_steps(x).mean(0)
+
+
+def inference_model(model: nn.Module, channels_last: bool = False) -> nn.Module:
+    """An eval-only copy of a SpikingNet or CNN for inference: see :mod:`spikelite.inference`."""
+    from .inference import inference_model as build
+
+    return build(model, channels_last=channels_last)
 
 
 def _check_T(T) -> int:

@@ -31,6 +31,7 @@ import types
 import warnings
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .errors import SpikeliteError
@@ -270,6 +271,12 @@ def _compiled_ok(surrogate, tau, v_threshold) -> bool:
     return not (tau.requires_grad or v_threshold.requires_grad)
 
 
+# Raised by torch.utils.checkpoint (non-reentrant, early stop) from inside save_for_backward to end a
+# recomputation: control flow, not a compilation failure.
+_CHECKPOINT_STOP: tuple[type, ...] = tuple(
+    t for t in (getattr(torch.utils.checkpoint, "_StopRecomputationError", None),) if isinstance(t, type))
+
+
 def lif_multistep_compiled(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate):
     """LIF over ``x_seq`` with compiled per-step kernels (fixed tau and threshold)."""
     soft = v_reset is None
@@ -277,7 +284,7 @@ def lif_multistep_compiled(x_seq, tau, v_threshold, v_reset, decay_input, detach
         return _CompiledLIF.apply(x_seq, tau.detach(), v_threshold.detach(), v_reset, decay_input, soft,
                                   detach_reset, type(surrogate).grad_fn, surrogate.alpha)
     except Exception as exc:  # compilation failed: no compiler, unsupported platform …
-        if not _KERNELS.cache or isinstance(exc, SpikeliteError):
+        if not _KERNELS.cache or isinstance(exc, (SpikeliteError, _CHECKPOINT_STOP)):
             raise
         _KERNELS.fail(exc)
         return lif_multistep(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)

@@ -1,0 +1,214 @@
+"""Inference copies: eval-only, no autograd state, BatchNorm folded into the conv before it.
+
+``inference_model(net)`` (also :meth:`spikelite.convert.SpikingNet.inference`) returns a new module
+that computes what ``net.eval()`` computes, only cheaper:
+
+* a deep copy, parameters frozen (``requires_grad=False``), always in eval mode — ``.train()`` is an
+  error rather than a silent switch back to batch statistics;
+* every call runs under :func:`torch.inference_mode` (no autograd graph, no version counters);
+* every BatchNorm whose input is the output of a convolution read by nothing else is folded into
+  that convolution (``W' = W·γ/σ``, ``b' = (b − μ)·γ/σ + β``, computed in float64 and cast back to the
+  weight's dtype) — exact up to rounding; a BatchNorm that normalises spikes, a shared conv output,
+  a Linear output or a BatchNorm subclass with its own forward (timm's ``BatchNormAct2d``) is kept;
+* ``channels_last=True`` stores 4-D convolution weights and 4-D inputs in NHWC order, which lets
+  oneDNN (CPU) and cuDNN (tensor cores) pick faster kernels for many networks; it changes no value.
+
+Works for a :class:`~spikelite.convert.SpikingNet` (its eval graph is used) and for plain CNNs
+(traced with ``torch.fx`` in eval mode, e.g. :func:`spikelite.models.create_model` models).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import torch
+from torch import fx, nn
+
+from .convert import SpikingNet, _trace
+from .errors import SpikeliteError
+
+__all__ = ["inference_model", "fold_batchnorm", "InferenceNet", "InferenceModel"]
+
+_BN_FOR_CONV: dict[type, type] = {
+    nn.Conv1d: nn.BatchNorm1d,
+    nn.Conv2d: nn.BatchNorm2d,
+    nn.Conv3d: nn.BatchNorm3d,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm folding on an fx graph
+# --------------------------------------------------------------------------------------------
+
+
+def _fold_into_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold ``bn``'s eval-mode affine map into ``conv``'s weight and bias, in place (float64 maths)."""
+    w = conv.weight.detach()
+    scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+    shift = (bias - bn.running_mean.detach().double()) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    new_w = (w.double() * scale.reshape(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+    conv.weight = nn.Parameter(new_w, requires_grad=False)
+    conv.bias = nn.Parameter(shift.to(w.dtype), requires_grad=False)
+
+
+def _foldable(gm: fx.GraphModule, node: fx.Node, calls: Counter) -> nn.Module | None:
+    """The conv that BatchNorm node ``node`` can be folded into exactly, or None."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    bn = gm.get_submodule(node.target)
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+        return None
+    conv = gm.get_submodule(src.target)
+    if type(bn) is not _BN_FOR_CONV.get(type(conv)):  # exact types: subclasses may override forward
+        return None
+    if bn.running_mean is None or bn.running_var is None or conv.out_channels != bn.num_features:
+        return None
+    if calls[node.target] != 1 or calls[src.target] != 1:  # a module called twice would change elsewhere
+        return None
+    return conv
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> int:
+    """Fold every exactly-foldable conv → BatchNorm pair of ``gm`` (eval semantics), in place.
+
+    Returns the number of BatchNorm layers removed from the graph. The modules are changed in
+    place, so call it on a copy.
+    """
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        conv = _foldable(gm, node, calls)
+        if conv is None:
+            continue
+        _fold_into_conv(conv, gm.get_submodule(node.target))
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        folded += 1
+    if folded:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return folded
+
+
+# --------------------------------------------------------------------------------------------
+# Inference modules
+# --------------------------------------------------------------------------------------------
+
+
+def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def _freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+class _EvalOnly:
+    """Mixin: ``train(True)`` is an error, ``train(False)``/``eval()`` are no-ops."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise SpikeliteError(
+                f"{type(self).__name__} is an inference copy (BatchNorm folded, no autograd): it cannot train; "
+                "train the original network and call inference_model() again"
+            )
+        return super().train(False)
+
+
+class InferenceNet(_EvalOnly, SpikingNet):
+    """Eval-only copy of a :class:`SpikingNet` (see :func:`inference_model`); ``T`` can still be changed."""
+
+    channels_last: bool = False
+    folded_bn: int = 0
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if self.channels_last and isinstance(x, torch.Tensor):
+                x = _to_channels_last(x)
+            return super().forward_steps(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.forward_steps(x).mean(0)
+
+
+class InferenceModel(_EvalOnly, nn.Module):
+    """Eval-only copy of a plain CNN (see :func:`inference_model`): a folded fx graph of it."""
+
+    def __init__(self, body: fx.GraphModule, channels_last: bool, folded_bn: int):
+        super().__init__()
+        self.body = body
+        self.channels_last = bool(channels_last)
+        self.folded_bn = int(folded_bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if self.channels_last and isinstance(x, torch.Tensor):
+                x = _to_channels_last(x)
+            return self.body(x)
+
+
+def _spiking_copy(net: SpikingNet) -> InferenceNet:
+    """An :class:`InferenceNet` built from ``net``'s eval graph on a deep copy of its modules."""
+    work = copy.deepcopy(net)
+    graph = work._eval_graph if work._eval_graph is not None else work.body.graph
+    body = fx.GraphModule(work.body, copy.deepcopy(graph), class_name=type(work.body).__name__)
+    body.delete_all_unused_submodules()
+    out_t = work._output_temporal[1]
+    new = InferenceNet(body, None, work.T, work.encoding, out_t, out_t, work.in_channels, work.input_dim,
+                       work.neuron_config)
+    new.compact_spikes = False
+    if hasattr(work, "spikelite_spec"):
+        new.spikelite_spec = work.spikelite_spec
+    return new
+
+
+def _cnn_copy(model: nn.Module) -> InferenceModel:
+    work = copy.deepcopy(model)
+    graph = _trace(work, False)
+    body = fx.GraphModule(work, graph, class_name=type(model).__name__)
+    body.delete_all_unused_submodules()
+    new = InferenceModel(body, False, 0)
+    if hasattr(model, "spikelite_spec"):
+        new.spikelite_spec = copy.deepcopy(model.spikelite_spec)
+    return new
+
+
+def inference_model(model: nn.Module, channels_last: bool = False) -> nn.Module:
+    """An eval-only, autograd-free copy of ``model`` with BatchNorm folded where that is exact.
+
+    Args:
+        model: a :class:`SpikingNet` or a plain CNN (anything ``torch.fx`` can trace). Not modified.
+        channels_last: store 4-D conv weights and inputs in NHWC order (a speed option; same values).
+
+    Returns:
+        an :class:`InferenceNet` (for a SpikingNet; ``T`` can still be set) or an
+        :class:`InferenceModel`, in eval mode; ``.folded_bn`` is the number of BatchNorms folded.
+    """
+    if not isinstance(model, nn.Module):
+        raise SpikeliteError(f"inference_model expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, (InferenceNet, InferenceModel)):
+        raise SpikeliteError("model is already an inference copy")
+    if not isinstance(channels_last, bool):
+        raise SpikeliteError(f"channels_last must be True or False, got {channels_last!r}")
+    new = _spiking_copy(model) if isinstance(model, SpikingNet) else _cnn_copy(model)
+    new.folded_bn = fold_batchnorm(new.body)
+    if isinstance(new, InferenceNet):
+        new._rebuild_eval_body()
+    _freeze(new)
+    nn.Module.train(new, False)
+    if channels_last:
+        new.to(memory_format=torch.channels_last)
+        new.channels_last = True
+    return new

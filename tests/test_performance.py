@@ -1,0 +1,244 @@
+"""Performance options (issue 9): inference copies with BatchNorm folded, activation checkpointing."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikelite import SpikeliteError, spikify
+from spikelite.checkpoint import CheckpointSegment
+from spikelite.convert import SpikingActivation, inference_model
+from spikelite.inference import InferenceModel, InferenceNet, fold_batchnorm
+from spikelite.models import create_model
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, so that folding has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+    return model
+
+
+def _spikes(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, a, o: out.append(o.detach().clone()))
+             for m in net.modules() if isinstance(m, SpikingActivation)]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+class SharedConvNet(nn.Module):
+    """c1's output feeds its BatchNorm and a skip path: that BatchNorm must not be folded."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+        self.bn3 = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        a = self.c1(x)
+        x = F.relu(self.bn1(a)) + a
+        x = F.relu(self.bn2(self.c2(x)))
+        return self.bn3(self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1)))
+
+
+# --------------------------------------------------------------------------------------------
+# Inference mode
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "shufflenetv2_x0_5"])
+def test_inference_copy_of_snn_gives_identical_spikes_in_float64(name):
+    torch.manual_seed(0)
+    cnn = _randomise_bn(create_model(name, num_classes=10, image_size=32)).double()
+    net = spikify(cnn, T=3).eval()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    fast = net.inference()
+    assert isinstance(fast, InferenceNet) and not fast.training
+    assert fast.folded_bn == n_bn > 0
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fast.modules())
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    ref, got = _spikes(net, x), _spikes(fast, x)
+    assert len(ref) == len(got) > 0
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    with torch.no_grad():
+        expected = net(x)
+    out = fast(x)
+    assert torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
+    assert torch.is_inference(out) and not out.requires_grad
+    assert all(not p.requires_grad for p in fast.parameters())
+    # the original is untouched: still has its BatchNorms and trainable weights
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == n_bn
+    assert all(p.requires_grad for p in net.parameters())
+    fast.T = 5  # T can still change
+    assert fast.forward_steps(x).shape == (5, 4, 10)
+
+
+def test_inference_copy_channels_last_matches_eval():
+    torch.manual_seed(0)
+    cnn = _randomise_bn(create_model("squeezenet1_1", num_classes=10, image_size=32)).double()
+    net = spikify(cnn, T=2).eval()
+    fast = inference_model(net, channels_last=True)
+    conv = next(m for m in fast.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    assert all(torch.equal(a, b) for a, b in zip(_spikes(net, x), _spikes(fast, x)))
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "shufflenetv2_x0_5", "mnasnet0_5"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_copy_of_plain_cnn_matches_eval(name, channels_last):
+    torch.manual_seed(0)
+    cnn = _randomise_bn(create_model(name, num_classes=10, image_size=32)).eval()
+    fast = inference_model(cnn, channels_last=channels_last)
+    assert isinstance(fast, InferenceModel) and fast.folded_bn > 0
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = cnn(x)
+    assert torch.allclose(fast(x), expected, rtol=1e-4, atol=1e-5)
+    assert fast.spikelite_spec == cnn.spikelite_spec
+
+
+def test_only_exactly_foldable_batchnorms_are_folded():
+    torch.manual_seed(0)
+    cnn = _randomise_bn(SharedConvNet()).double().eval()
+    fast = inference_model(cnn)
+    # bn1 reads a conv output that is also used by the skip path; bn3 follows a Linear: both stay
+    assert fast.folded_bn == 1
+    assert {type(m) for m in fast.modules()} >= {nn.BatchNorm2d, nn.BatchNorm1d}
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), cnn(x), rtol=1e-12, atol=1e-12)
+    snn = spikify(cnn, T=2).eval()
+    assert all(torch.equal(a, b) for a, b in zip(_spikes(snn, x), _spikes(snn.inference(), x)))
+
+
+def test_fold_batchnorm_keeps_a_conv_called_twice():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(4, 4, 1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.c(x)) + self.c(x)
+
+    gm = torch.fx.symbolic_trace(_randomise_bn(Twice()).eval())
+    assert fold_batchnorm(gm) == 0
+
+
+def test_inference_copy_is_eval_only_and_checks_its_arguments():
+    net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=32), T=2)
+    fast = net.inference()
+    with pytest.raises(SpikeliteError, match="inference copy"):
+        fast.train()
+    fast.eval()  # allowed: already eval
+    with pytest.raises(SpikeliteError, match="already an inference copy"):
+        inference_model(fast)
+    with pytest.raises(SpikeliteError, match="channels_last"):
+        inference_model(net, channels_last="yes")
+    with pytest.raises(SpikeliteError, match="nn.Module"):
+        inference_model("squeezenet")
+    assert net.training  # the original keeps its mode
+
+
+# --------------------------------------------------------------------------------------------
+# Activation checkpointing
+# --------------------------------------------------------------------------------------------
+
+
+def _train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(1)  # same dropout masks for both nets
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    return loss.detach()
+
+
+def _saved_bytes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward (each storage once, parameters excluded), packing as the net does."""
+    from spikelite.convert import _pack_saved
+
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        p = _pack_saved(t)
+        s = (p[0] if isinstance(p, tuple) else p).untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return p
+
+    net.compact_spikes = False  # the counting hook packs exactly as the net's own hook would
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p[0].to(p[1]) if isinstance(p, tuple) else p):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+    finally:
+        net.compact_spikes = True
+    net.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("name,neuron", [
+    ("squeezenet1_1", None),  # has dropout: the recomputation must repeat its mask
+    ("shufflenetv2_x0_5", {"learn_tau": True, "learn_threshold": True}),  # fused (eager) neuron path
+])
+def test_checkpointing_gives_identical_gradients_and_bn_statistics(name, neuron):
+    torch.manual_seed(0)
+    plain = spikify(create_model(name, num_classes=10, image_size=32), T=2, neuron=neuron).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.checkpoint_segments = 3
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    assert torch.equal(_train_step(plain, x, y), _train_step(ckpt, x, y))
+    assert any(isinstance(m, CheckpointSegment) for m in ckpt._ckpt_body[0].modules())
+    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    for (n, b), c in zip(plain.named_buffers(), ckpt.buffers()):
+        assert torch.equal(b, c), n  # running statistics updated once, not twice
+
+
+def test_checkpointing_saves_less_for_backward():
+    torch.manual_seed(0)
+    net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=32), T=2).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    full = _saved_bytes(net, x, y)
+    net.checkpoint_segments = 4
+    segmented = _saved_bytes(net, x, y)
+    assert 0 < segmented < full / 2
+
+
+def test_checkpointing_option_is_validated_and_survives_copies():
+    net = spikify(create_model("shufflenetv2_x0_5", num_classes=10, image_size=32), T=2)
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(SpikeliteError, match="checkpoint_segments"):
+            net.checkpoint_segments = bad
+    net.checkpoint_segments = 2
+    x = torch.randn(2, 3, 32, 32)
+    net(x).sum().backward()
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert other.checkpoint_segments == 2 and other._ckpt_body == []
+        other(x).sum().backward()
+    net.eval()
+    with torch.no_grad():
+        a = net(x)
+    net.checkpoint_segments = 0
+    with torch.no_grad():
+        assert torch.equal(a, net(x))
