@@ -85,8 +85,11 @@ def build_cnn():
         return torchvision.models.squeezenet1_1(num_classes=10), "torchvision squeezenet1_1"
 
 
-def saved_bytes(model, x, y, loss_fn) -> int:
+def saved_bytes(model, x, y, loss_fn, skip_parameters: bool = False) -> int:
     """Bytes autograd keeps for backward in one training step, each storage counted once.
+
+    ``skip_parameters=True`` leaves out the weights themselves (saved by reference, they exist
+    anyway), so the figure is activation memory only.
 
     A spikelite SpikingNet stores spike tensors as booleans through its own saved-tensor hooks;
     since only the innermost hooks run, the net's hooks are switched off here and the library's
@@ -97,13 +100,15 @@ def saved_bytes(model, x, y, loss_fn) -> int:
 
     storages: dict[int, int] = {}
     compact = isinstance(model, SpikingNet) and model.compact_spikes
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()} if skip_parameters else set()
 
     def pack(t):
         p = _pack_saved(t) if compact else t
         stored = p[0] if isinstance(p, tuple) else p
         try:
             s = stored.untyped_storage()
-            storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
+            if s.data_ptr() not in params:
+                storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
         except Exception:
             pass
         return p

@@ -246,7 +246,7 @@ class _CompiledLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq, tau, v_threshold, v_reset, decay_input, soft, detach_reset, grad_fn, alpha):
         T = int(x_seq.shape[0])
-        fwd = _KERNELS.get("fwd", (decay_input, soft))
+        fwd = _KERNELS.get("fwd", (decay_input, soft, T))  # one cache per T: T is specialised anyway
         r = torch.full((), 0.0 if soft else v_reset, dtype=x_seq.dtype, device=x_seq.device)
         h_seq, spikes = fwd(x_seq, tau, v_threshold, r, T, decay_input, soft)
         ctx.save_for_backward(h_seq, tau, v_threshold, r)
@@ -257,7 +257,7 @@ class _CompiledLIF(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         h_seq, tau, th, r = ctx.saved_tensors
         decay_input, soft, detach, grad_fn, alpha = ctx.cfg
-        bwd = _KERNELS.get("bwd", (decay_input, soft, detach, grad_fn))
+        bwd = _KERNELS.get("bwd", (decay_input, soft, detach, grad_fn, int(h_seq.shape[0])))
         grad_x = bwd(h_seq, grad_spikes, tau, th, r, alpha, int(h_seq.shape[0]), decay_input, soft, detach, grad_fn)
         return grad_x, None, None, None, None, None, None, None, None
 

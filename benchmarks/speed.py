@@ -1,0 +1,200 @@
+"""Speed and memory: spikelite vs SpikingJelly's LIFNode vs snnTorch's Leaky, on spikified zoo networks.
+
+Every SNN is the same ``spikify``'d network (spikelite's zoo models at 32x32, BatchNorm on); only the
+neuron layer differs (the peer wrappers come from ``train_speed.py``). For every model and every T:
+
+* training step (forward, backward, SGD step): the plain CNN, spikelite, spikelite with activation
+  checkpointing (``checkpoint_segments``), SpikingJelly, snnTorch;
+* inference (one batch): the CNN and its ``inference_model`` copy, spikelite in eval mode under
+  ``torch.no_grad`` and its ``inference()`` copy (BatchNorm folded, inference mode), SpikingJelly and
+  snnTorch in eval mode under ``torch.no_grad``.
+
+All of them run interleaved in one process (round-robin: one call of each per round, after warm-up
+rounds), so machine noise hits all alike; medians are reported, as a ratio to T x the plain CNN's
+median for the same task. Memory is the activation bytes autograd saves for backward in one step
+(weights left out), in total and per time step; for checkpointing, also the estimated peak during
+backward (boundary tensors + the largest segment recomputed).
+
+    python benchmarks/speed.py --rounds 20 --T 1 2 4 8 --models squeezenet1_1 shufflenetv2_x0_5 --batch 32
+
+Run it on a quiet machine: figures taken while other jobs share the CPU are not results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from spikelite.checkpoint import CheckpointSegment
+from spikelite.convert import SpikingNet, _pack_saved, spikify
+from spikelite.inference import inference_model
+from spikelite.models import create_model
+from train_speed import SJLIF, SnnTorchLeaky, saved_bytes
+
+TRAIN = ("cnn", "spikelite", "spikelite+ckpt", "spikingjelly", "snntorch")
+INFER = ("cnn", "cnn-folded", "spikelite", "spikelite-inference", "spikingjelly", "snntorch")
+
+
+def recompute_peak_bytes(net: SpikingNet, x: torch.Tensor) -> int:
+    """Activation bytes the largest checkpointed segment saves when run plainly (what backward holds
+    while it recomputes that segment), each storage counted once, weights left out."""
+    segments = [m for m in net._training_body().modules() if isinstance(m, CheckpointSegment)]
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    per: dict[int, dict[int, int]] = {i: {} for i in range(len(segments))}
+    current: list[int | None] = [None]
+
+    def pack(t):
+        p = _pack_saved(t)
+        s = (p[0] if isinstance(p, tuple) else p).untyped_storage()
+        if current[0] is not None and s.data_ptr() not in params:
+            per[current[0]][s.data_ptr()] = s.nbytes()
+        return p
+
+    hooks = []
+    for i, seg in enumerate(segments):
+        seg.enabled = False
+        hooks.append(seg.register_forward_pre_hook(lambda m, a, i=i: current.__setitem__(0, i)))
+        hooks.append(seg.register_forward_hook(lambda m, a, o: current.__setitem__(0, None)))
+    compact, net.compact_spikes = net.compact_spikes, False
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p[0].to(p[1]) if isinstance(p, tuple) else p):
+            net(x)
+    finally:
+        net.compact_spikes = compact
+        for h in hooks:
+            h.remove()
+        for seg in segments:
+            seg.enabled = True
+    return max((sum(v.values()) for v in per.values()), default=0)
+
+
+def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Training and inference variants of one zoo network at T steps (same weights everywhere)."""
+    torch.manual_seed(0)
+    cnn = create_model(name, num_classes=10, image_size=32)
+    snn = spikify(cnn, T=T)
+    ckpt = copy.deepcopy(snn)
+    ckpt.checkpoint_segments = segments
+    train = {
+        "cnn": copy.deepcopy(cnn).train(),
+        "spikelite": snn.train(),
+        "spikelite+ckpt": ckpt.train(),
+        "spikingjelly": spikify(cnn, T=T, neuron=SJLIF).train(),
+        "snntorch": spikify(cnn, T=T, neuron=SnnTorchLeaky).train(),
+    }
+    cnn_eval = copy.deepcopy(cnn).eval()
+    snn_eval = copy.deepcopy(snn).eval()
+    infer = {
+        "cnn": cnn_eval,
+        "cnn-folded": inference_model(cnn_eval),
+        "spikelite": snn_eval,
+        "spikelite-inference": snn_eval.inference(),
+        "spikingjelly": copy.deepcopy(train["spikingjelly"]).eval(),
+        "snntorch": copy.deepcopy(train["snntorch"]).eval(),
+    }
+    return train, infer
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, loss_fn) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+
+def _infer(model: nn.Module, x) -> None:
+    with torch.no_grad():
+        model(x)
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _memory(train: dict[str, nn.Module], x, y, loss_fn) -> dict[str, int]:
+    mem = {k: saved_bytes(m, x, y, loss_fn, skip_parameters=True) for k, m in train.items()}
+    mem["spikelite+ckpt peak"] = mem["spikelite+ckpt"] + recompute_peak_bytes(train["spikelite+ckpt"], x)
+    return mem
+
+
+def _report(name: str, T: int, args, times: dict, mem: dict[str, int]) -> None:
+    med = {key: statistics.median(v) for key, v in times.items()}
+    mib = 2 ** 20
+    print(f"\n## {name}, T={T}, batch {args.batch}")
+    print(f"{'training step':<22}{'ms':>9}{'/ (T x CNN)':>13}{'saved MiB':>11}{'MiB per T':>11}")
+    base = med[("train", "cnn")]
+    for k in TRAIN:
+        ratio = med[("train", k)] / (T * base)
+        per_t = f"{mem[k] / mib / T:>11.2f}" if k != "cnn" else f"{'':>11}"
+        print(f"{k:<22}{med[('train', k)] * 1e3:>9.1f}{ratio:>13.2f}{mem[k] / mib:>11.2f}{per_t}")
+    peak = mem["spikelite+ckpt peak"]
+    print(f"{'  ckpt peak (backward)':<22}{'':>9}{'':>13}{peak / mib:>11.2f}{peak / mib / T:>11.2f}")
+    print(f"{'inference':<22}{'ms':>9}{'/ (T x CNN)':>13}{'images/s':>11}")
+    base = med[("infer", "cnn")]
+    for k in INFER:
+        t = med[("infer", k)]
+        print(f"{k:<22}{t * 1e3:>9.1f}{t / (T * base):>13.2f}{args.batch / t:>11.0f}")
+
+
+def run(args) -> dict:
+    """Build every (model, T) configuration, time them round-robin, print one table per configuration."""
+    configs = []
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (args.batch,), generator=g)
+    for name in args.models:
+        for T in args.T:
+            train, infer = build(name, T, args.segments)
+            opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in train.items()}
+            with torch.no_grad():  # the three neuron implementations agree on the same weights
+                ref = infer["spikelite"](x)
+                agree = {k: float((infer[k](x) - ref).abs().max())
+                         for k in ("spikelite-inference", "spikingjelly", "snntorch")}
+            configs.append(dict(name=name, T=T, train=train, infer=infer, opts=opts, agree=agree,
+                                mem=_memory(train, x, y, loss_fn), times={}))
+    for r in range(args.warmup + args.rounds):
+        for c in configs:
+            for k, m in c["train"].items():
+                dt = _timed(lambda: _train_step(m, c["opts"][k], x, y, loss_fn))
+                if r >= args.warmup:
+                    c["times"].setdefault(("train", k), []).append(dt)
+            for k, m in c["infer"].items():
+                dt = _timed(lambda: _infer(m, x))
+                if r >= args.warmup:
+                    c["times"].setdefault(("infer", k), []).append(dt)
+    print(f"spikelite speed benchmark: CPU threads {torch.get_num_threads()}, {args.rounds} interleaved rounds "
+          f"after {args.warmup} warm-up (medians), checkpoint_segments={args.segments}")
+    for c in configs:
+        _report(c["name"], c["T"], args, c["times"], c["mem"])
+        print("max |logit difference| vs spikelite (eval): "
+              + ", ".join(f"{k} {v:.2e}" for k, v in c["agree"].items()))
+    return {(c["name"], c["T"]): c for c in configs}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20, help="timed rounds (after --warmup rounds)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--models", nargs="+", default=["squeezenet1_1", "shufflenetv2_x0_5"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--segments", type=int, default=4, help="checkpoint_segments of the +ckpt variant")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0 or args.batch < 1 or args.segments < 1 or min(args.T) < 1:
+        ap.error("--rounds, --batch, --segments and every --T must be >= 1, --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
