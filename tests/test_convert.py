@@ -326,3 +326,53 @@ def test_recalibrate_bn_fits_statistics_to_spikes():
     assert not net.training and bn2.momentum == 0.1
     with pytest.raises(SpikeliteError, match="empty"):
         recalibrate_bn(net, [])
+
+
+def test_qcfs_forward_and_straight_through_gradient():
+    from spikelite.neuron import QCFS
+
+    x = torch.tensor([-0.3, 0.0, 0.1, 0.124, 0.126, 0.5, 0.9, 1.0, 1.7], requires_grad=True)
+    y = QCFS(4)(x)
+    assert y.tolist() == [0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 1.0, 1.0, 1.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    with pytest.raises(SpikeliteError, match="levels"):
+        QCFS(0)
+
+
+@pytest.mark.parametrize("T", [2, 4, 8])
+def test_qcfs_network_converts_exactly_to_soft_reset_if_at_T_equal_levels(T):
+    from spikelite.neuron import QCFS
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), QCFS(T), nn.Flatten(),
+                        nn.Linear(8 * 6 * 6, 5)).double()
+    with torch.no_grad():
+        cnn[1].running_mean.uniform_(-0.2, 0.2)
+        cnn[1].running_var.uniform_(0.5, 2.0)
+    cnn.eval()
+    x = torch.randn(16, 3, 6, 6, dtype=torch.float64)
+    snn = spikify(cnn, T=T, neuron={"kind": "if", "v_reset": None}).eval()
+    (act,) = [a for _, a in snn.spiking_layers()]
+    assert act.charge_offset == 0.5 and act.source == "QCFS"
+    with torch.no_grad():
+        assert torch.allclose(snn(x), cnn(x), atol=1e-9)
+        # a hard reset (or no shift) is not the same function: the check above can fail
+        act.charge_offset = 0.0
+        assert not torch.allclose(snn(x), cnn(x), atol=1e-3)
+
+
+def test_create_model_act_levels_swaps_every_relu_and_rebuilds():
+    from spikelite.models import create_model
+    from spikelite.neuron import QCFS
+
+    m = create_model("squeezenet1_1", image_size=32, act_levels=4)
+    assert m.spikelite_spec["act_levels"] == 4
+    assert not any(isinstance(x, nn.ReLU) for x in m.modules())
+    assert sum(isinstance(x, QCFS) for x in m.modules()) == 25  # stem + 3 per fire module
+    again = create_model(**m.spikelite_spec)
+    assert [type(x) for x in again.modules()] == [type(x) for x in m.modules()]
+    with pytest.raises(SpikeliteError, match="other activation"):
+        create_model("mixnet_s", act_levels=4)
+    with pytest.raises(SpikeliteError, match="act_levels"):
+        create_model("squeezenet1_1", act_levels=0)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import SpikeliteError
-from .neuron import IF, LIF
+from .neuron import IF, LIF, QCFS
 
 __all__ = [
     "spikify",
@@ -59,7 +59,7 @@ __all__ = [
 # What counts as an activation
 # --------------------------------------------------------------------------------------------
 
-ACTIVATION_MODULES: tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU)
+ACTIVATION_MODULES: tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, QCFS)
 ACTIVATION_FUNCTIONS: set = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.silu, F.hardswish, F.gelu,
 }
@@ -148,12 +148,15 @@ class SpikingActivation(nn.Module):
         source: what this replaced (e.g. ``"ReLU"`` or ``"F.relu"``), for reports and export.
     """
 
-    def __init__(self, neuron: nn.Module, T: int, broadcast: bool = False, source: str = ""):
+    def __init__(self, neuron: nn.Module, T: int, broadcast: bool = False, source: str = "",
+                 charge_offset: float = 0.0):
         super().__init__()
         self.neuron = neuron
         self.T = int(T)
         self.broadcast = bool(broadcast)
         self.source = source
+        # a constant charge of charge_offset x V_th, spread evenly over the T steps (QCFS's shift)
+        self.charge_offset = float(charge_offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = self.T
@@ -166,10 +169,15 @@ class SpikingActivation(nn.Module):
                     "was this layer called outside its SpikingNet?"
                 )
             x_seq = x.view(T, x.shape[0] // T, *x.shape[1:])
+        if self.charge_offset:
+            th = getattr(self.neuron, "v_threshold", 1.0)
+            th = th.to(x_seq.dtype) if torch.is_tensor(th) else float(th)
+            x_seq = x_seq + (self.charge_offset / T) * th
         return self.neuron(x_seq).flatten(0, 1)
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, broadcast={self.broadcast}, source={self.source!r}"
+        return (f"T={self.T}, broadcast={self.broadcast}, source={self.source!r}"
+                + (f", charge_offset={self.charge_offset:g}" if self.charge_offset else ""))
 
 
 class TimeBroadcast(nn.Module):
@@ -394,7 +402,8 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                     tgt = key[2]
                     source = f"F.{tgt}" if node.op == "call_function" else f"Tensor.{tgt}"
                 plan.site_names[key] = path
-                plan.modules[path] = SpikingActivation(factory(), T, broadcast=is_static, source=source)
+                plan.modules[path] = SpikingActivation(factory(), T, broadcast=is_static, source=source,
+                                                       charge_offset=0.5 if source == "QCFS" else 0.0)
             module = plan.modules[path]
             if module.broadcast != is_static:  # train and eval graphs disagree: broadcast explicitly
                 if is_static:
@@ -418,7 +427,8 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                     key = ("inner", path, 0)
                     if key not in plan.site_names:
                         plan.site_names[key] = path
-                        plan.modules[path] = SpikingActivation(factory(), T, broadcast=False, source=type(sub).__name__)
+                        plan.modules[path] = SpikingActivation(factory(), T, broadcast=False, source=type(sub).__name__,
+                                                               charge_offset=0.5 if isinstance(sub, QCFS) else 0.0)
                     _set_submodule(leaf, rel, plan.modules[plan.site_names[key]])
                 site_paths[f"{node.name}:{rel}"] = path
             src = node.args[0]

@@ -498,6 +498,9 @@ class _NIRBuilder:
         neuron = act.neuron
         if not _is_plain_neuron(neuron):
             self.fail(n, f"its neuron is a {type(neuron).__name__}; NIR export knows spikelite's LIF and IF")
+        if getattr(act, "charge_offset", 0.0):
+            self.fail(n, f"it adds a constant charge per step (charge_offset={act.charge_offset:g}, from a QCFS "
+                         "activation), which NIR's neurons have no input for")
         if neuron.v_reset is None:
             self.fail(n, "soft reset (v_reset=None: subtract the threshold after a spike) has no NIR counterpart; "
                          "NIR's LIF/IF reset the membrane to v_reset. Use a hard reset (e.g. v_reset=0.0)")

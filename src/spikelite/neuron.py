@@ -37,7 +37,7 @@ from torch import nn
 from .errors import SpikeliteError
 from .surrogate import Surrogate, get_surrogate
 
-__all__ = ["LIF", "IF", "lif_multistep", "lif_multistep_reference"]
+__all__ = ["LIF", "IF", "QCFS", "lif_multistep", "lif_multistep_reference"]
 
 
 def _charge(x, v, tau, decay_input: bool, reset_value: float):
@@ -427,3 +427,41 @@ class IF(LIF):
         for key in ("tau", "decay_input", "learn_tau"):
             cfg.pop(key)
         return cfg
+
+
+class _QCFSFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, levels: int):
+        ctx.save_for_backward(x)
+        return torch.clamp(torch.floor(x * levels + 0.5), 0, levels) / levels
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ((x >= 0) & (x <= 1)).to(grad.dtype), None
+
+
+class QCFS(nn.Module):
+    """The CNN-side twin of a soft-reset IF neuron run for ``levels`` steps: quantise, clip, floor, shift.
+
+    ``y = clamp(floor(x·L + 1/2), 0, L) / L`` (forward), with the straight-through gradient of
+    ``clamp(x, 0, 1)`` (backward) — the "quantization clip-floor-shift" activation of Bu et al.
+    (ICLR 2022). A CNN trained with it in place of ReLU (``create_model(..., act_levels=L)``) converts
+    to an SNN whose first layer is exact at ``T = L``: an IF neuron with threshold 1 and soft reset,
+    fed a constant input ``x`` plus ``1/(2T)`` per step, fires ``clamp(floor(x·T + 1/2), 0, T)``
+    times. :func:`spikelite.spikify` adds that half-threshold charge (``SpikingActivation.charge_offset``)
+    when it replaces a QCFS. The clip at 1 loses nothing when a BatchNorm precedes the activation
+    (it learns the scale), as in every zoo model.
+    """
+
+    def __init__(self, levels: int = 4):
+        super().__init__()
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            raise SpikeliteError(f"QCFS: levels must be an integer >= 1, got {levels!r}")
+        self.levels = int(levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _QCFSFunction.apply(x, self.levels)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"

@@ -150,7 +150,9 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
         width: multiplier on the named model's channel widths (SqueezeNet has none: 1.0 only).
         **kw: family options (``SqueezeNetOptions`` etc.), e.g. ``batch_norm=False``, ``pool="avg"``,
             ``stem_reduction=2``; and ``keep=[...]``: the macro modules to keep, the others removed
-            as :func:`spikelite.prune.apply_keep` does (a pruned architecture; docs/pruning.md).
+            as :func:`spikelite.prune.apply_keep` does (a pruned architecture; docs/pruning.md);
+            and ``act_levels=L``: every ReLU becomes :class:`spikelite.neuron.QCFS` with ``L`` levels,
+            a CNN that converts to an SNN at ``T = L`` with little loss (docs/recipe.md).
 
     The returned model has ``spikelite_spec``: every argument with defaults filled in, so that
     ``create_model(**model.spikelite_spec)`` rebuilds the same architecture even if defaults change.
@@ -161,6 +163,9 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
     in_chans = _check_int("in_chans", in_chans)
     width = _check_width(name, width)
     keep = kw.pop("keep", None)
+    act_levels = kw.pop("act_levels", None)
+    if act_levels is not None:
+        act_levels = _check_int("act_levels", act_levels)
     opts = check_options(name, entry.options, kw)
     model, resolved = entry.build(name, num_classes, image_size, in_chans, width, opts)
     model.spikelite_spec = {
@@ -171,7 +176,32 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
         from ..prune import apply_keep
 
         apply_keep(model, keep)
+    if act_levels is not None:
+        _use_qcfs(model, name, act_levels)
+        model.spikelite_spec["act_levels"] = act_levels
     return model
+
+
+def _use_qcfs(model: nn.Module, name: str, levels: int) -> None:
+    """Replace every ReLU/ReLU6 module by a QCFS activation (in place); other activations are an error."""
+    from ..neuron import QCFS
+
+    relus, others = [], []
+    for path, m in model.named_modules():
+        if isinstance(m, (nn.ReLU, nn.ReLU6)):
+            relus.append(path)
+        elif isinstance(m, (nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Sigmoid, nn.Hardsigmoid)) or \
+                type(m).__name__ in ("Swish", "SwishMe", "HardSwish", "HardSwishMe", "GELU"):
+            others.append(f"{path} ({type(m).__name__})")
+    others = [o for o in others if not any(o.startswith(p + ".") for p in relus)]
+    if others:
+        raise SpikeliteError(f"{name}: act_levels replaces ReLU activations by QCFS, but this model also has "
+                             f"{len(others)} other activation(s), e.g. {', '.join(others[:3])}")
+    if not relus:
+        raise SpikeliteError(f"{name}: act_levels found no ReLU activation modules to replace")
+    for path in relus:
+        parent, _, leaf = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, QCFS(levels))
 
 
 # ----------------------------------------------------------------------------------------------
