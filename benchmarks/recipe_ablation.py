@@ -1,16 +1,20 @@
-"""SNN recipe ablation on CIFAR-10 (the protocol of docs/recipe.md), run with ``spikelite train`` itself.
+"""SNN recipe ablation on CIFAR-10 (the protocol of docs/recipe.md), every row run with ``spikelite train``.
 
 Every row is one ``spikelite train`` command on the same cheap proxy: ``squeezenet1_1`` (BatchNorm,
 ``stem_reduction=2``: 16x16 maps after the stem, so an SNN epoch takes minutes on a laptop CPU), a
-stratified 10,000-image subset of the 45k training split, 3 epochs, batch 128, T=4, validated on a
-stratified 2,000-image subset of the 5k validation split. Rows differ only in the flags listed in ROWS.
+stratified 10,000-image subset of the 45k training split, 3 epochs (``--epochs`` changes it), batch 128,
+T=4, validated on a stratified 2,000-image subset of the 5k validation split. Rows differ only in the
+flags listed in ROWS; SNN rows spell out their neuron options, so they keep their meaning whatever
+spikelite's defaults are. ``from-*`` rows convert a CNN row's best checkpoint (``--cnn-runs``).
 
-    python benchmarks/recipe_ablation.py --data DATA/cifar10 --rows cnn snn-defaults recipe ...
-    python benchmarks/recipe_ablation.py --data DATA/cifar10 --table      # Markdown table of finished rows
+    python benchmarks/recipe_ablation.py --data DATA/cifar10 --runs runs/recipe --rows cnn snn-defaults recipe
+    python benchmarks/recipe_ablation.py --data DATA/cifar10 --runs runs/recipe_ft --cnn-runs runs/recipe \
+        --epochs 1 --rows from-cnn
+    python benchmarks/recipe_ablation.py --data DATA/cifar10 --runs runs/recipe --table   # Markdown table
 
-Each row's run directory is ``--runs/<row>``; a finished row (summary.json present) is not run again, an
+Each row's run directory is ``<runs>/<row>``; a finished row (summary.json present) is not run again, an
 interrupted one resumes (``--resume``). After training, the best checkpoint's firing rate is measured with
-``spikelite.energy.measure`` on 256 validation images. ``--threads`` is passed to every run.
+``spikelite.energy.measure`` on 256 validation images and stored with the command in ``extra.json``.
 """
 from __future__ import annotations
 
