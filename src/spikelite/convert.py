@@ -92,6 +92,11 @@ def _timm_activation_types() -> tuple[type, ...]:
     return tuple(t for t in found if isinstance(t, type))
 
 
+def _charge_offset(act: nn.Module) -> float:
+    """The constant charge (in thresholds, spread over T) the neuron replacing ``act`` gets: QCFS's shift."""
+    return 0.5 if isinstance(act, QCFS) else 0.0
+
+
 def _is_activation_module(m: nn.Module) -> bool:
     return isinstance(m, ACTIVATION_MODULES + _timm_activation_types()) and not isinstance(m, SpikingActivation)
 
@@ -391,9 +396,12 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
             is_static = not temporal.get(src, False)
             path = plan.site_names.get(key)
             if path is None:
+                offset = 0.0
                 if node.op == "call_module":
                     path = node.target if key[-1] == 0 else _unique_name(gm, f"{node.target}__{key[-1]}")
-                    source = type(gm.get_submodule(node.target)).__name__
+                    act = gm.get_submodule(node.target)
+                    source = type(act).__name__
+                    offset = _charge_offset(act)
                 else:
                     owner = key[1]
                     k = plan.fn_counter.get(owner, 0)
@@ -403,7 +411,7 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                     source = f"F.{tgt}" if node.op == "call_function" else f"Tensor.{tgt}"
                 plan.site_names[key] = path
                 plan.modules[path] = SpikingActivation(factory(), T, broadcast=is_static, source=source,
-                                                       charge_offset=0.5 if source == "QCFS" else 0.0)
+                                                       charge_offset=offset)
             module = plan.modules[path]
             if module.broadcast != is_static:  # train and eval graphs disagree: broadcast explicitly
                 if is_static:
@@ -428,7 +436,7 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                     if key not in plan.site_names:
                         plan.site_names[key] = path
                         plan.modules[path] = SpikingActivation(factory(), T, broadcast=False, source=type(sub).__name__,
-                                                               charge_offset=0.5 if isinstance(sub, QCFS) else 0.0)
+                                                               charge_offset=_charge_offset(sub))
                     _set_submodule(leaf, rel, plan.modules[plan.site_names[key]])
                 site_paths[f"{node.name}:{rel}"] = path
             src = node.args[0]

@@ -24,6 +24,7 @@ from collections import Counter
 
 import torch
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .convert import SpikingNet, _trace
 from .errors import SpikeliteError
@@ -44,17 +45,14 @@ _BN_FOR_CONV: dict[type, type] = {
 
 def _fold_into_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Fold ``bn``'s eval-mode affine map into ``conv``'s weight and bias, in place (float64 maths)."""
-    w = conv.weight.detach()
-    scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
-    shift = (bias - bn.running_mean.detach().double()) * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach().double()
-    new_w = (w.double() * scale.reshape(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
-    conv.weight = nn.Parameter(new_w, requires_grad=False)
-    conv.bias = nn.Parameter(shift.to(w.dtype), requires_grad=False)
+    def f64(t):
+        return None if t is None else t.detach().double()
+
+    dtype = conv.weight.dtype
+    w, b = fuse_conv_bn_weights(f64(conv.weight), f64(conv.bias), f64(bn.running_mean), f64(bn.running_var),
+                                bn.eps, f64(bn.weight), f64(bn.bias))
+    conv.weight = nn.Parameter(w.detach().to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(b.detach().to(dtype), requires_grad=False)
 
 
 def _foldable(gm: fx.GraphModule, node: fx.Node, calls: Counter) -> nn.Module | None:

@@ -200,8 +200,6 @@ def recipe_neuron(spec: dict) -> dict:
     spec = dict(spec)
     kind = str(spec.get("kind", "lif")).lower()
     out = {k: v for k, v in RECIPE_NEURON.items() if kind == "lif" or k != "decay_input"}
-    if "surrogate" in spec and "surrogate_alpha" not in spec:
-        out.pop("surrogate", None)
     out.update(spec)
     return out
 

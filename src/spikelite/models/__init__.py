@@ -193,7 +193,6 @@ def _use_qcfs(model: nn.Module, name: str, levels: int) -> None:
         elif isinstance(m, (nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Sigmoid, nn.Hardsigmoid)) or \
                 type(m).__name__ in ("Swish", "SwishMe", "HardSwish", "HardSwishMe", "GELU"):
             others.append(f"{path} ({type(m).__name__})")
-    others = [o for o in others if not any(o.startswith(p + ".") for p in relus)]
     if others:
         raise SpikeliteError(f"{name}: act_levels replaces ReLU activations by QCFS, but this model also has "
                              f"{len(others)} other activation(s), e.g. {', '.join(others[:3])}")
