@@ -3,7 +3,8 @@
 Every SNN is the same ``spikify``'d network (spikelite's zoo models at 32x32, BatchNorm on); only the
 neuron layer differs (the peer wrappers come from ``train_speed.py``). For every model and every T:
 
-* training step (forward, backward, SGD step): the plain CNN, spikelite, spikelite with activation
+* training step (forward, backward, SGD step): the plain CNN, spikelite, both with NHWC weights
+  (``+nhwc``: what ``spikelite train --channels-last`` does), spikelite with activation
   checkpointing (``checkpoint_segments``), SpikingJelly, snnTorch;
 * inference (one batch): the CNN and its ``inference_model`` copy, spikelite in eval mode under
   ``torch.no_grad`` and its ``inference()`` copy (BatchNorm folded, inference mode), SpikingJelly and
@@ -37,7 +38,7 @@ from spikelite.inference import inference_model
 from spikelite.models import create_model
 from train_speed import SJLIF, SnnTorchLeaky, saved_bytes
 
-TRAIN = ("cnn", "spikelite", "spikelite+ckpt", "spikingjelly", "snntorch")
+TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite+nhwc", "spikelite+ckpt", "spikingjelly", "snntorch")
 INFER = ("cnn", "cnn-folded", "spikelite", "spikelite-inference", "spikingjelly", "snntorch")
 
 
@@ -83,7 +84,9 @@ def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[
     ckpt.checkpoint_segments = segments
     train = {
         "cnn": copy.deepcopy(cnn).train(),
+        "cnn+nhwc": copy.deepcopy(cnn).to(memory_format=torch.channels_last).train(),  # train --channels-last
         "spikelite": snn.train(),
+        "spikelite+nhwc": copy.deepcopy(snn).to(memory_format=torch.channels_last).train(),
         "spikelite+ckpt": ckpt.train(),
         "spikingjelly": spikify(cnn, T=T, neuron=SJLIF).train(),
         "snntorch": spikify(cnn, T=T, neuron=SnnTorchLeaky).train(),
@@ -132,7 +135,7 @@ def _report(name: str, T: int, args, times: dict, mem: dict[str, int]) -> None:
     base = med[("train", "cnn")]
     for k in TRAIN:
         ratio = med[("train", k)] / (T * base)
-        per_t = f"{mem[k] / mib / T:>11.2f}" if k != "cnn" else f"{'':>11}"
+        per_t = f"{mem[k] / mib / T:>11.2f}" if not k.startswith("cnn") else f"{'':>11}"
         print(f"{k:<22}{med[('train', k)] * 1e3:>9.1f}{ratio:>13.2f}{mem[k] / mib:>11.2f}{per_t}")
     peak = mem["spikelite+ckpt peak"]
     print(f"{'  ckpt peak (backward)':<22}{'':>9}{'':>13}{peak / mib:>11.2f}{peak / mib / T:>11.2f}")

@@ -242,3 +242,31 @@ def test_checkpointing_option_is_validated_and_survives_copies():
     net.checkpoint_segments = 0
     with torch.no_grad():
         assert torch.equal(a, net(x))
+
+
+def test_speed_benchmark_runs_every_variant_and_the_peers_agree(monkeypatch, capsys):
+    # benchmarks/speed.py end to end on a tiny configuration: every training and inference variant is
+    # timed, memory counted, and the peers' logits agree with spikelite's on the same weights.
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("snntorch")
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from spikelite import neuron
+
+    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # eager LIF kernels: no compile time here
+    speed = __import__("speed")
+    threads = torch.get_num_threads()
+    try:
+        res = speed.main(["--rounds", "1", "--warmup", "0", "--T", "2", "--batch", "2",
+                          "--models", "shufflenetv2_x0_3", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+        sys.modules.pop("speed", None)
+    c = res[("shufflenetv2_x0_3", 2)]
+    assert {k for _, k in c["times"]} == set(speed.TRAIN) | set(speed.INFER)
+    assert all(v < 1e-4 for v in c["agree"].values()), c["agree"]
+    assert c["mem"]["spikelite+ckpt"] < c["mem"]["spikelite"]  # checkpointing saves less for backward
+    out = capsys.readouterr().out
+    assert "cnn+nhwc" in out and "spikelite-inference" in out

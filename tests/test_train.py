@@ -338,6 +338,30 @@ def test_cnn_training_learns_digits(tmp_path):
     assert summary["best"]["val_acc"] > 0.5, summary["best"]  # 10 classes: chance is 0.1 (measured: 0.74)
 
 
+def test_channels_last_trains_the_same_network(tmp_path, capsys):
+    # a speed option only: NHWC weights (and so activations); checkpoints load like any other
+    runs = {}
+    for cl in (False, True):
+        T.train(_cfg(tmp_path, name=f"cl{cl}", epochs=1, channels_last=cl, data__train_subset=32,
+                     data__image_size=16, optim__warmup_epochs=0))  # one SGD step: the tiny net is chaotic
+        raw = T.read_checkpoint(tmp_path / f"cl{cl}" / "last.pt")
+        assert raw["config"]["channels_last"] is cl
+        runs[cl] = raw["state_dict"]
+    # kernels whose NCHW and NHWC layouts differ (not 1x1, more than one input channel)
+    convs = [k for k, v in runs[True].items() if v.dim() == 4 and v.shape[1] > 1 and v.shape[2] * v.shape[3] > 1]
+    assert convs and all(runs[True][k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    assert not any(runs[False][k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    model, _ = T.load_checkpoint(tmp_path / "clTrue" / "last.pt")  # loads like any other checkpoint
+    assert torch.equal(model.state_dict()[convs[0]], runs[True][convs[0]])
+    # Same math (float64 gradients agree to 1e-14), but fp32 BatchNorm training kernels round differently in
+    # NHWC (docs/performance.md), so one SGD step from the same start lands close, not bit-identical.
+    flat = {cl: torch.cat([v.double().flatten() for k, v in sorted(sd.items()) if v.is_floating_point()])
+            for cl, sd in runs.items()}
+    assert ((flat[True] - flat[False]).norm() / flat[False].norm()).item() < 2e-3
+    assert cli_main(["train", "--channels-last", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["channels_last"] is True
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = T._classification_loss

@@ -246,6 +246,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 if supported, else fp16) | bf16 | fp16 | off; CUDA only
     threads: Optional[int] = None  # torch CPU threads for this run
+    channels_last: bool = False  # keep conv weights (and so activations) in NHWC order: a speed option
     out: str = "runs/train"  # the run directory
     save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: epoch ends only)
     eval_every: int = 1  # evaluate on the validation split every N epochs (and after the last)
@@ -294,7 +295,7 @@ class TrainConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "snn": SNNConfig}
 # Keys that may change when a run is resumed: where things are and how they are reported, not the recipe.
 RUNTIME_KEYS = frozenset({
-    "out", "device", "threads", "quiet", "tensorboard", "save_every_steps", "eval_every", "init_from",
+    "out", "device", "threads", "channels_last", "quiet", "tensorboard", "save_every_steps", "eval_every", "init_from",
     "data.root", "data.cache_dir", "data.download", "data.eval_batch_size",
 })
 
@@ -1242,6 +1243,10 @@ class _Run:
             model, self.src_meta = _initial_model(cfg, self.train_data, torch.device("cpu"), self.log)
         _check_fits_data(describe_model(model)["model_spec"], self.train_data, "model")
         self.model = model.to(self.device)
+        if cfg.channels_last:
+            # NHWC weights make every convolution (and so every activation) channels_last; same math,
+            # about 1.3x faster CNN training steps on CPU (docs/performance.md).
+            self.model.to(memory_format=torch.channels_last)
         self.is_snn = isinstance(model, SpikingNet)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         per_rank = cfg.batch_size // dist_env.world_size
@@ -1660,6 +1665,8 @@ def _overrides_from_args(args: argparse.Namespace) -> dict:
         ov["snn.tet"] = True
     if args.no_tet:
         ov["snn.tet"] = False
+    if args.channels_last:
+        ov["channels_last"] = True
     if args.no_nesterov:
         ov["optim.nesterov"] = False
     if args.quiet:
@@ -1757,6 +1764,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     for flag, key, tp, help_text in _FLAGS:
         p.add_argument(flag, type=tp, default=None, help=f"{help_text} [{key}]")
     tet = p.add_mutually_exclusive_group()
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format for conv weights and activations (faster CNN steps on CPU) [channels_last]")
     tet.add_argument("--tet", action="store_true", help="TET loss: cross-entropy at every time step [snn.tet]")
     tet.add_argument("--no-tet", action="store_true", help="cross-entropy of the time-averaged output [snn.tet]")
     p.add_argument("--no-nesterov", action="store_true", help="plain momentum SGD [optim.nesterov]")
