@@ -1244,8 +1244,8 @@ class _Run:
         _check_fits_data(describe_model(model)["model_spec"], self.train_data, "model")
         self.model = model.to(self.device)
         if cfg.channels_last:
-            # NHWC weights make every convolution (and so every activation) channels_last; same math,
-            # about 1.3x faster CNN training steps on CPU (docs/performance.md).
+            # NHWC weights make every convolution (and so every activation) channels_last: the same
+            # math up to float32 rounding in BatchNorm; a CPU speed option (docs/performance.md).
             self.model.to(memory_format=torch.channels_last)
         self.is_snn = isinstance(model, SpikingNet)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
@@ -1763,9 +1763,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--mode", choices=MODES, help="cnn or snn")
     for flag, key, tp, help_text in _FLAGS:
         p.add_argument(flag, type=tp, default=None, help=f"{help_text} [{key}]")
-    tet = p.add_mutually_exclusive_group()
     p.add_argument("--channels-last", action="store_true",
-                   help="NHWC memory format for conv weights and activations (faster CNN steps on CPU) [channels_last]")
+                   help="NHWC memory format for conv weights and activations (a CPU speed option) [channels_last]")
+    tet = p.add_mutually_exclusive_group()
     tet.add_argument("--tet", action="store_true", help="TET loss: cross-entropy at every time step [snn.tet]")
     tet.add_argument("--no-tet", action="store_true", help="cross-entropy of the time-averaged output [snn.tet]")
     p.add_argument("--no-nesterov", action="store_true", help="plain momentum SGD [optim.nesterov]")
