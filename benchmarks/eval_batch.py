@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 
+from spikelite import SpikeliteError
 from spikelite import train as T
-from spikelite.data import load_split
 
 
 def main(argv=None):
@@ -30,13 +31,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.images < 1 or args.rounds < 1 or min(args.batch) < 1 or args.threads < 0:
+        ap.error("--images, --rounds and every --batch must be >= 1, --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, meta = T.load_checkpoint(args.checkpoint)
-    info = meta.get("data") or {}
-    cfg_data = (meta.get("config") or {}).get("data") or {}
-    data = load_split(info.get("dataset") or cfg_data.get("dataset"), args.data, args.split,
-                      val_size=cfg_data.get("val_size"), seed=int(cfg_data.get("split_seed") or 0))
+    try:
+        model, meta = T.load_checkpoint(args.checkpoint)
+        data, _ = T.checkpoint_data(meta, args.checkpoint, args.split, data_root=args.data)
+    except SpikeliteError as exc:
+        sys.exit(f"eval_batch.py: error: {exc}")
     step = max(len(data) // args.images, 1)
     data = data.subset(torch.arange(0, len(data), step)[: args.images])
     times: dict[int, list[float]] = {b: [] for b in args.batch}

@@ -66,6 +66,7 @@ __all__ = [
     "train",
     "evaluate",
     "evaluate_checkpoint",
+    "checkpoint_data",
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
@@ -1553,20 +1554,11 @@ class _Run:
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_checkpoint(path: str | os.PathLike, *, data_root: str | None = None, dataset: str | None = None,
-                        split: str = "test", batch_size: int = 256, device: str = "auto",
-                        T: int | None = None) -> dict:
-    """Rebuild a checkpoint's model from the file alone and measure it on a split of its dataset.
-
-    The dataset name, image size, channels, train/val split and normalisation come from the
-    checkpoint (``dataset``/``data_root`` override where the data is). Returns the :func:`evaluate`
-    metrics plus what was evaluated (``confusion`` as nested lists).
-    """
-    if split not in ("train", "val", "test"):
-        raise SpikeliteError(f"split must be train, val or test; got {split!r}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    model, meta = load_checkpoint(path, device=dev)
+def checkpoint_data(meta: dict, path, split: str, *, data_root: str | None = None, dataset: str | None = None):
+    """The split of a checkpoint's dataset it is evaluated on: name, image size, channels, train/val split
+    and normalisation from the checkpoint (``meta`` from :func:`load_checkpoint`); ``dataset``/``data_root``
+    override where the data is. Returns ``(data, root)``; a SpikeliteError when the data do not fit the
+    checkpoint."""
     info = meta.get("data") or {}
     name = dataset or info.get("dataset")
     if name is None:
@@ -1590,6 +1582,24 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_root: str | None = None
                              f"the checkpoint's ({', '.join(info['classes'][:4])}, ...)")
     if info.get("mean") and info.get("std"):
         data = dataclasses.replace(data, mean=tuple(info["mean"]), std=tuple(info["std"]))
+    return data, root
+
+
+def evaluate_checkpoint(path: str | os.PathLike, *, data_root: str | None = None, dataset: str | None = None,
+                        split: str = "test", batch_size: int = 256, device: str = "auto",
+                        T: int | None = None) -> dict:
+    """Rebuild a checkpoint's model from the file alone and measure it on a split of its dataset.
+
+    The dataset name, image size, channels, train/val split and normalisation come from the
+    checkpoint (``dataset``/``data_root`` override where the data is). Returns the :func:`evaluate`
+    metrics plus what was evaluated (``confusion`` as nested lists).
+    """
+    if split not in ("train", "val", "test"):
+        raise SpikeliteError(f"split must be train, val or test; got {split!r}")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model, meta = load_checkpoint(path, device=dev)
+    data, root = checkpoint_data(meta, path, split, data_root=data_root, dataset=dataset)
     if T is not None:
         if not isinstance(model, SpikingNet):
             raise SpikeliteError("--T applies to SNN checkpoints only; this one is a CNN")
