@@ -258,6 +258,67 @@ def test_end_to_end_tiny_bench_resumes_and_skips_finished_cells(tmp_path):
                for r in rows)
 
 
+def test_imported_checkpoints_are_measured_not_trained(tmp_path):
+    # a first grid trains a CNN and its SNN; a second grid imports both files and prunes the imported SNN
+    first = tmp_path / "first"
+    B.run_bench(B.build_spec(tiny_spec(first, variants=["cnn", "snn"])), quiet=True, report=False)
+    trained = {r["variant"]: r for r in _rows(first)}
+    cnn_ckpt = first / "cells" / trained["cnn"]["id"] / "best.pt"
+    snn_ckpt = first / "cells" / trained["snn"]["id"] / "best.pt"
+    out = tmp_path / "second"
+    model = {**TINY_MODEL, "checkpoints": {"cnn": str(cnn_ckpt), "snn": str(snn_ckpt)}}
+    spec = B.build_spec(tiny_spec(out, models=[model]))
+    cells = B.expand_grid(spec)
+    assert [(c.variant, bool(c.checkpoint)) for c in cells] == [("cnn", True), ("snn", True), ("snn-p", False)]
+    assert cells[1].deps == [] and cells[2].deps == [cells[1].id]
+    summary = B.run_bench(spec, quiet=True)
+    assert summary["counts"] == {"ok": 3}
+    rows = {r["variant"]: r for r in _rows(out)}
+    for v in ("cnn", "snn"):
+        cdir = out / "cells" / rows[v]["id"]
+        assert not (cdir / "last.pt").exists() and not (cdir / "log.csv").exists()  # nothing trained
+        res = json.loads((cdir / "result.json").read_text())
+        assert res["imported"]["path"] == str(cnn_ckpt if v == "cnn" else snn_ckpt)
+        # the same file under the same evaluation gives the same figures as in the grid that trained it
+        for k in ("accuracy", "macro_f1", "params", "acs", "macs", "energy_mj@45nm-fp32"):
+            assert rows[v][k] == trained[v][k], (v, k)
+        assert rows[v]["epochs"] == "1" and float(rows[v]["train_seconds"]) > 0
+    assert rows["snn"]["start_val_acc"] == trained["snn"]["start_val_acc"] != ""
+    assert rows["cnn"]["imported"] == str(cnn_ckpt) and rows["snn-p"]["imported"] == ""
+    report = (out / "report.md").read_text()
+    assert f"imported: `{snn_ckpt}`" in report and "in this run" in report
+    assert rows["snn"]["cnn_accuracy"] == rows["cnn"]["accuracy"]
+    # the trained pruned cell started from the imported SNN file
+    prune = json.loads((out / "cells" / rows["snn-p"]["id"] / "prune.json").read_text())
+    assert prune["source"] == str(snn_ckpt) and (out / "cells" / rows["snn-p"]["id"] / "last.pt").is_file()
+    # importing the pruned result too: one more grid, every cell imported, the schedule read from the file
+    snnp_ckpt = out / "cells" / rows["snn-p"]["id"] / "best.pt"
+    third = tmp_path / "third"
+    model3 = {**TINY_MODEL, "checkpoints": {"cnn": str(cnn_ckpt), "snn": str(snn_ckpt), "snn-p": str(snnp_ckpt)}}
+    cells3 = B.expand_grid(B.build_spec(tiny_spec(third, models=[model3])))
+    assert all(c.checkpoint for c in cells3) and cells3[2].schedule.startswith("keep:")
+    assert cells3[2].id.endswith("__snn-p__T2__" + B._safe(cells3[2].schedule) + "__s0")
+    # re-running measures nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
+    assert B.run_bench(B.build_spec(tiny_spec(out, models=[model])), quiet=True, report=False)["counts"] == {"ok": 3}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # bad imports: one error naming every problem, before anything runs
+    bad = {**TINY_MODEL, "checkpoints": {"snn": str(cnn_ckpt), "cnn": str(tmp_path / "nope.pt"), "snn-p": str(snn_ckpt),
+                                          "xyz": "a.pt"}}
+    with pytest.raises(SpikeliteError) as err:
+        B.build_spec(tiny_spec(tmp_path / "bad", models=[bad], T=[4]))
+    msg = str(err.value)
+    for part in ("is a CNN checkpoint; a snn cell needs an SNN one", "nope.pt does not exist",
+                 "is not pruned", "unknown variant 'xyz'", "runs T=2; add it to T"):
+        assert part in msg, part
+    other = {"name": "squeezenet1_1", "label": "sq", "checkpoints": {"cnn": str(cnn_ckpt)}}
+    with pytest.raises(SpikeliteError, match="holds a shufflenetv2_x0_3, not a squeezenet1_1"):
+        B.build_spec(tiny_spec(tmp_path / "bad", models=[other], variants=["cnn"]))
+    with pytest.raises(SpikeliteError, match="snn-p is not among the grid's variants"):
+        B.build_spec(tiny_spec(tmp_path / "bad", models=[model3], variants=["cnn", "snn"]))
+
+
 def test_failed_cell_is_recorded_and_the_others_go_on(tmp_path):
     out = tmp_path / "run"
     # the SNN fine-tuning diverges (a real NaN loss); the second model's cells still run

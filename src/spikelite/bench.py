@@ -189,12 +189,19 @@ def _read_json(path: Path) -> dict | None:
 
 @dataclasses.dataclass
 class ModelEntry:
-    """A zoo model of the grid: ``create_model(name, width=width, **options)``."""
+    """A zoo model of the grid: ``create_model(name, width=width, **options)``.
+
+    ``checkpoints`` maps a variant (``cnn``, ``snn``, ``snn-p``, ``cnn-p``) to a trained spikelite
+    checkpoint of this model: that variant's cell is then *imported* (evaluated and measured, not
+    trained), and cells that start from it (``snn`` from ``cnn``, ``snn-p`` from ``snn``) start from
+    that file.
+    """
 
     name: str
     width: float = 1.0
     options: dict = dataclasses.field(default_factory=dict)
     label: str = ""
+    checkpoints: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.label:
@@ -286,7 +293,8 @@ class BenchSpec:
         d = {
             "name": self.name,
             "out": self.out,
-            "models": [{"name": m.name, "width": m.width, "options": dict(m.options), "label": m.label}
+            "models": [{"name": m.name, "width": m.width, "options": dict(m.options), "label": m.label,
+                        **({"checkpoints": dict(m.checkpoints)} if m.checkpoints else {})}
                        for m in self.models],
             "datasets": [{"name": d.name, "root": d.root, "label": d.label, **d.options} for d in self.datasets],
             "variants": list(self.variants),
@@ -346,9 +354,9 @@ def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
         item = {"name": name.strip(), "width": w}
     if not isinstance(item, dict):
         problems.append(f"{where} must be a model name (e.g. squeezenet1_1 or mnasnet_b1@0.12) or a mapping "
-                        f"with name/width/options/label, got {item!r}")
+                        f"with name/width/options/label/checkpoints, got {item!r}")
         return None
-    valid = ("name", "width", "options", "label")
+    valid = ("name", "width", "options", "label", "checkpoints")
     unknown = [k for k in item if k not in valid]
     if unknown:
         problems.append(f"unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}; valid keys: "
@@ -369,6 +377,19 @@ def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
     if not isinstance(label, str):
         problems.append(f"{where} ({name}): label must be a string")
         label = ""
+    checkpoints = item.get("checkpoints") or {}
+    if not isinstance(checkpoints, dict):
+        problems.append(f"{where} ({name}): checkpoints must map variants to checkpoint files (e.g. "
+                        f"{{cnn: runs/cnn/best.pt}}), got {checkpoints!r}")
+        checkpoints = {}
+    for v, path in list(checkpoints.items()):
+        if v not in VARIANTS:
+            problems.append(f"{where} ({name}): checkpoints: unknown variant {v!r}; valid variants: "
+                            f"{', '.join(VARIANTS)}")
+            checkpoints.pop(v)
+        elif not isinstance(path, str) or not path:
+            problems.append(f"{where} ({name}): checkpoints.{v} must be a checkpoint path, got {path!r}")
+            checkpoints.pop(v)
     from .models import get_entry
 
     try:
@@ -376,7 +397,117 @@ def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
     except SpikeliteError as exc:
         problems.append(f"{where}: {exc}")
         return None
-    return ModelEntry(name, float(width), dict(options), label)
+    return ModelEntry(name, float(width), dict(options), label, {str(k): str(v) for k, v in checkpoints.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportedCheckpoint:
+    """What the grid needs to know about a trained checkpoint named in a model's ``checkpoints``."""
+
+    path: str
+    sha256: str
+    kind: str  # cnn | snn
+    name: str
+    width: float
+    model_spec: dict
+    dataset: str | None
+    T: int | None
+    keep: tuple | None
+    removed: tuple | None
+    strategy: str | None
+
+    @property
+    def schedule(self) -> str | None:
+        """The prune schedule label of a pruned checkpoint: a paper schedule's name when its keep set is one,
+        else ``keep:a+b+...``."""
+        if self.keep is None:
+            return None
+        from .prune import PAPER_SCHEDULES
+
+        if self.strategy in PAPER_SCHEDULES and tuple(PAPER_SCHEDULES[self.strategy]) == tuple(self.keep):
+            return self.strategy
+        for name, keep in PAPER_SCHEDULES.items():
+            if self.name.startswith("squeezenet") and tuple(keep) == tuple(self.keep):
+                return name
+        return "keep:" + "+".join(self.keep)
+
+
+_IMPORT_CACHE: dict = {}
+
+
+def imported_checkpoint(path: str | os.PathLike) -> ImportedCheckpoint:
+    """Read (once per file version) the facts of a checkpoint a spec imports; a SpikeliteError if unreadable."""
+    from .train import read_checkpoint
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise SpikeliteError(f"checkpoint {p} does not exist") from None
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _IMPORT_CACHE:
+        return _IMPORT_CACHE[key]
+    obj = read_checkpoint(p)
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    spec = dict(obj["model_spec"])
+    prune = obj.get("prune") or {}
+    keep = spec.get("keep") or prune.get("keep")
+    removed = prune.get("removed")
+    if keep is not None and removed is None:
+        from .models import macro_modules
+
+        with contextlib.suppress(Exception):
+            removed = [n for n, _ in macro_modules(spec["name"]) if n not in set(keep)]
+    info = ImportedCheckpoint(
+        path=str(p), sha256=digest, kind=obj["kind"], name=str(spec.get("name")), width=float(spec.get("width", 1.0)),
+        model_spec=spec, dataset=(obj.get("data") or {}).get("dataset"),
+        T=int(obj["snn"]["T"]) if obj["kind"] == "snn" else None,
+        keep=tuple(keep) if keep is not None else None, removed=tuple(removed) if removed is not None else None,
+        strategy=prune.get("strategy"))
+    _IMPORT_CACHE.clear()  # one entry per file is plenty; never grow without bound
+    _IMPORT_CACHE[key] = info
+    return info
+
+
+def _check_imports(spec: "BenchSpec", problems: list[str]) -> None:
+    """Every checkpoint a model entry imports must be that model, of its variant's kind, trained on a dataset
+    of the grid, with an SNN's T among the grid's."""
+    names = {d.name for d in spec.datasets}
+    for i, m in enumerate(spec.models):
+        for variant, path in m.checkpoints.items():
+            where = f"models[{i}] ({m.label}): checkpoints.{variant}"
+            if variant not in spec.variants:
+                problems.append(f"{where}: {variant} is not among the grid's variants ({', '.join(spec.variants)})")
+                continue
+            try:
+                info = imported_checkpoint(path)
+            except SpikeliteError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            want_kind = "cnn" if variant in ("cnn", "cnn-p") else "snn"
+            pruned = variant.endswith("-p")
+            if info.name != m.name:
+                problems.append(f"{where}: {path} holds a {info.name}, not a {m.name}")
+            elif abs(info.width - m.width) > 1e-9:
+                problems.append(f"{where}: {path} has width {info.width:g}, the entry says {m.width:g}")
+            if info.kind != want_kind:
+                problems.append(f"{where}: {path} is a{'n' if info.kind == 'snn' else ''} {info.kind.upper()} "
+                                f"checkpoint; a {variant} cell needs a{'n' if want_kind == 'snn' else ''} "
+                                f"{want_kind.upper()} one")
+            if pruned and info.keep is None:
+                problems.append(f"{where}: {path} is not pruned (its model spec keeps every macro module)")
+            if not pruned and info.keep is not None:
+                problems.append(f"{where}: {path} is pruned (keeps {'+'.join(info.keep)}); name it under "
+                                f"{info.kind}-p")
+            for k, v in m.options.items():
+                if k in info.model_spec and info.model_spec[k] != v:
+                    problems.append(f"{where}: {path} was built with {k}={info.model_spec[k]!r}, the entry's "
+                                    f"options say {k}={v!r}")
+            if info.dataset not in names:
+                problems.append(f"{where}: {path} was trained on {info.dataset}, which is not among the grid's "
+                                f"datasets ({', '.join(sorted(names)) or 'none'})")
+            if info.T is not None and info.T not in spec.T:
+                problems.append(f"{where}: {path} runs T={info.T}; add it to T (the grid has {spec.T})")
 
 
 def _parse_dataset(item, i: int, problems: list[str], roots: dict[str, str]) -> DatasetEntry | None:
@@ -640,6 +771,8 @@ def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
     if spec.address is not None and not isinstance(spec.address, str):
         problems.append(f"address must be a string (a Ray cluster address), got {spec.address!r}")
 
+    if check_paths and any(m.checkpoints for m in spec.models):
+        _check_imports(spec, problems)
     # The recipe of every (variant, model, dataset) must be a valid training recipe; the model must
     # fit the dataset's image size (checked by building it once).
     if check_cells and spec.models and spec.datasets and spec.seeds:
@@ -749,17 +882,18 @@ class Cell:
     T: int | None
     schedule: str | None
     deps: list
+    checkpoint: str | None = None  # an imported cell: this trained checkpoint is evaluated, nothing is trained
 
     def to_dict(self) -> dict:
         return {"id": self.id, "variant": self.variant, "model": dataclasses.asdict(self.model),
                 "dataset": dataclasses.asdict(self.dataset), "seed": self.seed, "T": self.T,
-                "schedule": self.schedule, "deps": list(self.deps)}
+                "schedule": self.schedule, "deps": list(self.deps), "checkpoint": self.checkpoint}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         return cls(id=d["id"], variant=d["variant"], model=ModelEntry(**d["model"]),
                    dataset=DatasetEntry(**d["dataset"]), seed=int(d["seed"]), T=d.get("T"),
-                   schedule=d.get("schedule"), deps=list(d.get("deps") or []))
+                   schedule=d.get("schedule"), deps=list(d.get("deps") or []), checkpoint=d.get("checkpoint"))
 
 
 def _cell_id(ds: DatasetEntry, m: ModelEntry, variant: str, seed: int, T: int | None = None,
@@ -779,30 +913,56 @@ def expand_grid(spec: BenchSpec) -> list[Cell]:
     A requested variant brings the cells it needs: ``snn`` (converted) its ``cnn``, ``snn-p`` its
     ``snn``, ``cnn-p`` its ``cnn``. ``cnn`` and ``cnn-p`` have no T; the pruned variants get one
     cell per (resolved) prune schedule.
+
+    A variant a model imports (``checkpoints``) is one cell per dataset it was trained on, under the
+    grid's first seed, with the checkpoint's T and (pruned) keep set; it needs no other cell, and
+    the trained cells of that model that start from it depend on it.
     """
-    want = set(spec.variants)
-    if "snn-p" in want:
-        want.add("snn")
-    if "cnn-p" in want or ("snn" in want and spec.snn_init == "convert"):
-        want.add("cnn")
     cells: list[Cell] = []
     for ds in spec.datasets:
         for m in spec.models:
+            imports = {v: imported_checkpoint(p) for v, p in m.checkpoints.items() if v in spec.variants}
+            first = spec.seeds[0] if spec.seeds else 0
+            imp = {v: Cell(_cell_id(ds, m, v, first, info.T, info.schedule), v, m, ds, first, info.T, info.schedule,
+                           [], checkpoint=info.path)
+                   for v, info in imports.items() if info.dataset == ds.name}
+            want = set(spec.variants)
+            if "snn-p" in want and "snn-p" not in imp:
+                want.add("snn")
+            if ("cnn-p" in want and "cnn-p" not in imp) or ("snn" in want and "snn" not in imp
+                                                             and spec.snn_init == "convert"):
+                want.add("cnn")
             schedules = list(dict.fromkeys(resolve_schedule(spec, s, m) for s in spec.prune.schedules))
-            for seed in spec.seeds:
-                cnn_id = _cell_id(ds, m, "cnn", seed)
-                if "cnn" in want:
-                    cells.append(Cell(cnn_id, "cnn", m, ds, seed, None, None, []))
-                if "cnn-p" in want:
+            for n, seed in enumerate(spec.seeds):
+                if "cnn" in imp:
+                    cnn_id = imp["cnn"].id
+                    if n == 0:
+                        cells.append(imp["cnn"])
+                else:
+                    cnn_id = _cell_id(ds, m, "cnn", seed)
+                    if "cnn" in want:
+                        cells.append(Cell(cnn_id, "cnn", m, ds, seed, None, None, []))
+                if "cnn-p" in imp:
+                    if n == 0:
+                        cells.append(imp["cnn-p"])
+                elif "cnn-p" in want:
                     for s in schedules:
                         cells.append(Cell(_cell_id(ds, m, "cnn-p", seed, None, s), "cnn-p", m, ds, seed, None, s,
                                           [cnn_id]))
                 for T in spec.T:
-                    snn_id = _cell_id(ds, m, "snn", seed, T)
-                    if "snn" in want:
-                        deps = [cnn_id] if spec.snn_init == "convert" else []
-                        cells.append(Cell(snn_id, "snn", m, ds, seed, T, None, deps))
-                    if "snn-p" in want:
+                    if "snn" in imp:  # one cell, at the checkpoint's T; the pruned cells of that T start from it
+                        snn_id = imp["snn"].id if imp["snn"].T == T else None
+                        if n == 0 and snn_id is not None:
+                            cells.append(imp["snn"])
+                    else:
+                        snn_id = _cell_id(ds, m, "snn", seed, T)
+                        if "snn" in want:
+                            deps = [cnn_id] if spec.snn_init == "convert" else []
+                            cells.append(Cell(snn_id, "snn", m, ds, seed, T, None, deps))
+                    if "snn-p" in imp:
+                        if n == 0 and imp["snn-p"].T == T:
+                            cells.append(imp["snn-p"])
+                    elif "snn-p" in want and snn_id is not None:
                         for s in schedules:
                             cells.append(Cell(_cell_id(ds, m, "snn-p", seed, T, s), "snn-p", m, ds, seed, T, s,
                                               [snn_id]))
@@ -813,7 +973,20 @@ def _cell_dir(run_dir: Path, cell_id: str) -> Path:
     return Path(run_dir) / "cells" / cell_id
 
 
-def _source_checkpoint(run_dir: Path, dep_id: str, which: str) -> Path:
+def _imported_dep(spec: BenchSpec, cell_id: str) -> str | None:
+    """The checkpoint file cell ``cell_id`` imports (None for a cell that trains)."""
+    if any(m.checkpoints for m in spec.models):
+        for c in expand_grid(spec):
+            if c.id == cell_id and c.checkpoint:
+                return c.checkpoint
+    return None
+
+
+def _source_checkpoint(spec: BenchSpec, run_dir: Path, dep_id: str, which: str) -> Path:
+    """The checkpoint a cell starts from: its source cell's (best or last), or the file that cell imports."""
+    imported = _imported_dep(spec, dep_id)
+    if imported is not None:
+        return Path(imported)
     d = _cell_dir(run_dir, dep_id)
     best = d / "best.pt"
     if which == "best" and best.exists():
@@ -851,7 +1024,7 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
     if cell.T is not None:
         ov["snn.T"] = cell.T
     if cell.variant == "snn" and cell.deps:
-        ov["init_from"] = str(_source_checkpoint(run_dir, cell.deps[0], spec.eval.checkpoint))
+        ov["init_from"] = str(_source_checkpoint(spec, run_dir, cell.deps[0], spec.eval.checkpoint))
     elif cell.variant in ("snn-p", "cnn-p"):
         ov["init_from"] = str(cdir / "pruned_init.pt")
     for k, v in ov.items():
@@ -873,6 +1046,16 @@ def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> 
     if cell.variant in ("snn-p", "cnn-p"):
         train_part["prune"] = {"calibration_size": spec.prune.calibration_size,
                                "source_checkpoint": spec.eval.checkpoint}
+    if cell.checkpoint:  # nothing is trained: the cell is that file, whatever the recipe says
+        train_part = {"variant": cell.variant, "model": dataclasses.asdict(cell.model),
+                      "dataset": train_part["dataset"], "seed": cell.seed, "T": cell.T, "schedule": cell.schedule,
+                      "imported": {"path": str(Path(cell.checkpoint).resolve()),
+                                   "sha256": imported_checkpoint(cell.checkpoint).sha256}}
+    else:
+        for d in cell.deps:  # a source that is an imported file: its content, not its path
+            imp = _imported_dep(spec, d)
+            if imp is not None:
+                train_part["deps"][d] = imported_checkpoint(imp).sha256
     eval_part = dataclasses.asdict(spec.eval)
 
     def h(obj) -> str:
@@ -985,7 +1168,7 @@ def _prepare_pruned(spec: BenchSpec, cell: Cell, cfg, run_dir: Path, stage: _Sta
     if init.exists() and info_path.exists():
         return _read_json(info_path) or {}
     stage("prune")
-    src_path = _source_checkpoint(run_dir, cell.deps[0], spec.eval.checkpoint)
+    src_path = _source_checkpoint(spec, run_dir, cell.deps[0], spec.eval.checkpoint)
     model, meta = load_checkpoint(src_path)
     _apply_backend(model, cfg)
     cal = _calibration_data(cfg, spec.prune.calibration_size, cell.seed)
@@ -1047,6 +1230,27 @@ def _evaluate_cell(spec: BenchSpec, cell: Cell, cfg, ckpt: Path, stage: _Stage) 
     return metrics, rep.to_dict()
 
 
+def _imported_result(cell: Cell) -> dict:
+    """The training facts an imported checkpoint records about itself (its history rows, best epoch, prune entry)."""
+    from .train import read_checkpoint
+
+    info = imported_checkpoint(cell.checkpoint)
+    obj = read_checkpoint(cell.checkpoint)
+    history = [r for r in (obj.get("history") or []) if isinstance(r, dict)]
+    start = next((r for r in history if r.get("epoch") == 0), None)
+    finals = [r for r in history if r.get("val_acc") is not None]
+    return {
+        "imported": {"path": str(cell.checkpoint), "sha256": info.sha256},
+        "epochs": int(obj.get("epoch") or max([int(r.get("epoch") or 0) for r in history] or [0])),
+        "train_seconds": float(sum((r.get("epoch_seconds") or 0.0) for r in history)),
+        "best_val_acc": (obj.get("best") or {}).get("val_acc"),
+        "final_val_acc": finals[-1].get("val_acc") if finals else None,
+        "start_val_acc": None if start is None else start.get("val_acc"),
+        "prune": None if info.keep is None else {"keep": list(info.keep), "removed": list(info.removed or []),
+                                                 "strategy": info.strategy},
+    }
+
+
 def _trained(cdir: Path, cfg) -> dict | None:
     """The train summary if the cell's training has completed all its epochs."""
     s = _read_json(cdir / "summary.json")
@@ -1087,32 +1291,40 @@ def run_cell(spec: BenchSpec, cell: Cell, run_dir: str | os.PathLike, *, dep_fps
             (cdir / "error.txt").unlink()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        prune_info = None
-        if cell.variant in ("snn-p", "cnn-p"):
-            if not (cdir / "last.pt").exists() or not (cdir / "prune.json").exists():
-                prune_info = _prepare_pruned(spec, cell, cfg, run_dir, stage)
-            else:
-                prune_info = _read_json(cdir / "prune.json")
-        summary = _trained(cdir, cfg)
-        if summary is None:
-            stage("train", epochs=cfg.epochs, log=str(cdir / "log.csv"))
-            summary = train(cfg, resume=True)
-        ckpt = cdir / "best.pt" if spec.eval.checkpoint == "best" and (cdir / "best.pt").exists() else cdir / "last.pt"
-        metrics, energy = _evaluate_cell(spec, cell, cfg, ckpt, stage)
-        _dump_json(cdir / "energy.json", energy)
-        history = summary.get("final") and _read_history(cdir)
-        start = next((r for r in (history or []) if r.get("epoch") == 0), None)
-        result.update(
-            status="ok",
-            checkpoint=str(ckpt),
-            epochs=int(summary.get("epochs") or 0),
-            train_seconds=float(sum((r.get("epoch_seconds") or 0.0) for r in (history or []))),
-            best_val_acc=(summary.get("best") or {}).get("val_acc"),
-            final_val_acc=(summary.get("final") or {}).get("val_acc"),
-            start_val_acc=None if start is None else start.get("val_acc"),
-            prune=None if prune_info is None else {k: prune_info.get(k) for k in ("keep", "removed", "strategy")},
-            metrics=metrics,
-        )
+        if cell.checkpoint:
+            result.update(_imported_result(cell))
+            ckpt = Path(cell.checkpoint)
+            metrics, energy = _evaluate_cell(spec, cell, cfg, ckpt, stage)
+            _dump_json(cdir / "energy.json", energy)
+            result.update(status="ok", checkpoint=str(ckpt), metrics=metrics)
+        else:
+            prune_info = None
+            if cell.variant in ("snn-p", "cnn-p"):
+                if not (cdir / "last.pt").exists() or not (cdir / "prune.json").exists():
+                    prune_info = _prepare_pruned(spec, cell, cfg, run_dir, stage)
+                else:
+                    prune_info = _read_json(cdir / "prune.json")
+            summary = _trained(cdir, cfg)
+            if summary is None:
+                stage("train", epochs=cfg.epochs, log=str(cdir / "log.csv"))
+                summary = train(cfg, resume=True)
+            ckpt = (cdir / "best.pt" if spec.eval.checkpoint == "best" and (cdir / "best.pt").exists()
+                    else cdir / "last.pt")
+            metrics, energy = _evaluate_cell(spec, cell, cfg, ckpt, stage)
+            _dump_json(cdir / "energy.json", energy)
+            history = summary.get("final") and _read_history(cdir)
+            start = next((r for r in (history or []) if r.get("epoch") == 0), None)
+            result.update(
+                status="ok",
+                checkpoint=str(ckpt),
+                epochs=int(summary.get("epochs") or 0),
+                train_seconds=float(sum((r.get("epoch_seconds") or 0.0) for r in (history or []))),
+                best_val_acc=(summary.get("best") or {}).get("val_acc"),
+                final_val_acc=(summary.get("final") or {}).get("val_acc"),
+                start_val_acc=None if start is None else start.get("val_acc"),
+                prune=None if prune_info is None else {k: prune_info.get(k) for k in ("keep", "removed", "strategy")},
+                metrics=metrics,
+            )
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a failed cell is recorded; the grid goes on
@@ -1407,7 +1619,7 @@ def _result_line(result: dict) -> str:
 
 RESULT_COLUMNS = [
     "id", "status", "error", "dataset", "model", "family", "name", "width", "variant", "T", "seed", "schedule",
-    "kept", "removed", "depends_on", "ref_cnn", "epochs", "train_seconds", "seconds", "start_val_acc",
+    "kept", "removed", "depends_on", "imported", "ref_cnn", "epochs", "train_seconds", "seconds", "start_val_acc",
     "best_val_acc", "final_val_acc", "eval_split", "eval_n", "accuracy", "macro_f1", "loss", "params", "dense_macs",
     "acs", "macs", "effective_macs", "neuron_updates", "spikes", "firing_rate", "activation_sparsity",
     "energy_samples", "cnn_accuracy", "accuracy_diff",
@@ -1504,7 +1716,8 @@ def _flat_row(cell: Cell, res: dict, energy: dict | None) -> dict:
         "model": cell.model.label, "family": family, "name": cell.model.name, "width": float(cell.model.width),
         "variant": cell.variant, "T": cell.T, "seed": cell.seed, "schedule": cell.schedule,
         "kept": "+".join(prune.get("keep") or []) or None, "removed": "+".join(prune.get("removed") or []) or None,
-        "depends_on": "+".join(cell.deps) or None, "ref_cnn": _ref_cnn_id(cell), "epochs": res.get("epochs"),
+        "depends_on": "+".join(cell.deps) or None, "imported": cell.checkpoint,
+        "ref_cnn": _ref_cnn_id(cell), "epochs": res.get("epochs"),
         "train_seconds": res.get("train_seconds"), "seconds": res.get("seconds"),
         "start_val_acc": res.get("start_val_acc"), "best_val_acc": res.get("best_val_acc"),
         "final_val_acc": res.get("final_val_acc"), "eval_split": m.get("eval_split"), "eval_n": m.get("eval_n"),

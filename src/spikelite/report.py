@@ -719,15 +719,19 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     doc.h(2, "All cells")
     head = ["cell", "status", "acc %", "F1", "params", "ACs", "MACs"] + [f"mJ ({p})" for p in profiles] + \
-        ["epochs", "train s"]
+        ["epochs", "train s", "trained"]
     rows_t = []
     for r in rows:
         rows_t.append([r["id"], r["status"], _pct(r.get("accuracy")),
                        "-" if r.get("macro_f1") is None else f"{r['macro_f1']:.4f}", _k(r.get("params")),
                        _k(r.get("acs")), _k(r.get("macs"))] + [_mj(r.get(f"energy_mj@{p}")) for p in profiles]
                       + ["-" if r.get("epochs") is None else str(r["epochs"]),
-                         "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"])
-    doc.table(head, rows_t, right=set(range(2, len(head))))
+                         "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}",
+                         f"imported: `{r['imported']}`" if r.get("imported") else "in this run"])
+    doc.table(head, rows_t, right=set(range(2, len(head) - 1)))
+    if any(r.get("imported") for r in rows):
+        doc.p("Imported cells were not trained by this run: the named checkpoint was evaluated and measured here; "
+              "its epochs and training seconds are the ones it records about its own training (docs/benchmark.md).")
     doc.p("The tidy table with every measured column: `results.csv` (and `results.parquet`) in the run directory; "
           "each cell's folder under `cells/` holds its recipe (`config.yaml`), training log, checkpoints, "
           "`metrics` in `result.json` and the full energy report (`energy.json`, per layer).")
