@@ -270,3 +270,61 @@ def test_speed_benchmark_runs_every_variant_and_the_peers_agree(monkeypatch, cap
     assert c["mem"]["spikelite+ckpt"] < c["mem"]["spikelite"]  # checkpointing saves less for backward
     out = capsys.readouterr().out
     assert "cnn+nhwc" in out and "spikelite-inference" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# the allocator (spikelite.allocator)
+# ----------------------------------------------------------------------------------------------
+
+_FAULTS_CHILD = r"""
+import resource, sys, torch
+if sys.argv[1] == "retain":
+    from spikelite.allocator import retain_freed_memory
+    assert retain_freed_memory()
+def faults_of_one_step():
+    # a step-like pattern: large activations allocated, written and freed. 48 MiB is above glibc's
+    # largest dynamic mmap threshold (32 MiB), so by default every block is a fresh mmap
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    xs = [torch.ones(12 << 20) for _ in range(4)]  # 4 x 48 MiB
+    del xs
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_one_step()
+print(min(faults_of_one_step() for _ in range(3)))
+"""
+
+
+def _glibc_linux() -> bool:
+    import sys
+
+    from spikelite import allocator
+
+    return sys.platform.startswith("linux") and allocator._glibc() is not None
+
+
+@pytest.mark.skipif(not _glibc_linux(), reason="glibc's mallopt only")
+def test_retained_heap_stops_page_faults_on_repeated_large_tensors():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+    faults = {}
+    for mode in ("system", "retain"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD, mode], env=env, capture_output=True, text=True,
+                             check=True)
+        faults[mode] = int(out.stdout.strip().splitlines()[-1])
+    # glibc maps and unmaps each 48 MiB block: ~4 x 12288 pages fault in again every time; kept on the heap: ~none
+    assert faults["system"] > 20000, faults
+    assert faults["retain"] < faults["system"] / 10, faults
+
+
+def test_malloc_mode_is_a_validated_runtime_key():
+    from spikelite.allocator import apply_malloc_mode
+    from spikelite.train import RUNTIME_KEYS, load_config
+
+    with pytest.raises(SpikeliteError, match="malloc must be one of retain, system"):
+        apply_malloc_mode("jemalloc")
+    with pytest.raises(SpikeliteError, match="malloc"):
+        load_config(None, ["malloc=fast"])
+    assert load_config(None, []).malloc == "retain" and "malloc" in RUNTIME_KEYS
+    assert apply_malloc_mode("system") is False

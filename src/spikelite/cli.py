@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
+from .allocator import retain_freed_memory
 from .errors import SpikeliteError
 
 # Stage modules that contribute subcommands, in the order `spikelite --help` lists them.
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    if args.command != "train" and os.environ.get("SPIKELITE_MALLOC", "retain") != "system":
+        # commands that run networks keep glibc's freed memory (spikelite train: its recipe key malloc)
+        retain_freed_memory()
     try:
         status = args.func(args)
     except SpikeliteError as exc:

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .allocator import MALLOC_MODES, apply_malloc_mode
 from .convert import SpikingNet, make_neuron, recalibrate_bn, spikify
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
 from .errors import SpikeliteError
@@ -248,6 +249,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 if supported, else fp16) | bf16 | fp16 | off; CUDA only
     threads: Optional[int] = None  # torch CPU threads for this run
     channels_last: bool = False  # keep conv weights (and so activations) in NHWC order: a speed option
+    malloc: str = "retain"  # retain: glibc keeps freed memory (no mmap/munmap per step); system: leave it alone
     out: str = "runs/train"  # the run directory
     save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: epoch ends only)
     eval_every: int = 1  # evaluate on the validation split every N epochs (and after the last)
@@ -269,6 +271,7 @@ class TrainConfig:
         self.mode = self.mode.lower()
         _check_choice("mode", self.mode, MODES)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("malloc", self.malloc, MALLOC_MODES)
         _check_min("epochs", self.epochs, 0)
         _check_min("batch_size", self.batch_size, 1)
         _check_min("seed", self.seed, 0)
@@ -296,7 +299,7 @@ class TrainConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "snn": SNNConfig}
 # Keys that may change when a run is resumed: where things are and how they are reported, not the recipe.
 RUNTIME_KEYS = frozenset({
-    "out", "device", "threads", "channels_last", "quiet", "tensorboard", "save_every_steps", "eval_every", "init_from",
+    "out", "device", "threads", "channels_last", "malloc", "quiet", "tensorboard", "save_every_steps", "eval_every", "init_from",
     "data.root", "data.cache_dir", "data.download", "data.eval_batch_size",
 })
 
@@ -1232,6 +1235,7 @@ class _Run:
         if cfg.batch_size % dist_env.world_size:
             raise SpikeliteError(f"batch_size {cfg.batch_size} must be divisible by the number of processes "
                                  f"({dist_env.world_size})")
+        apply_malloc_mode(cfg.malloc)  # before the first large tensor
         self.train_data, self.val_data = _load_run_data(cfg)
         self.data_info = _data_info(cfg, self.train_data)
         self.src_meta = None
@@ -1652,6 +1656,8 @@ _FLAGS = [
     ("--device", "device", str, "auto, cpu, cuda, cuda:N"),
     ("--amp", "amp", str, "mixed precision on CUDA: auto, bf16, fp16, off"),
     ("--threads", "threads", int, "torch CPU threads"),
+    ("--malloc", "malloc", str, "retain (glibc keeps freed memory: no page faults per step; docs/performance.md) "
+                                "or system"),
     ("--save-every-steps", "save_every_steps", int, "also write last.pt every N steps"),
     ("--eval-every", "eval_every", int, "validate every N epochs"),
 ]
