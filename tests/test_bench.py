@@ -411,3 +411,19 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert {r["model"] for r in rows} == {"squeezenet1_1", "shufflenetv2_x0_5"}
     assert {r["schedule"] for r in rows if r["variant"] == "snn-p"} == {"ref-1", "taylor-25%"}
     assert seconds < 60
+
+
+def test_committed_cifar10_study_imports_its_checkpoints():
+    # results/cifar10/study.yaml: every cell is a committed checkpoint that the spec's rules accept
+    spec = B.load_spec(REPO / "results/cifar10/study.yaml", roots={"cifar10": "/nonexistent"}, check_paths=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        problems: list = []
+        B._check_imports(spec, problems)
+        assert problems == []
+        cells = B.expand_grid(spec)
+    assert [(c.variant, c.T, c.schedule) for c in cells] == [
+        ("cnn", None, None), ("cnn-p", None, "ref-1"), ("snn", 4, None), ("snn-p", 4, "ref-1")]
+    assert all(c.checkpoint and c.deps == [] for c in cells)
+    for c in cells:
+        assert (REPO / c.checkpoint).stat().st_size <= 5 << 20  # the limit per checkpoint

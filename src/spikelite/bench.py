@@ -464,7 +464,8 @@ def imported_checkpoint(path: str | os.PathLike) -> ImportedCheckpoint:
         T=int(obj["snn"]["T"]) if obj["kind"] == "snn" else None,
         keep=tuple(keep) if keep is not None else None, removed=tuple(removed) if removed is not None else None,
         strategy=prune.get("strategy"))
-    _IMPORT_CACHE.clear()  # one entry per file is plenty; never grow without bound
+    if len(_IMPORT_CACHE) >= 256:  # bounded: stale versions of rewritten files go first
+        _IMPORT_CACHE.pop(next(iter(_IMPORT_CACHE)))
     _IMPORT_CACHE[key] = info
     return info
 

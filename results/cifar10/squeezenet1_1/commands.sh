@@ -4,6 +4,10 @@
 #   mkdir -p data/cifar10 && tar -xzf ../shared/datasets/cifar10-jpeg-train.tar.gz -C data/cifar10
 # Every run keeps 5,000 of the 50,000 training images (500 per class, split_seed 0) for validation.
 # Runs are resumable: re-run a command with --resume after an interruption.
+# Commands 1-3 ran on 2026-12-02 (first session), 4-8 on 2026-12-02 (second session). Commands 4, 5a and
+# 5b ran with glibc's default allocator; 5c and 6 with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=17179869184
+# in the environment, and 7 after `malloc: retain` became spikelite train's default (the same setting,
+# docs/performance.md): it changes speed only, never the arithmetic.
 set -euo pipefail
 DATA=${DATA:-data/cifar10}
 RUNS=${RUNS:-runs/cifar10}
@@ -25,3 +29,35 @@ spikelite eval results/cifar10/squeezenet1_1/cnn/best.pt --data "$DATA" --split 
 spikelite eval results/cifar10/squeezenet1_1/snn/best.pt --data "$DATA" --split val --threads 2
 spikelite energy results/cifar10/squeezenet1_1/snn/best.pt --cnn results/cifar10/squeezenet1_1/cnn/best.pt \
   --data "$DATA" --split val --samples 1000
+
+# 4. SNN-P, the direct route (the paper's wording: fire modules removed from the SNN, retrained): the
+#    fine-tuned SNN pruned to the paper's Ref-1 (keeps fire4, fire6, fire8, fire9; 2 min 59 s), then one
+#    fine-tuning epoch over all 45k training images (25 min 27 s: 1,444 s training, 4.1 s per step).
+spikelite prune results/cifar10/squeezenet1_1/snn/best.pt --data "$DATA" --strategy ref-1 --finetune-epochs 0 \
+  --val-subset 1000 --threads 2 -o "$RUNS/snn_p_ref1.pt"
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn_p_ref1.pt" --data "$DATA" \
+  --out "$RUNS/snn-p-direct" --epochs 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
+
+# 5. CNN-P: the CNN pruned to Ref-1 (27 s), fine-tuned 2 epochs at SGD lr 0.01 (5 min 28 s), then 6 more at
+#    lr 0.05 from that (19 min 19 s; its first epoch shared the CPU with a test run).
+spikelite prune results/cifar10/squeezenet1_1/cnn/best.pt --data "$DATA" --strategy ref-1 --finetune-epochs 0 \
+  --val-subset 1000 --threads 2 -o "$RUNS/cnn_p_ref1.pt"
+spikelite train -c configs/cnn_cifar10.yaml --init-from "$RUNS/cnn_p_ref1.pt" --cnn --data "$DATA" --out "$RUNS/cnn-p-a" \
+  --epochs 2 --lr 0.01 --warmup-epochs 0 --threads 2 --channels-last --save-every-steps 50
+spikelite train -c configs/cnn_cifar10.yaml --init-from "$RUNS/cnn-p-a/best.pt" --cnn --data "$DATA" --out "$RUNS/cnn-p" \
+  --epochs 6 --lr 0.05 --warmup-epochs 0 --threads 2 --channels-last --save-every-steps 50
+
+# 6. SNN-P, the conversion route: the CNN-P converted (BatchNorm re-estimated on spikes) and fine-tuned one
+#    epoch over all 45k training images (11 min 41 s wall, including a stop at step 250 and --resume).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/cnn-p/best.pt" --data "$DATA" \
+  --out "$RUNS/snn-p" --epochs 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
+
+# 7. SNN, a second fine-tuning pass: from the committed SNN, one epoch over another stratified 30k subset
+#    (17 min 58 s).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/squeezenet1_1/snn/best.pt \
+  --data "$DATA" --out "$RUNS/snn-pass2" --epochs 1 --train-subset 30000 --seed 1 --threads 2 --save-every-steps 25 \
+  --set data.eval_batch_size=64
+
+# 8. The study's tables, figures and HTML report from the committed checkpoints (results/cifar10/study.yaml;
+#    every cell imports its checkpoint, nothing is trained; 2 min 11 s).
+spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
