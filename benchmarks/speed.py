@@ -191,11 +191,17 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--segments", type=int, default=4, help="checkpoint_segments of the +ckpt variant")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--malloc", choices=["retain", "system"], default="retain",
+                    help="glibc allocator setting for the whole process, every variant alike (spikelite train's "
+                         "default: retain; docs/performance.md)")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.batch < 1 or args.segments < 1 or min(args.T) < 1:
         ap.error("--rounds, --batch, --segments and every --T must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from spikelite.allocator import apply_malloc_mode
+
+    print(f"malloc: {args.malloc} ({'applied' if apply_malloc_mode(args.malloc) else 'glibc default'})")
     return run(args)
 
 

@@ -1038,8 +1038,9 @@ def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> 
     from .train import RUNTIME_KEYS
 
     recipe = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RUNTIME_KEYS}
+    model = {k: v for k, v in dataclasses.asdict(cell.model).items() if k != "checkpoints"}  # imports: per cell below
     train_part = {
-        "variant": cell.variant, "model": dataclasses.asdict(cell.model),
+        "variant": cell.variant, "model": model,
         "dataset": {"name": cell.dataset.name, "label": cell.dataset.label, "options": cell.dataset.options},
         "seed": cell.seed, "T": cell.T, "schedule": cell.schedule, "recipe": recipe,
         "deps": {d: dep_fps.get(d) for d in cell.deps},
@@ -1048,8 +1049,7 @@ def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> 
         train_part["prune"] = {"calibration_size": spec.prune.calibration_size,
                                "source_checkpoint": spec.eval.checkpoint}
     if cell.checkpoint:  # nothing is trained: the cell is that file, whatever the recipe says
-        train_part = {"variant": cell.variant, "model": dataclasses.asdict(cell.model),
-                      "dataset": train_part["dataset"], "seed": cell.seed, "T": cell.T, "schedule": cell.schedule,
+        train_part = {"variant": cell.variant, "model": model, "dataset": train_part["dataset"], "seed": cell.seed, "T": cell.T, "schedule": cell.schedule,
                       "imported": {"path": str(Path(cell.checkpoint).resolve()),
                                    "sha256": imported_checkpoint(cell.checkpoint).sha256}}
     else:
