@@ -30,11 +30,16 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[500, 100, 32])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--malloc", choices=["retain", "system"], default="retain",
+                    help="glibc allocator setting (the CLI's default: retain; docs/performance.md)")
     args = ap.parse_args(argv)
     if args.images < 1 or args.rounds < 1 or min(args.batch) < 1 or args.threads < 0:
         ap.error("--images, --rounds and every --batch must be >= 1, --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from spikelite.allocator import apply_malloc_mode
+
+    apply_malloc_mode(args.malloc)
     try:
         model, meta = T.load_checkpoint(args.checkpoint)
         data, _ = T.checkpoint_data(meta, args.checkpoint, args.split, data_root=args.data)
@@ -50,7 +55,7 @@ def main(argv=None):
             acc[b] = T.evaluate(model, data, batch_size=b)["accuracy"]
             times[b].append(time.perf_counter() - t0)
     print(f"{args.checkpoint}: {meta['kind']}, {len(data)} {args.split} images, torch threads "
-          f"{torch.get_num_threads()}, {args.rounds} interleaved rounds (medians)")
+          f"{torch.get_num_threads()}, malloc {args.malloc}, {args.rounds} interleaved rounds (medians)")
     print(f"{'eval batch':>10}{'seconds':>10}{'images/s':>10}{'accuracy':>10}")
     for b in args.batch:
         s = statistics.median(times[b])
