@@ -19,6 +19,7 @@ import torch
 
 from spikelite import SpikeliteError
 from spikelite import train as T
+from spikelite.allocator import MALLOC_MODES, apply_malloc_mode
 
 
 def main(argv=None):
@@ -30,15 +31,13 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[500, 100, 32])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--malloc", choices=["retain", "system"], default="retain",
+    ap.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
                     help="glibc allocator setting (the CLI's default: retain; docs/performance.md)")
     args = ap.parse_args(argv)
     if args.images < 1 or args.rounds < 1 or min(args.batch) < 1 or args.threads < 0:
         ap.error("--images, --rounds and every --batch must be >= 1, --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from spikelite.allocator import apply_malloc_mode
-
     apply_malloc_mode(args.malloc)
     try:
         model, meta = T.load_checkpoint(args.checkpoint)

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from spikelite.allocator import MALLOC_MODES, apply_malloc_mode
 from spikelite.checkpoint import CheckpointSegment
 from spikelite.convert import SpikingNet, _pack_saved, spikify
 from spikelite.inference import inference_model
@@ -191,7 +192,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--segments", type=int, default=4, help="checkpoint_segments of the +ckpt variant")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    ap.add_argument("--malloc", choices=["retain", "system"], default="retain",
+    ap.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
                     help="glibc allocator setting for the whole process, every variant alike (spikelite train's "
                          "default: retain; docs/performance.md)")
     args = ap.parse_args(argv)
@@ -199,8 +200,6 @@ def main(argv=None):
         ap.error("--rounds, --batch, --segments and every --T must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from spikelite.allocator import apply_malloc_mode
-
     print(f"malloc: {args.malloc} ({'applied' if apply_malloc_mode(args.malloc) else 'glibc default'})")
     return run(args)
 

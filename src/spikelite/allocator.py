@@ -4,7 +4,7 @@ A T×batch-folded SNN allocates activations of tens of MB per layer and step. gl
 every block above its mmap threshold (grown dynamically up to 32 MiB) with a fresh ``mmap`` and
 gives it back with ``munmap`` when the tensor is freed, so every training step faults in and zeroes
 the same memory again: on this project's 2-core VM a CIFAR SqueezeNet SNN step at batch 64 spent
-3.4 s of system time against 4.5 s of user time, and took 2.1–2.3× longer than with the heap kept
+3.4 s of system time against 4.5 s of user time, and took 2.1× as long as with the heap kept
 (``benchmarks/allocator.py``; docs/performance.md).
 
 :func:`retain_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (large blocks come from the heap) and

@@ -424,11 +424,10 @@ class ImportedCheckpoint:
             return None
         from .prune import PAPER_SCHEDULES
 
-        if self.strategy in PAPER_SCHEDULES and tuple(PAPER_SCHEDULES[self.strategy]) == tuple(self.keep):
-            return self.strategy
-        for name, keep in PAPER_SCHEDULES.items():
-            if self.name.startswith("squeezenet") and tuple(keep) == tuple(self.keep):
-                return name
+        if self.name.startswith("squeezenet"):  # the paper's schedules are SqueezeNet keep sets
+            for name, keep in PAPER_SCHEDULES.items():
+                if tuple(keep) == tuple(self.keep):
+                    return name
         return "keep:" + "+".join(self.keep)
 
 
