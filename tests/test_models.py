@@ -4,6 +4,7 @@ its spec, keeps the libraries' module names and weights layout, and lists its ma
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import timm
@@ -253,6 +254,7 @@ def test_too_small_images_are_refused_clearly(name):
     (dict(name="squeezenet1_1", batch_norm="yes"), "batch_norm"),
     (dict(name="squeezenet1_1", dropout=1.5), "dropout"),
     (dict(name="mnasnet0_5", stem_reduction=4), "stem_reduction"),
+    (dict(name="mnasnet_b1", bn_momentum=0), "bn_momentum"),
     (dict(name="mixnet_s", width=0), "width"),
     (dict(name="mixnet_s", num_classes=0), "num_classes"),
     (dict(name="xception_mini", image_size="32"), "image_size"),
@@ -261,6 +263,36 @@ def test_too_small_images_are_refused_clearly(name):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(SpikeliteError, match=match):
         create_model(**kwargs)
+
+
+def test_mnasnet_batchnorm_statistics_follow_the_data_at_cifar_scale():
+    # torchvision's MnasNet BatchNorm momentum (0.0003) leaves the running statistics near their
+    # initial values after a CIFAR-scale run (evaluation at chance); ours uses PyTorch's 0.1.
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 32, 32) * 3 + 2
+    m = create_model("mnasnet_b1", width=0.12).train()
+    tv = create_model("mnasnet_b1", width=0.12, bn_momentum=1 - 0.9997).train()
+    assert {b.momentum for b in tv.modules() if isinstance(b, torch.nn.BatchNorm2d)} == {
+        b.momentum for b in torchvision.models.mnasnet1_0().modules() if isinstance(b, torch.nn.BatchNorm2d)}
+    with torch.no_grad():
+        for _ in range(40):
+            m(x)
+            tv(x)
+    stem_out = m.layers[0](x)
+    batch_mean = stem_out.mean(dim=(0, 2, 3))
+    assert torch.allclose(m.layers[1].running_mean, batch_mean, atol=0.02 * batch_mean.abs().max().item())
+    assert not torch.allclose(tv.layers[1].running_mean, tv.layers[0](x).mean(dim=(0, 2, 3)), atol=0.5)
+
+
+def test_mnasnet_starts_near_chance_loss_with_few_classes():
+    # torchvision's classifier init (Kaiming over a fan-out of 10) gives logits with std ~5 and a loss
+    # of ~8 at step 0; ours starts at ln(10).
+    torch.manual_seed(0)
+    m = create_model("mnasnet_b1", width=0.12).train()
+    logits = m(torch.randn(64, 3, 32, 32))
+    assert logits.std() < 0.5
+    loss = nn.functional.cross_entropy(logits, torch.randint(0, 10, (64,)))
+    assert abs(loss.item() - math.log(10)) < 0.3
 
 
 # ----------------------------------------------------------------------------------------------
