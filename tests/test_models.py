@@ -284,11 +284,12 @@ def test_mnasnet_batchnorm_statistics_follow_the_data_at_cifar_scale():
     assert not torch.allclose(tv.layers[1].running_mean, tv.layers[0](x).mean(dim=(0, 2, 3)), atol=0.5)
 
 
-def test_mnasnet_starts_near_chance_loss_with_few_classes():
-    # torchvision's classifier init (Kaiming over a fan-out of 10) gives logits with std ~5 and a loss
-    # of ~8 at step 0; ours starts at ln(10).
+@pytest.mark.parametrize("name, width", [("mnasnet_b1", 0.12), ("mixnet_s", 0.05)])
+def test_starts_near_chance_loss_with_few_classes(name, width):
+    # torchvision's MnasNet and timm's MixNet scale the classifier by its fan-out (10 here): initial
+    # logits with std 3-5 and a step-0 loss of 5-8; ours start at ln(10).
     torch.manual_seed(0)
-    m = create_model("mnasnet_b1", width=0.12).train()
+    m = create_model(name, width=width).train()
     logits = m(torch.randn(64, 3, 32, 32))
     assert logits.std() < 0.5
     loss = nn.functional.cross_entropy(logits, torch.randint(0, 10, (64,)))

@@ -26,7 +26,8 @@ from torch import nn
 from torchvision.models.mnasnet import MNASNet
 
 from ..errors import SpikeliteError
-from ._common import check_rate, check_size, replace_first_conv, resolve_stem_reduction, set_stride
+from ._common import (check_rate, check_size, init_small_classifier, replace_first_conv, resolve_stem_reduction,
+                      set_stride)
 
 __all__ = ["MnasNetOptions", "build_mnasnet", "mnasnet_macro_modules", "STACK_REPEATS", "STACK_STRIDES"]
 
@@ -71,9 +72,7 @@ def build_mnasnet(name: str, base_alpha: float, num_classes: int, image_size: in
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = opts.bn_momentum
-    head = model.classifier[-1]
-    nn.init.normal_(head.weight, 0.0, 0.01)
-    nn.init.zeros_(head.bias)
+    init_small_classifier(model.classifier[-1])
     resolved = dataclasses.asdict(opts)
     resolved["stem_reduction"] = stem_reduction
     return model, resolved
