@@ -31,7 +31,7 @@ TINY_EVAL = {"split": "test", "subset": 60, "energy_samples": 24, "batch_size": 
 def tiny_spec(out, **over):
     raw = {"name": "t", "out": str(out), "models": [TINY_MODEL], "datasets": [TINY_DATA],
            "variants": ["cnn", "snn", "snn-p"], "T": [2], "seeds": [0], "recipe": TINY_RECIPE,
-           "prune": {"schedules": ["ref-1"], "fallback": "taylor-2", "calibration_size": 32}, "eval": TINY_EVAL}
+           "prune": {"schedules": ["ref-1"], "fallback": "ablation-2", "calibration_size": 32}, "eval": TINY_EVAL}
     raw.update(over)
     return raw
 
@@ -130,7 +130,7 @@ def test_data_paths_are_parameters(tmp_path, monkeypatch):
     # per dataset and model: cnn, cnn-p, snn (T=4), snn-p
     assert len(cells) == 3 * 5 * 4
     assert {c.schedule for c in cells if c.model.family == "squeezenet" and c.schedule} == {"ref-1"}
-    assert {c.schedule for c in cells if c.model.family != "squeezenet" and c.schedule} == {"taylor-25%"}
+    assert {c.schedule for c in cells if c.model.family != "squeezenet" and c.schedule} == {"ablation-25%"}
 
 
 def test_demo_yaml_is_the_demo_spec():
@@ -161,7 +161,7 @@ def test_grid_expansion_and_dependencies():
             assert c.deps == [B._cell_id(c.dataset, c.model, "cnn", c.seed)]
         if c.variant == "snn-p":
             assert c.deps == [B._cell_id(c.dataset, c.model, "snn", c.seed, c.T)]
-            assert c.schedule == ("ref-1" if c.model.name.startswith("squeezenet") else "taylor-25%")
+            assert c.schedule == ("ref-1" if c.model.name.startswith("squeezenet") else "ablation-25%")
     assert "digits__squeezenet1_1__snn-p__T4__ref-1__s1" in ids
     # a variant brings what it needs; from scratch the SNN needs no CNN
     only_p = B.expand_grid(B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "variants": ["snn-p"]}))
@@ -229,11 +229,15 @@ def test_end_to_end_tiny_bench_resumes_and_skips_finished_cells(tmp_path):
     assert snn["start_val_acc"] != "" and snn["cnn_accuracy"] == cnn["accuracy"]
     ratio = float(snn["energy_ratio@45nm-fp32"])
     assert ratio == pytest.approx(float(cnn["energy_mj@45nm-fp32"]) / float(snn["energy_mj@45nm-fp32"]), rel=1e-4)
-    # the pruned SNN has fewer parameters, removed two units (taylor-2), and records what it kept
+    # the pruned SNN has fewer parameters, removed the two units whose ablation costs least
+    # (ablation-2), and records the ranking it used
     assert int(snnp["params"]) < int(snn["params"])
-    assert len(snnp["removed"].split("+")) == 2 and snnp["schedule"] == "taylor-2"
+    assert len(snnp["removed"].split("+")) == 2 and snnp["schedule"] == "ablation-2"
     prune = json.loads((out / "cells" / snnp["id"] / "prune.json").read_text())
-    assert len(prune["importance"]["ranking_taylor"]) == 16
+    imp = prune["importance"]
+    assert len(imp["ranking_ablation"]) == 16 and len(imp["ablation_loss"]) == 16
+    cheapest = sorted(imp["ablation_loss"], key=imp["ablation_loss"].get)[:2]
+    assert set(snnp["removed"].split("+")) == set(cheapest) == set(imp["ranking_ablation"][:2])
     # Parquet beside the CSV, same rows
     import pyarrow.parquet as pq
 

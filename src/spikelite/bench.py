@@ -7,8 +7,8 @@ product; every **cell** is one trained and measured network:
 * ``snn`` — the paper's pipeline: the ``cnn`` cell's checkpoint converted to LIF neurons and
   fine-tuned with surrogate gradients (``snn_init: scratch`` trains the SNN from scratch instead);
 * ``snn-p`` — the ``snn`` cell pruned (whole macro modules removed: a paper schedule such as
-  ``ref-1`` for SqueezeNet, the least important modules by Taylor importance for the other
-  families) and fine-tuned;
+  ``ref-1`` for SqueezeNet, for the other families the least important modules, by default a quarter
+  of them ranked by exact ablation) and fine-tuned;
 * ``cnn-p`` (optional) — the ``cnn`` cell pruned with the same schedule and fine-tuned, so that an
   ``snn-p`` cell can be compared with its own pruned CNN.
 
@@ -238,13 +238,15 @@ class PruneSpec:
     """How ``snn-p`` / ``cnn-p`` cells prune.
 
     ``schedules``: one pruned cell per entry. An entry is a paper schedule (``head-1`` ... ``ref-2``,
-    SqueezeNet only; other families use ``fallback`` instead), ``taylor-K`` / ``taylor-P%`` (remove
-    the K, or P percent, least important macro modules by first-order Taylor importance on
-    ``calibration_size`` training images), ``keep:a+b+...`` or ``remove:a+b+...``.
+    SqueezeNet only; other families use ``fallback`` instead), ``ablation-K`` / ``ablation-P%`` (remove
+    the K, or P percent, least important macro modules by exact ablation: the calibration loss with
+    each module removed, one pass per module over ``calibration_size`` training images),
+    ``taylor-K`` / ``taylor-P%`` (the same by first-order Taylor importance: one forward and backward
+    pass, cheaper but a weak proxy: docs/pruning.md), ``keep:a+b+...`` or ``remove:a+b+...``.
     """
 
     schedules: list = dataclasses.field(default_factory=lambda: ["ref-1"])
-    fallback: str = "taylor-25%"
+    fallback: str = "ablation-25%"
     calibration_size: int = 256
 
 
@@ -578,7 +580,7 @@ def _check_dataset_root(ds: DatasetEntry, where: str, problems: list[str]) -> No
         problems.append(f"{where} ({ds.label}): data path {ds.root} is not a folder")
 
 
-_SCHEDULE_RE = re.compile(r"^(taylor-(\d+)(%?)|keep:(.+)|remove:(.+))$")
+_SCHEDULE_RE = re.compile(r"^(?:(?P<rank>taylor|ablation)-(?P<k>\d+)(?P<pct>%?)|keep:(?P<keep>.+)|remove:(?P<remove>.+))$")
 
 
 def _check_schedule(s, where: str, problems: list[str]) -> bool:
@@ -592,14 +594,14 @@ def _check_schedule(s, where: str, problems: list[str]) -> bool:
     m = _SCHEDULE_RE.match(s)
     if not m:
         problems.append(f"{where}: unknown prune schedule {s!r}; use a paper schedule "
-                        f"({', '.join(PAPER_SCHEDULES)}), taylor-K, taylor-P%, keep:a+b or remove:a+b")
+                        f"({', '.join(PAPER_SCHEDULES)}), ablation-K, ablation-P%, taylor-K, taylor-P%, keep:a+b or remove:a+b")
         return False
-    if m.group(2) is not None:
-        k = int(m.group(2))
-        if m.group(3) and not 0 < k < 100:
+    if m.group("k") is not None:
+        k = int(m.group("k"))
+        if m.group("pct") and not 0 < k < 100:
             problems.append(f"{where}: {s!r}: the percentage must be between 1 and 99")
             return False
-        if not m.group(3) and k < 1:
+        if not m.group("pct") and k < 1:
             problems.append(f"{where}: {s!r}: remove at least one module")
             return False
     return True
@@ -723,7 +725,7 @@ def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
 
     if spec.prune.fallback in PAPER_SCHEDULES:
         problems.append(f"prune.fallback {spec.prune.fallback!r} is a SqueezeNet schedule; the fallback serves the "
-                        "other families (e.g. taylor-25%)")
+                        "other families (e.g. ablation-25%)")
     if not spec.prune.schedules and any(v in ("snn-p", "cnn-p") for v in spec.variants):
         problems.append("prune.schedules: a pruned variant needs at least one schedule")
     cs = spec.prune.calibration_size
@@ -817,17 +819,17 @@ def _check_cells(spec: BenchSpec, problems: list[str]) -> None:
                 for s in spec.prune.schedules:
                     r = resolve_schedule(spec, s, m)
                     mm = _SCHEDULE_RE.match(r)
-                    if mm and (mm.group(4) or mm.group(5)):
-                        listed = [t for t in (mm.group(4) or mm.group(5)).split("+") if t]
+                    if mm and (mm.group("keep") or mm.group("remove")):
+                        listed = [t for t in (mm.group("keep") or mm.group("remove")).split("+") if t]
                         bad = [t for t in listed if t not in names]
                         if bad:
                             problems.append(f"prune schedule {r!r} for {m.label}: unknown module(s) "
                                             f"{', '.join(bad)}; {m.label} has {', '.join(names)}")
-                        elif mm.group(4) is not None and not listed:
+                        elif mm.group("keep") is not None and not listed:
                             problems.append(f"prune schedule {r!r}: keeps nothing")
-                        elif mm.group(5) is not None and len(set(listed)) >= len(names):
+                        elif mm.group("remove") is not None and len(set(listed)) >= len(names):
                             problems.append(f"prune schedule {r!r} removes every module of {m.label}")
-                    elif mm and mm.group(2) is not None and not mm.group(3) and int(mm.group(2)) >= len(names):
+                    elif mm and mm.group("k") is not None and not mm.group("pct") and int(mm.group("k")) >= len(names):
                         problems.append(f"prune schedule {r!r}: {m.label} has only {len(names)} macro modules")
 
 
@@ -1129,19 +1131,22 @@ def _keep_for_schedule(model, schedule: str, calibration, seed: int) -> tuple[li
     m = _SCHEDULE_RE.match(schedule)
     if m is None:  # pragma: no cover - validated with the spec
         raise SpikeliteError(f"unknown prune schedule {schedule!r}")
-    if m.group(4) is not None:
-        return [t for t in m.group(4).split("+") if t], None
-    if m.group(5) is not None:
-        gone = set(t for t in m.group(5).split("+") if t)
+    if m.group("keep") is not None:
+        return [t for t in m.group("keep").split("+") if t], None
+    if m.group("remove") is not None:
+        gone = set(t for t in m.group("remove").split("+") if t)
         return [n for n in present if n not in gone], None
-    k = int(m.group(2))
-    n_remove = int(round(len(present) * k / 100.0)) if m.group(3) else k
+    k = int(m.group("k"))
+    n_remove = int(round(len(present) * k / 100.0)) if m.group("pct") else k
     n_remove = max(1, min(n_remove, len(present) - 1))
-    rep = module_importance(model, calibration, method="taylor", seed=seed)
-    ranking = rep.ranking("taylor")
+    by = m.group("rank")
+    rep = module_importance(model, calibration, method="both" if by == "ablation" else "taylor", seed=seed)
+    ranking = rep.ranking(by)
     gone = set(ranking[:n_remove])
-    return [n for n in present if n not in gone], {"ranking_taylor": ranking,
-                                                   "taylor": {mi.name: mi.taylor for mi in rep.modules}}
+    info = {f"ranking_{by}": ranking, "taylor": {mi.name: mi.taylor for mi in rep.modules}}
+    if by == "ablation":
+        info["ablation_loss"] = {mi.name: mi.ablation_loss for mi in rep.modules}
+    return [n for n in present if n not in gone], info
 
 
 def _apply_backend(model, cfg) -> None:

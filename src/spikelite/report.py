@@ -689,8 +689,9 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                     rows_t.append(row)
             doc.table(head, rows_t, right=set(range(5, len(head))), paper=has_paper)
             doc.p("Each pruned network is the unpruned one above it with whole macro modules removed (SqueezeNet: the "
-                  "paper's schedules keep the listed fire modules; other families: the modules with the lowest "
-                  "first-order Taylor importance on training images), then fine-tuned. Δ is relative to the unpruned "
+                  "paper's schedules keep the listed fire modules; other families: ablation-P% removes the modules "
+                  "whose removal raises the loss on training images least, taylor-P% those with the lowest "
+                  "first-order Taylor importance), then fine-tuned. Δ is relative to the unpruned "
                   "row. 'vs unpruned CNN' = energy of the full CNN / energy of this SNN (compute-only profile)."
                   + (" Paper: SNN-SqueezeNet-P 81 % (its CNN 82 %), 0.0295 mJ, 5.6x below its CNN; the paper's "
                      "schedule may differ from the one run here." if has_paper else ""))
