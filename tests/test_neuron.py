@@ -191,3 +191,38 @@ def test_bad_arguments(kwargs, match):
 def test_bad_input_rank():
     with pytest.raises(SpikeliteError, match="sequence"):
         LIF()(torch.randn(5))
+
+
+def test_compiled_kernels_compile_once_per_T_whatever_the_layout():
+    # 4-D and 5-D inputs, NCHW and channels_last, a transposed view: the compiled kernels read every
+    # one as a flat [T, M] tensor in its memory order, so one compilation serves them all, the
+    # output keeps the input's layout and spikes/gradients equal the eager fused path's.
+    import spikelite.neuron as nmod
+    from torch._dynamo.utils import counters
+
+    T = 5  # a T no other test uses: its kernels are compiled here
+    torch.manual_seed(0)
+    base = torch.rand(T, 2, 3, 4, 6) * 2
+    layouts = [
+        base,                                                        # contiguous 5-D
+        base.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3),  # channels_last per step
+        base.reshape(T, 6, 4, 6),                                    # 4-D
+        base.reshape(T, 6, 24).transpose(1, 2),                      # a transposed view
+    ]
+    graphs = []
+    for x in layouts:
+        x = x.detach().requires_grad_(True)
+        w = torch.randn(x.shape)
+        s = LIF(backend="compiled")(x)
+        if nmod._KERNELS.broken:
+            pytest.skip("no C++ compiler for torch.compile here")
+        assert type(s.grad_fn).__name__ == "_CompiledLIFBackward"
+        (s * w).sum().backward()
+        xr = x.detach().clone().requires_grad_(True)
+        s_ref = LIF(backend="fused")(xr)
+        (s_ref * w).sum().backward()
+        assert torch.equal(s, s_ref)
+        assert torch.allclose(x.grad, xr.grad, atol=1e-6, rtol=0)
+        assert s.stride() == x.stride()  # the layout comes back
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1:] == [graphs[0]] * 3, graphs  # no recompilation after the first layout

@@ -242,24 +242,59 @@ class _CompiledKernels:
 _KERNELS = _CompiledKernels()
 
 
+def _memory_order(x: torch.Tensor) -> list[int] | None:
+    """The permutation of ``x``'s dims 1.. that lists them outermost-first in memory (time stays
+    dim 0), or None when ``x`` is contiguous already."""
+    if x.is_contiguous():
+        return None
+    return [0] + sorted(range(1, x.dim()), key=lambda d: (-x.stride(d), -x.shape[d]))
+
+
+def _flat(x: torch.Tensor, perm: list[int] | None) -> torch.Tensor:
+    """``x`` as a contiguous ``[T, numel / T]`` tensor, read in ``perm``'s order (a view when the
+    layout allows it, e.g. channels_last, a copy otherwise)."""
+    if perm is not None:
+        x = x.permute(perm)
+    # detach(): torch.compile guards on a view's base tensor (its sizes and strides), so a view would
+    # still recompile per base layout; inside an autograd.Function nothing needs the graph link
+    return x.reshape(int(x.shape[0]), -1).contiguous().detach()
+
+
+def _unflat(y: torch.Tensor, shape: torch.Size, perm: list[int] | None) -> torch.Tensor:
+    """Undo :func:`_flat`: ``shape`` with the strides of the layout ``perm`` was taken from."""
+    if perm is None:
+        return y.view(shape)
+    inverse = sorted(range(len(perm)), key=perm.__getitem__)
+    return y.view([shape[d] for d in perm]).permute(inverse)
+
+
 class _CompiledLIF(torch.autograd.Function):
+    # The kernels see one layout only: a contiguous [T, M] tensor. A neuron layer is elementwise, so
+    # the input is read in its own memory order (channels_last and other dense permutations are
+    # views, not copies) and the outputs get the input's layout back. Without this every new rank
+    # or stride pattern (4-D/5-D, NCHW/NHWC, a transposed view) was a separate compilation, and past
+    # torch.compile's recompile limit the kernels fell back to eager per-step code.
     @staticmethod
     def forward(ctx, x_seq, tau, v_threshold, v_reset, decay_input, soft, detach_reset, grad_fn, alpha):
         T = int(x_seq.shape[0])
         fwd = _KERNELS.get("fwd", (decay_input, soft, T))  # one cache per T: T is specialised anyway
         r = torch.full((), 0.0 if soft else v_reset, dtype=x_seq.dtype, device=x_seq.device)
-        h_seq, spikes = fwd(x_seq, tau, v_threshold, r, T, decay_input, soft)
+        perm = _memory_order(x_seq)
+        h_seq, spikes = fwd(_flat(x_seq, perm), tau, v_threshold, r, T, decay_input, soft)
         ctx.save_for_backward(h_seq, tau, v_threshold, r)
         ctx.cfg = (decay_input, soft, detach_reset, grad_fn, alpha)
-        return spikes
+        ctx.layout = (x_seq.shape, perm)
+        return _unflat(spikes, x_seq.shape, perm)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         h_seq, tau, th, r = ctx.saved_tensors
         decay_input, soft, detach, grad_fn, alpha = ctx.cfg
-        bwd = _KERNELS.get("bwd", (decay_input, soft, detach, grad_fn, int(h_seq.shape[0])))
-        grad_x = bwd(h_seq, grad_spikes, tau, th, r, alpha, int(h_seq.shape[0]), decay_input, soft, detach, grad_fn)
-        return grad_x, None, None, None, None, None, None, None, None
+        shape, perm = ctx.layout
+        T = int(h_seq.shape[0])
+        bwd = _KERNELS.get("bwd", (decay_input, soft, detach, grad_fn, T))
+        grad_x = bwd(h_seq, _flat(grad_spikes, perm), tau, th, r, alpha, T, decay_input, soft, detach, grad_fn)
+        return _unflat(grad_x, shape, perm), None, None, None, None, None, None, None, None
 
 
 def _compiled_ok(surrogate, tau, v_threshold) -> bool:
