@@ -286,7 +286,9 @@ def test_imported_checkpoints_are_measured_not_trained(tmp_path):
         # the same file under the same evaluation gives the same figures as in the grid that trained it
         for k in ("accuracy", "macro_f1", "params", "acs", "macs", "energy_mj@45nm-fp32"):
             assert rows[v][k] == trained[v][k], (v, k)
-        assert rows[v]["epochs"] == "1" and float(rows[v]["train_seconds"]) > 0
+        # the epoch the file itself records (best.pt: the best epoch, 0 when the converted SNN was best)
+        ckpt_epoch = torch.load(cnn_ckpt if v == "cnn" else snn_ckpt, weights_only=True)["epoch"]
+        assert rows[v]["epochs"] == str(ckpt_epoch) and (float(rows[v]["train_seconds"]) > 0) == (ckpt_epoch > 0)
     assert rows["snn"]["start_val_acc"] == trained["snn"]["start_val_acc"] != ""
     assert rows["cnn"]["imported"] == str(cnn_ckpt) and rows["snn-p"]["imported"] == ""
     report = (out / "report.md").read_text()
@@ -426,8 +428,18 @@ def test_committed_cifar10_study_imports_its_checkpoints():
         B._check_imports(spec, problems)
         assert problems == []
         cells = B.expand_grid(spec)
-    assert [(c.variant, c.T, c.schedule) for c in cells] == [
+    by_model: dict = {}
+    for c in cells:
+        by_model.setdefault(c.model.name, []).append((c.variant, c.T, c.schedule))
+    assert list(by_model) == ["squeezenet1_1", "mnasnet_b1", "mixnet_s"]
+    assert by_model["squeezenet1_1"] == [
         ("cnn", None, None), ("cnn-p", None, "ref-1"), ("snn", 4, None), ("snn-p", 4, "ref-1")]
+    for name, n_blocks in (("mnasnet_b1", 16), ("mixnet_s", 16)):
+        rows = by_model[name]
+        assert [(v, t) for v, t, _ in rows] == [("cnn", None), ("cnn-p", None), ("snn", 4), ("snn-p", 4)]
+        # the pruned pair keeps the same 12 of 16 blocks (a quarter removed), read from the files
+        cnn_p, snn_p = rows[1][2], rows[3][2]
+        assert cnn_p == snn_p and cnn_p.startswith("keep:") and len(cnn_p[5:].split("+")) == n_blocks - 4
     assert all(c.checkpoint and c.deps == [] for c in cells)
     for c in cells:
         assert (REPO / c.checkpoint).stat().st_size <= 5 << 20  # the limit per checkpoint
