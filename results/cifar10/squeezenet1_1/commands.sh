@@ -64,5 +64,6 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-p/be
   --out "$RUNS/snn-p-pass2" --epochs 1 --seed 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
 
 # 8. (run last, after 9) The study's tables, figures and HTML report from the committed checkpoints (results/cifar10/study.yaml;
-#    every cell imports its checkpoint, nothing is trained; 2 min 11 s).
+#    every cell imports its checkpoint, nothing is trained; 2 min 11 s for SqueezeNet's four cells; since
+#    session 5 the spec also holds MnasNet's and MixNet's, see ../mnasnet/commands.sh, ../mixnet/commands.sh).
 spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"

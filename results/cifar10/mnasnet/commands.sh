@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The exact commands behind results/cifar10/mnasnet/README.md, in order, with their wall times on the
+# project's 2-core CPU VM (2026-12-02, session 5). DATA holds train/<class>/*.jpg, e.g. the shared
+# CIFAR-10 training images:
+#   mkdir -p data/cifar10 && tar -xzf ../shared/datasets/cifar10-jpeg-train.tar.gz -C data/cifar10
+# 5,000 of the 50,000 training images (500 per class, split_seed 0) are held out for validation.
+# MnasNet-B1 at width 0.12 (146.7k params; the paper's 151.8k). Runs are resumable (--resume).
+set -euo pipefail
+DATA=${DATA:-data/cifar10}
+RUNS=${RUNS:-runs/cifar10/mnasnet}
+
+# 1. The CNN: the unified recipe (configs/cnn_cifar10.yaml: SGD Nesterov lr 0.1, cosine, 1 warm-up
+#    epoch, label smoothing 0.1, wd 5e-4, batch 128), 15 epochs (17 min 9 s; ~57 s an epoch).
+spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --out "$RUNS/cnn" --model mnasnet_b1 --width 0.12 \
+  --epochs 15 --threads 2 --channels-last --save-every-steps 50
+
+# 2. The SNN: that CNN converted (ReLU -> LIF, T=4, BatchNorm re-estimated on spikes; epoch-0 row) and
+#    fine-tuned two epochs over all 45k images (configs/snn_finetune_cifar10.yaml: AdamW lr 1e-3, wd 0.05,
+#    cosine, TET loss, atan surrogate) (10 min 56 s; ~5 min an epoch).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/cnn/best.pt" --data "$DATA" \
+  --out "$RUNS/snn" --epochs 2 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
+
+# 3. Which blocks to prune: exact ablation and Taylor importance of the 16 blocks on 256 training
+#    images (12 s). The four whose removal raises the loss least (ablation) are removed below.
+spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy importance --threads 1 -o "$RUNS/importance.json"
+
+# 4. CNN-P: the CNN without block10, block11, block14 and block15 (identities: stride-1 residual
+#    blocks; 115,722 params, -21.1 %; 58.60 % on 1,000 validation images before fine-tuning; 8 s), then
+#    5 epochs at SGD lr 0.02, no warm-up (4 min 34 s).
+spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy keep --remove block15,block11,block14,block10 \
+  --finetune-epochs 0 --val-subset 1000 --threads 2 -o "$RUNS/cnn_p_pruned.pt"
+spikelite train -c configs/cnn_cifar10.yaml --init-from "$RUNS/cnn_p_pruned.pt" --cnn --data "$DATA" --out "$RUNS/cnn-p" \
+  --epochs 5 --lr 0.02 --warmup-epochs 0 --threads 2 --channels-last --save-every-steps 50
+
+# 5. SNN-P: the CNN-P converted and fine-tuned two epochs over all 45k images (8 min 45 s).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/cnn-p/best.pt" --data "$DATA" \
+  --out "$RUNS/snn-p" --epochs 2 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
+
+# 6. SNN, a second fine-tuning pass: two more epochs from the SNN of step 2 (seed 1) (12 min 56 s; the first epoch
+#    shared the CPU with test runs).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn/best.pt" --data "$DATA" \
+  --out "$RUNS/snn-pass2" --epochs 2 --seed 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
+
+# 7. The study's tables and report, all models (run from the repository root; see ../README.md):
+#    spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
