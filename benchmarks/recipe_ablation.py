@@ -52,6 +52,8 @@ def _drop(args: list[str], *pair: str) -> list[str]:
 SJ_DEFAULTS = ["--neuron", "decay_input=true", "--neuron", "detach_reset=false", "--neuron", "surrogate=sigmoid",
                "--no-tet"]
 
+FROM_CNN = ["--snn", "--init-from", "@cnn", *_swap(_drop(RECIPE, "--model-opt", "pool=avg"), "0.002", "0.001")]
+
 ROWS: dict[str, tuple[str, list[str]]] = {
     "cnn": ("the CNN: SGD + Nesterov, lr 0.1, wd 5e-4, cosine", ["--cnn"]),
     "cnn-adamw": ("the CNN with AdamW (lr 2e-3, wd 0.05)", ["--cnn", *ADAMW]),
@@ -73,7 +75,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                            ["--snn", *_swap(RECIPE, "decay_input=false", "decay_input=true")]),
     "from-cnn": ("the trained `cnn` row converted (BN recalibrated on spikes) and fine-tuned: AdamW lr 1e-3, "
                  "decay_input=false, detach_reset, atan, TET (max-pool: the CNN's)",
-                 ["--snn", "--init-from", "@cnn", *_swap(_drop(RECIPE, "--model-opt", "pool=avg"), "0.002", "0.001")]),
+                 FROM_CNN),
     "from-cnn-defaults": ("the `cnn` row converted (BN recalibrated) and fine-tuned with LIF defaults and SGD (lr 0.01)",
                           ["--snn", "--init-from", "@cnn", *SJ_DEFAULTS, "--lr", "0.01"]),
     "cnn-qcfs": ("the CNN with QCFS activations (4 levels) instead of ReLU", ["--cnn", "--model-opt", "act_levels=4"]),
@@ -81,6 +83,18 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                   "fine-tuned: AdamW lr 1e-3, detach_reset, atan, TET",
                   ["--snn", "--init-from", "@cnn-qcfs", *ADAMW[:2], "--lr", "0.001", *ADAMW[4:], "--neuron", "kind=if",
                    "--neuron", "v_reset=null", "--neuron", "detach_reset=true", "--neuron", "surrogate=atan", "--tet"]),
+    # one change each to `from-cnn` (the conversion pipeline the study uses): which lever buys what
+    "from-cnn-soft": ("`from-cnn` with a soft reset (subtract the threshold)", [*FROM_CNN, "--neuron", "v_reset=null"]),
+    "from-cnn-if": ("`from-cnn` with IF neurons (no leak), soft reset",
+                    [*_drop(FROM_CNN, "--neuron", "decay_input=false"), "--neuron", "kind=if", "--neuron", "v_reset=null"]),
+    "from-cnn-tau4": ("`from-cnn` with tau 4 (a slower leak)", [*FROM_CNN, "--neuron", "tau=4"]),
+    "from-cnn-th05": ("`from-cnn` with V_th 0.5", [*FROM_CNN, "--neuron", "v_threshold=0.5"]),
+    "from-cnn-plif": ("`from-cnn` with learnable tau and threshold (PLIF)",
+                      [*FROM_CNN, "--neuron", "learn_tau=true", "--neuron", "learn_threshold=true"]),
+    "from-cnn-lr3e-3": ("`from-cnn` with AdamW lr 3e-3", [*_swap(FROM_CNN, "0.001", "0.003")]),
+    "from-cnn-no-tet": ("`from-cnn` with mean-output cross-entropy instead of TET", _swap(FROM_CNN, "--tet", "--no-tet")),
+    "from-cnn-t2": ("`from-cnn` trained at T=2 (evaluate it at T=4 with `spikelite eval --T 4`)",
+                    [*FROM_CNN, "--T", "2"]),
     "recipe-th05": ("recipe with V_th 0.5", ["--snn", *RECIPE, "--neuron", "v_threshold=0.5"]),
     "recipe-plif": ("recipe with learnable tau and threshold (PLIF)",
                     ["--snn", *RECIPE, "--neuron", "learn_tau=true", "--neuron", "learn_threshold=true"]),

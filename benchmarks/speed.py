@@ -4,7 +4,8 @@ Every SNN is the same ``spikify``'d network (spikelite's zoo models at 32x32, Ba
 neuron layer differs (the peer wrappers come from ``train_speed.py``). For every model and every T:
 
 * training step (forward, backward, SGD step): the plain CNN, spikelite, both with NHWC weights
-  (``+nhwc``: what ``spikelite train --channels-last`` does), spikelite with activation
+  (``+nhwc``: what ``spikelite train --channels-last`` does), spikelite with its BatchNorm → neuron
+  pairs recomputed in backward (``+recompute``: ``--recompute-neurons``), spikelite with activation
   checkpointing (``checkpoint_segments``), SpikingJelly, snnTorch;
 * inference (one batch): the CNN and its ``inference_model`` copy, spikelite in eval mode under
   ``torch.no_grad`` and its ``inference()`` copy (BatchNorm folded, inference mode), SpikingJelly and
@@ -39,7 +40,8 @@ from spikelite.inference import inference_model
 from spikelite.models import create_model
 from train_speed import SJLIF, SnnTorchLeaky, saved_bytes
 
-TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite+nhwc", "spikelite+ckpt", "spikingjelly", "snntorch")
+TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite+nhwc", "spikelite+recompute", "spikelite+ckpt", "spikingjelly",
+         "snntorch")
 INFER = ("cnn", "cnn-folded", "spikelite", "spikelite-inference", "spikingjelly", "snntorch")
 
 
@@ -83,11 +85,14 @@ def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[
     snn = spikify(cnn, T=T)
     ckpt = copy.deepcopy(snn)
     ckpt.checkpoint_segments = segments
+    recompute = copy.deepcopy(snn)
+    recompute.recompute_neurons = True
     train = {
         "cnn": copy.deepcopy(cnn).train(),
         "cnn+nhwc": copy.deepcopy(cnn).to(memory_format=torch.channels_last).train(),  # train --channels-last
         "spikelite": snn.train(),
         "spikelite+nhwc": copy.deepcopy(snn).to(memory_format=torch.channels_last).train(),
+        "spikelite+recompute": recompute.train(),
         "spikelite+ckpt": ckpt.train(),
         "spikingjelly": spikify(cnn, T=T, neuron=SJLIF).train(),
         "snntorch": spikify(cnn, T=T, neuron=SnnTorchLeaky).train(),

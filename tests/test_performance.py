@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikelite import SpikeliteError, spikify
-from spikelite.checkpoint import CheckpointSegment
+from spikelite.checkpoint import CheckpointSegment, RecomputedNeuron
 from spikelite.convert import SpikingActivation, inference_model
 from spikelite.inference import InferenceModel, InferenceNet, fold_batchnorm
 from spikelite.models import create_model
@@ -244,6 +244,75 @@ def test_checkpointing_option_is_validated_and_survives_copies():
         assert torch.equal(a, net(x))
 
 
+@pytest.mark.parametrize("name,neuron,dtype", [
+    ("squeezenet1_1", None, torch.float32),  # dropout and max-pooling; the compiled LIF kernels
+    ("shufflenetv2_x0_5", {"learn_tau": True, "learn_threshold": True}, torch.float32),  # neuron parameters
+    ("mnasnet_b1", {"kind": "if", "v_reset": None}, torch.float64),  # residual adds, soft-reset IF
+])
+def test_recomputed_neurons_give_identical_gradients_and_bn_statistics(name, neuron, dtype):
+    torch.manual_seed(0)
+    plain = spikify(create_model(name, num_classes=10, image_size=32), T=2, neuron=neuron).train().to(dtype)
+    fast = copy.deepcopy(plain)
+    fast.recompute_neurons = True
+    x, y = torch.randn(6, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (6,))
+    assert torch.equal(_train_step(plain, x, y), _train_step(fast, x, y))
+    body = fast._ckpt_body[0]
+    pairs = [m for m in body.modules() if isinstance(m, RecomputedNeuron)]
+    assert len(pairs) == len(plain.spiking_layers())  # every neuron layer in these nets follows a BatchNorm
+    for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert p.grad is not None and torch.equal(p.grad, q.grad), n
+    for (n, b), c in zip(plain.named_buffers(), fast.buffers()):
+        assert torch.equal(b, c), n  # running statistics updated once, not twice
+    assert set(fast.state_dict()) == set(plain.state_dict())  # the recomputed graph adds no state
+    fast.eval()  # eval and no_grad use the ordinary graph
+    plain.eval()
+    with torch.no_grad():
+        assert torch.equal(fast(x), plain(x))
+
+
+def test_recomputed_neurons_save_less_for_backward_and_spikes_are_stored_compactly():
+    torch.manual_seed(0)
+    net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=32), T=2).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    full = _saved_bytes(net, x, y)
+    net.recompute_neurons = True
+    recomputed = _saved_bytes(net, x, y)
+    assert 0 < recomputed < 0.7 * full  # measured: 0.59 (SqueezeNet 1.1, T=4, batch 32)
+    # no float tensor that holds only spikes is saved in full (max-pooling keeps its input too)
+    from spikelite.convert import _pack_saved
+
+    net.recompute_neurons = False
+    loose = []
+
+    def pack(t):
+        p = _pack_saved(t)
+        if not isinstance(p, tuple) and t.is_floating_point() and t.numel() > 1000 and bool(((t == 0) | (t == 1)).all()):
+            loose.append((tuple(t.shape), t.grad_fn.name() if t.grad_fn is not None else "leaf"))
+        return p
+
+    net.compact_spikes = False
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p[0].to(p[1]) if isinstance(p, tuple) else p):
+        F.cross_entropy(net(x), y).backward()
+    assert loose == []
+
+
+def test_recompute_neurons_option_is_validated_survives_copies_and_yields_to_segments():
+    net = spikify(create_model("shufflenetv2_x0_5", num_classes=10, image_size=32), T=2)
+    for bad in (1, "yes", None):
+        with pytest.raises(SpikeliteError, match="recompute_neurons"):
+            net.recompute_neurons = bad
+    net.recompute_neurons = True
+    x = torch.randn(2, 3, 32, 32)
+    net(x).sum().backward()
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert other.recompute_neurons and other._ckpt_body == []
+        other(x).sum().backward()
+    net.checkpoint_segments = 2  # both on: the segments (which recompute everything) are used
+    net(x).sum().backward()
+    assert any(isinstance(m, CheckpointSegment) for m in net._ckpt_body[0].modules())
+    assert not any(isinstance(m, RecomputedNeuron) for m in net._ckpt_body[0].modules())
+
+
 def test_speed_benchmark_runs_every_variant_and_the_peers_agree(monkeypatch, capsys):
     # benchmarks/speed.py end to end on a tiny configuration: every training and inference variant is
     # timed, memory counted, and the peers' logits agree with spikelite's on the same weights.
@@ -268,6 +337,7 @@ def test_speed_benchmark_runs_every_variant_and_the_peers_agree(monkeypatch, cap
     assert {k for _, k in c["times"]} == set(speed.TRAIN) | set(speed.INFER)
     assert all(v < 1e-4 for v in c["agree"].values()), c["agree"]
     assert c["mem"]["spikelite+ckpt"] < c["mem"]["spikelite"]  # checkpointing saves less for backward
+    assert c["mem"]["spikelite+recompute"] < c["mem"]["spikelite"]  # so does recomputing the neuron layers
     out = capsys.readouterr().out
     assert "cnn+nhwc" in out and "spikelite-inference" in out
 

@@ -362,6 +362,32 @@ def test_channels_last_trains_the_same_network(tmp_path, capsys):
     assert yaml.safe_load(capsys.readouterr().out)["channels_last"] is True
 
 
+def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatch):
+    # a memory option only: the same weights after training, bit for bit
+    from spikelite.checkpoint import RecomputedNeuron
+
+    runs = []
+    run = RecomputedNeuron.run
+    monkeypatch.setattr(RecomputedNeuron, "run", lambda self, z: runs.append(1) or run(self, z))
+    states = {}
+    for rc in (False, True):
+        T.train(_cfg(tmp_path, name=f"rc{rc}", mode="snn", epochs=1, recompute_neurons=rc, snn__T=2,
+                     data__train_subset=32, data__image_size=16, optim__warmup_epochs=0))
+        assert bool(runs) is rc  # the recomputed graph is used when asked for, and only then
+        raw = T.read_checkpoint(tmp_path / f"rc{rc}" / "last.pt")
+        assert raw["config"]["recompute_neurons"] is rc
+        states[rc] = raw["state_dict"]
+    assert states[True].keys() == states[False].keys()
+    for k, v in states[False].items():
+        assert torch.equal(v, states[True][k]), k
+    with pytest.raises(SpikeliteError, match="recompute_neurons applies to spiking networks"):
+        _cfg(tmp_path, mode="cnn", recompute_neurons=True)
+    assert cli_main(["train", "--cnn", "--recompute-neurons", "--print-config"]) == 2
+    assert "recompute_neurons" in capsys.readouterr().err
+    assert cli_main(["train", "--snn", "--recompute-neurons", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["recompute_neurons"] is True
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = T._classification_loss

@@ -481,7 +481,8 @@ _BINARY_FUNCTIONS = {torch.cat, torch.concat, torch.flatten, torch.reshape, torc
                      torch.channel_shuffle, torch.squeeze, torch.unsqueeze, torch.stack}
 _BINARY_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "contiguous", "chunk", "split",
                    "squeeze", "unsqueeze", "expand", "repeat"}
-_SAVES_INPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# modules whose backward keeps their input (max-pooling keeps it beside the argmax indices)
+_SAVES_INPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
 def mark_spikes(x: torch.Tensor) -> torch.Tensor:
@@ -643,15 +644,29 @@ class SpikingNet(nn.Module):
         self._checkpoint_segments = check_segments(value)
         self._ckpt_body = []
 
+    @property
+    def recompute_neurons(self) -> bool:
+        """Training keeps only each BatchNorm → neuron pair's input and recomputes the pair in backward
+        (see :func:`spikelite.checkpoint.recomputed_body`). Ignored while ``checkpoint_segments`` is on."""
+        return getattr(self, "_recompute_neurons", False)
+
+    @recompute_neurons.setter
+    def recompute_neurons(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise SpikeliteError(f"recompute_neurons must be True or False, got {value!r}")
+        self._recompute_neurons = value
+        self._ckpt_body = []
+
     def _training_body(self) -> fx.GraphModule:
-        """``body``, or its checkpointed split when ``checkpoint_segments`` is on (built once, cached)."""
+        """``body``, or its checkpointed variant when ``checkpoint_segments`` or ``recompute_neurons`` is on
+        (built once, cached)."""
         k = self.checkpoint_segments
-        if not k or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not (k or self.recompute_neurons) or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self.body
         if not getattr(self, "_ckpt_body", None):
-            from .checkpoint import checkpointed_body
+            from .checkpoint import checkpointed_body, recomputed_body
 
-            self._ckpt_body = [checkpointed_body(self.body, k)]
+            self._ckpt_body = [checkpointed_body(self.body, k) if k else recomputed_body(self.body)[0]]
         return self._ckpt_body[0]
 
     @property

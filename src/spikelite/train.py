@@ -249,6 +249,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 if supported, else fp16) | bf16 | fp16 | off; CUDA only
     threads: Optional[int] = None  # torch CPU threads for this run
     channels_last: bool = False  # keep conv weights (and so activations) in NHWC order: a speed option
+    recompute_neurons: bool = False  # SNN: recompute BatchNorm → neuron pairs in backward (less memory, same math)
     malloc: str = "retain"  # retain: glibc keeps freed memory (no mmap/munmap per step); system: leave it alone
     out: str = "runs/train"  # the run directory
     save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: epoch ends only)
@@ -273,6 +274,9 @@ class TrainConfig:
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("malloc", self.malloc, MALLOC_MODES)
         _check_min("epochs", self.epochs, 0)
+        if self.recompute_neurons and self.mode != "snn":
+            raise SpikeliteError("recompute_neurons applies to spiking networks only (mode snn), not to mode "
+                                 f"{self.mode}")
         _check_min("batch_size", self.batch_size, 1)
         _check_min("seed", self.seed, 0)
         _check_min("save_every_steps", self.save_every_steps, 0)
@@ -299,7 +303,7 @@ class TrainConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "snn": SNNConfig}
 # Keys that may change when a run is resumed: where things are and how they are reported, not the recipe.
 RUNTIME_KEYS = frozenset({
-    "out", "device", "threads", "channels_last", "malloc", "quiet", "tensorboard", "save_every_steps", "eval_every", "init_from",
+    "out", "device", "threads", "channels_last", "recompute_neurons", "malloc", "quiet", "tensorboard", "save_every_steps", "eval_every", "init_from",
     "data.root", "data.cache_dir", "data.download", "data.eval_batch_size",
 })
 
@@ -1253,6 +1257,8 @@ class _Run:
             # math up to float32 rounding in BatchNorm; a CPU speed option (docs/performance.md).
             self.model.to(memory_format=torch.channels_last)
         self.is_snn = isinstance(model, SpikingNet)
+        if self.is_snn:
+            model.recompute_neurons = cfg.recompute_neurons  # same gradients, less memory (docs/performance.md)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         per_rank = cfg.batch_size // dist_env.world_size
         augment = default_augment(cfg.data.dataset, self.train_data.image_size) if cfg.data.augment == "auto" \
@@ -1683,6 +1689,8 @@ def _overrides_from_args(args: argparse.Namespace) -> dict:
         ov["snn.tet"] = False
     if args.channels_last:
         ov["channels_last"] = True
+    if args.recompute_neurons:
+        ov["recompute_neurons"] = True
     if args.no_nesterov:
         ov["optim.nesterov"] = False
     if args.quiet:
@@ -1781,6 +1789,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, type=tp, default=None, help=f"{help_text} [{key}]")
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC memory format for conv weights and activations (a CPU speed option) [channels_last]")
+    p.add_argument("--recompute-neurons", action="store_true",
+                   help="SNN: keep only each BatchNorm -> neuron pair's input for backward and recompute the pair "
+                        "(less memory, same gradients) [recompute_neurons]")
     tet = p.add_mutually_exclusive_group()
     tet.add_argument("--tet", action="store_true", help="TET loss: cross-entropy at every time step [snn.tet]")
     tet.add_argument("--no-tet", action="store_true", help="cross-entropy of the time-averaged output [snn.tet]")
