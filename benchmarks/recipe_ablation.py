@@ -95,6 +95,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "from-cnn-no-tet": ("`from-cnn` with mean-output cross-entropy instead of TET", _swap(FROM_CNN, "--tet", "--no-tet")),
     "from-cnn-t2": ("`from-cnn` trained at T=2 (evaluate it at T=4 with `spikelite eval --T 4`)",
                     [*FROM_CNN, "--T", "2"]),
+    "from-cnn-t2x2": ("`from-cnn-t2` for 2 epochs: about the compute of one epoch at T=4 (evaluate at T=4 as above)",
+                      [*FROM_CNN, "--T", "2", "--epochs", "2"]),
     "recipe-th05": ("recipe with V_th 0.5", ["--snn", *RECIPE, "--neuron", "v_threshold=0.5"]),
     "recipe-plif": ("recipe with learnable tau and threshold (PLIF)",
                     ["--snn", *RECIPE, "--neuron", "learn_tau=true", "--neuron", "learn_threshold=true"]),

@@ -188,6 +188,28 @@ def run(args) -> dict:
     return {(c["name"], c["T"]): c for c in configs}
 
 
+def memory_table(args) -> dict:
+    """Saved-for-backward activation memory (MiB) of every training variant against T, one table per model."""
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (args.batch,), generator=g)
+    mib = 2 ** 20
+    out = {}
+    for name in args.models:
+        rows = {T: _memory(build(name, T, args.segments)[0], x, y, loss_fn) for T in args.T}
+        out[name] = rows
+        leaner = {T: min(m["spikingjelly"], m["snntorch"]) for T, m in rows.items()}
+        print(f"\n## {name}, batch {args.batch}: MiB saved for backward (activations, weights excluded)")
+        print("| variant | " + " | ".join(f"T={T}" for T in args.T) + " |")
+        print("|---|" + "---:|" * len(args.T))
+        for k in (*TRAIN, "spikelite+ckpt peak"):
+            print(f"| {k} | " + " | ".join(f"{rows[T][k] / mib:.1f}" for T in args.T) + " |")
+        for k in ("spikelite", "spikelite+recompute", "spikelite+ckpt"):
+            print(f"| {k} / leaner peer | " + " | ".join(f"{rows[T][k] / leaner[T]:.2f}" for T in args.T) + " |")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20, help="timed rounds (after --warmup rounds)")
@@ -200,7 +222,12 @@ def main(argv=None):
     ap.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
                     help="glibc allocator setting for the whole process, every variant alike (spikelite train's "
                          "default: retain; docs/performance.md)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the saved-for-backward memory of every training variant, per model and T (no timing: "
+                         "the figures do not depend on machine load)")
     args = ap.parse_args(argv)
+    if args.memory_only:
+        return memory_table(args)
     if args.rounds < 1 or args.warmup < 0 or args.batch < 1 or args.segments < 1 or min(args.T) < 1:
         ap.error("--rounds, --batch, --segments and every --T must be >= 1, --warmup >= 0")
     if args.threads:
