@@ -84,6 +84,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                   ["--snn", "--init-from", "@cnn-qcfs", *ADAMW[:2], "--lr", "0.001", *ADAMW[4:], "--neuron", "kind=if",
                    "--neuron", "v_reset=null", "--neuron", "detach_reset=true", "--neuron", "surrogate=atan", "--tet"]),
     # one change each to `from-cnn` (the conversion pipeline the study uses): which lever buys what
+    "from-cnn-seed1": ("`from-cnn` with training seed 1: the run-to-run noise of the rows below", [*FROM_CNN, "--seed", "1"]),
     "from-cnn-soft": ("`from-cnn` with a soft reset (subtract the threshold)", [*FROM_CNN, "--neuron", "v_reset=null"]),
     "from-cnn-if": ("`from-cnn` with IF neurons (no leak), soft reset",
                     [*_drop(FROM_CNN, "--neuron", "decay_input=false"), "--neuron", "kind=if", "--neuron", "v_reset=null"]),

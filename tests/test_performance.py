@@ -270,6 +270,20 @@ def test_recomputed_neurons_give_identical_gradients_and_bn_statistics(name, neu
         assert torch.equal(fast(x), plain(x))
 
 
+def test_recomputed_neurons_give_identical_gradients_under_autocast():
+    torch.manual_seed(0)
+    plain = spikify(create_model("shufflenetv2_x0_3", num_classes=10, image_size=32), T=2).train()
+    fast = copy.deepcopy(plain)
+    fast.recompute_neurons = True
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    for net in (plain, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(net(x).float(), y)
+        loss.backward()  # outside autocast, as training loops do
+    for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+
+
 def test_recomputed_neurons_save_less_for_backward_and_spikes_are_stored_compactly():
     torch.manual_seed(0)
     net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=32), T=2).train()

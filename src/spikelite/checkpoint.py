@@ -137,6 +137,9 @@ class _Recompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, pair, *params):
         ctx.pair = pair
+        dev = z.device.type
+        # backward re-runs the pair under the same autocast setting as this forward (mixed precision)
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         ctx.save_for_backward(z)
         with torch.no_grad():
             return pair.run(z)
@@ -151,8 +154,10 @@ class _Recompute(torch.autograd.Function):
             inputs = ([z_] if ctx.needs_input_grad[0] else []) + params
             # the running statistics are put back only after the backward through the recomputation
             # (BatchNorm's graph holds them and checks they are unchanged)
+            dev, enabled, dtype = ctx.autocast
             with _bn_stats_kept([pair.bn] if pair.bn.training and pair.bn.track_running_stats else []):
-                out = pair.run(z_)
+                with torch.autocast(dev, dtype=dtype, enabled=enabled):
+                    out = pair.run(z_)
                 grads = list(torch.autograd.grad(out, inputs, grad_out, allow_unused=True)) if inputs else []
         gz = grads.pop(0) if ctx.needs_input_grad[0] else None
         return (gz, None, *grads)
