@@ -412,3 +412,16 @@ def test_malloc_mode_is_a_validated_runtime_key():
         load_config(None, ["malloc=fast"])
     assert load_config(None, []).malloc == "retain" and "malloc" in RUNTIME_KEYS
     assert apply_malloc_mode("system") is False
+
+
+def test_malloc_default_follows_the_environment_switch(monkeypatch):
+    # SPIKELITE_MALLOC=system turns the retained heap off for every command, spikelite train and the
+    # benchmark's training cells included (their recipes take the default)
+    from spikelite.train import load_config
+
+    monkeypatch.setenv("SPIKELITE_MALLOC", "system")
+    assert load_config(None, []).malloc == "system"
+    assert load_config(None, ["malloc=retain"]).malloc == "retain"  # an explicit key wins
+    monkeypatch.setenv("SPIKELITE_MALLOC", "fast")
+    with pytest.raises(SpikeliteError, match="SPIKELITE_MALLOC must be one of retain, system, got 'fast'"):
+        load_config(None, [])

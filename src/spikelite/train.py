@@ -236,6 +236,13 @@ class SNNConfig:
             raise SpikeliteError(f"snn.neuron: {exc}") from None
 
 
+def _default_malloc() -> str:
+    mode = os.environ.get("SPIKELITE_MALLOC", "retain")
+    if mode not in MALLOC_MODES:
+        raise SpikeliteError(f"SPIKELITE_MALLOC must be one of {', '.join(MALLOC_MODES)}, got {mode!r}")
+    return mode
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """One training recipe. Load it with :func:`load_config`; every field is documented in docs/training.md."""
@@ -250,7 +257,9 @@ class TrainConfig:
     threads: Optional[int] = None  # torch CPU threads for this run
     channels_last: bool = False  # keep conv weights (and so activations) in NHWC order: a speed option
     recompute_neurons: bool = False  # SNN: recompute BatchNorm → neuron pairs in backward (less memory, same math)
-    malloc: str = "retain"  # retain: glibc keeps freed memory (no mmap/munmap per step); system: leave it alone
+    # retain: glibc keeps freed memory (no mmap/munmap per step); system: leave it alone. The default follows
+    # SPIKELITE_MALLOC, the switch of the other CLI commands, so benchmark cells and train obey it too.
+    malloc: str = dataclasses.field(default_factory=lambda: _default_malloc())
     out: str = "runs/train"  # the run directory
     save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: epoch ends only)
     eval_every: int = 1  # evaluate on the validation split every N epochs (and after the last)
