@@ -508,6 +508,16 @@ def test_cli_keep_and_paper_schedules(digits_ckpt, tmp_path, capsys):
         assert c["params"] < rep["baseline"]["params"] and c["energy_mj"] < rep["baseline"]["energy_mj"]
     assert "| ref-1 | F4, F6, F8, F9 |" in (tmp_path / "paper.table.md").read_text()
 
+    # the importance report only ranks: its header says so instead of naming a fine-tuning budget
+    imp_dir = tmp_path / "imp"
+    imp_dir.mkdir()
+    assert cli_main(["prune", str(digits_ckpt), "--strategy", "importance", "--calibration-size", "32",
+                     "--energy-samples", "8", "--val-subset", "48", "--threads", "1", "--quiet",
+                     "-o", str(imp_dir / "importance.json")]) == 0
+    [md] = [f for f in imp_dir.iterdir() if f.suffix == ".md"]
+    header = md.read_text().split("## Module importance")[0]
+    assert "a ranking only" in header and "epoch(s) per candidate" not in header
+
 
 def test_cli_bad_input_exits_2_and_writes_nothing(digits_ckpt, tmp_path, capsys):
     out = tmp_path / "bad.pt"

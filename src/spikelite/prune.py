@@ -1697,8 +1697,10 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
         result.files = files
         result.seconds = time.perf_counter() - t_start
         md = [f"# Pruning {subj.label} ({meta['kind'].upper()}) from {checkpoint}", "",
-              f"Strategy: {cfg.strategy}; fine-tuning: {cfg.finetune_epochs} epoch(s) per candidate; rule for "
-              f"shape-changing modules: {FAMILY_RULES[family]}.", "",
+              f"Strategy: {cfg.strategy}; "
+              + ("no candidates are pruned or fine-tuned (a ranking only)" if cfg.strategy == "importance"
+                 else f"fine-tuning: {cfg.finetune_epochs} epoch(s) per candidate")
+              + f"; rule for shape-changing modules: {FAMILY_RULES[family]}.", "",
               f"Accuracy on {len(pipe.val_data)} validation images; energy ({cfg.profile}) per image on "
               f"{min(cfg.energy_samples, len(pipe.val_data))} of them.", "",
               candidate_table(result), f"Stop: {result.stop_reason}.", "", "## Module importance", "",
