@@ -362,6 +362,42 @@ def test_channels_last_trains_the_same_network(tmp_path, capsys):
     assert yaml.safe_load(capsys.readouterr().out)["channels_last"] is True
 
 
+def test_eval_T_trains_short_and_validates_longer(tmp_path, monkeypatch):
+    # train at T=1, validate and record checkpoints at T=3; resuming trains at T=1 again
+    from spikelite.convert import SpikingNet
+
+    seen_T = []
+    fwd = SpikingNet.forward_steps
+    monkeypatch.setattr(SpikingNet, "forward_steps",
+                        lambda self, x: seen_T.append((self.training, self.T)) or fwd(self, x))
+    run = tmp_path / "evalT"
+    cfg = _cfg(tmp_path, "evalT", mode="snn", epochs=2, snn__T=1, snn__eval_T=3, data__train_subset=32,
+               data__image_size=8, optim__warmup_epochs=0)
+    epoch = T._Run._train_epoch
+    calls = []
+
+    def stop_in_second_epoch(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run stops after epoch 1 (last.pt written at its end)
+        return epoch(self)
+
+    monkeypatch.setattr(T._Run, "_train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg)
+    assert {t for training, t in seen_T if training} == {1} and {t for training, t in seen_T if not training} == {3}
+    model, meta = T.load_checkpoint(run / "last.pt")
+    assert isinstance(model, SpikingNet) and model.T == 3 and meta["config"]["snn"]["eval_T"] == 3
+    res = T.evaluate_checkpoint(run / "best.pt", split="val")  # spikelite eval's default: the recorded T
+    assert res["T"] == 3 and abs(res["accuracy"] - T.read_checkpoint(run / "best.pt")["best"]["val_acc"]) < 1e-9
+    seen_T.clear()
+    T.train(cfg, resume=True)  # the resumed run trains at T=1 again, though last.pt recorded T=3
+    assert len(calls) == 3 and {t for training, t in seen_T if training} == {1}
+    assert T.load_checkpoint(run / "last.pt")[0].T == 3
+    with pytest.raises(SpikeliteError, match="snn.eval_T must be >= 1"):
+        _cfg(tmp_path, mode="snn", snn__eval_T=0)
+
+
 def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatch):
     # a memory option only: the same weights after training, bit for bit
     from spikelite.checkpoint import RecomputedNeuron

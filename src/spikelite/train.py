@@ -211,6 +211,7 @@ class SNNConfig:
     """The spiking network (used when ``mode: snn``)."""
 
     T: int = 4
+    eval_T: Optional[int] = None  # validate (and record checkpoints) at this many steps; None: at T
     encoding: str = "direct"
     # LIF/IF options, e.g. {tau: 2.0, surrogate: atan}; unset keys take RECIPE_NEURON's values
     neuron: dict = dataclasses.field(default_factory=dict)
@@ -223,6 +224,8 @@ class SNNConfig:
     def __post_init__(self):
         _coerce_fields(self, "snn")
         _check_min("snn.T", self.T, 1)
+        if self.eval_T is not None:
+            _check_min("snn.eval_T", self.eval_T, 1)
         _check_choice("snn.encoding", self.encoding, ("direct", "rate"))
         _check_choice("snn.balance_mode", self.balance_mode, ("snn", "cnn"))
         if self.balance is not None and not 0 < self.balance <= 100:
@@ -1257,6 +1260,8 @@ class _Run:
             if stored_info.get("classes") not in (None, self.data_info["classes"]):
                 raise SpikeliteError(f"the data at {cfg.data.root} has other classes than the run being resumed")
             model = _model_from_checkpoint(self.resume_ckpt, str(self.last_path))
+            if isinstance(model, SpikingNet):
+                model.T = cfg.snn.T  # the checkpoint records snn.eval_T when that is set: train at T
         else:
             model, self.src_meta = _initial_model(cfg, self.train_data, torch.device("cpu"), self.log)
         _check_fits_data(describe_model(model)["model_spec"], self.train_data, "model")
@@ -1339,6 +1344,19 @@ class _Run:
                 "metrics": self.src_meta.get("metrics")},
         }
 
+    @contextlib.contextmanager
+    def _at_eval_T(self):
+        """The SNN at ``snn.eval_T`` steps (validation and the checkpoints' recorded T), then back at ``T``."""
+        eval_T = self.cfg.snn.eval_T if self.is_snn else None
+        if eval_T is None:
+            yield
+            return
+        self.model.T = eval_T
+        try:
+            yield
+        finally:
+            self.model.T = self.cfg.snn.T
+
     def _save_last(self) -> None:
         # every rank joins the RNG gather; rank 0 writes
         ts = {
@@ -1355,14 +1373,16 @@ class _Run:
             meta = self._meta()
             if self.resume_ckpt is not None and self.src_meta is None:
                 meta["source_checkpoint"] = self.resume_ckpt.get("source_checkpoint")
-            save_checkpoint(self.last_path, self.model, meta=meta, train_state=ts)
+            with self._at_eval_T():
+                save_checkpoint(self.last_path, self.model, meta=meta, train_state=ts)
 
     def _save_best(self) -> None:
         if self.dist.main:
             meta = self._meta()
             if self.resume_ckpt is not None and self.src_meta is None:
                 meta["source_checkpoint"] = self.resume_ckpt.get("source_checkpoint")
-            save_checkpoint(self.best_path, self.model, meta=meta)
+            with self._at_eval_T():
+                save_checkpoint(self.best_path, self.model, meta=meta)
 
     # -- one epoch -----------------------------------------------------------------------------
     def _check_finite(self, loss_sum: torch.Tensor) -> None:
@@ -1454,9 +1474,10 @@ class _Run:
 
     def _evaluate(self) -> tuple[dict, float]:
         t0 = time.perf_counter()
-        res = evaluate(self.model, self.val_data, batch_size=self.cfg.data.eval_batch_size, device=self.device,
-                       amp_dtype=self.amp_dtype, seed=self.cfg.seed, rank=self.dist.rank,
-                       world_size=self.dist.world_size)
+        with self._at_eval_T():
+            res = evaluate(self.model, self.val_data, batch_size=self.cfg.data.eval_batch_size, device=self.device,
+                           amp_dtype=self.amp_dtype, seed=self.cfg.seed, rank=self.dist.rank,
+                           world_size=self.dist.world_size)
         return res, time.perf_counter() - t0
 
     def _record(self, row: dict) -> None:
@@ -1662,6 +1683,7 @@ _FLAGS = [
     ("--grad-clip", "optim.grad_clip", float, "clip the gradient norm"),
     ("--init-from", "init_from", str, "start from this checkpoint (a CNN checkpoint is converted to an SNN)"),
     ("--T", "snn.T", int, "SNN time steps"),
+    ("--eval-T", "snn.eval_T", int, "validate the SNN (and record its checkpoints) at this many time steps; train at --T"),
     ("--encoding", "snn.encoding", str, "direct or rate"),
     ("--surrogate", "snn.neuron.surrogate", str, "surrogate gradient (sigmoid, atan, fast_sigmoid, ...)"),
     ("--balance", "snn.balance", float, "threshold balancing percentile when converting (e.g. 99.9)"),
