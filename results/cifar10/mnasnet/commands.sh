@@ -41,5 +41,13 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/cnn-p/be
 spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn/best.pt" --data "$DATA" \
   --out "$RUNS/snn-pass2" --epochs 2 --seed 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
 
-# 7. The study's tables and report, all models (run from the repository root; see ../README.md):
+# 7. SNN, a third fine-tuning pass (2026-12-03, session 6): three more epochs from the committed SNN of step 6
+#    (seed 2). 28 min 30 s of running (2,158 s wall, of which 448 s paused with SIGSTOP while the speed
+#    benchmark had the CPU); its first epoch shared the cores with 1-thread recipe-screen runs, the third
+#    ran alone: 351 s.
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/mnasnet/snn-pass2/best.pt \
+  --data "$DATA" --out "$RUNS/snn-pass3" --epochs 3 --seed 2 --threads 2 --save-every-steps 25 \
+  --set data.eval_batch_size=64
+
+# 8. The study's tables and report, all models (run from the repository root; see ../README.md):
 #    spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
