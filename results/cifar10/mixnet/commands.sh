@@ -41,5 +41,11 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10
   --data "$DATA" --out "$RUNS/snn-pass2" --epochs 3 --seed 1 --threads 2 --save-every-steps 25 \
   --set data.eval_batch_size=64
 
+# 7. SNN-P, a second fine-tuning pass (session 6): two more epochs from the SNN-P of step 5 (seed 1):
+#    23 min 3 s (the first epoch shared the CPU with the test suite, the second ran alone: 396 s).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/mixnet/snn-p/best.pt \
+  --data "$DATA" --out "$RUNS/snn-p-pass2" --epochs 2 --seed 1 --threads 2 --save-every-steps 25 \
+  --set data.eval_batch_size=64
+
 # 8. The study's tables and report, all models (run from the repository root; see ../README.md):
 #    spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"

@@ -67,3 +67,11 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-p/be
 #    every cell imports its checkpoint, nothing is trained; 2 min 11 s for SqueezeNet's four cells; since
 #    session 5 the spec also holds MnasNet's and MixNet's, see ../mnasnet/commands.sh, ../mixnet/commands.sh).
 spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
+
+# 8. The T schedule at full size (2026-12-03, session 6): command 2 with the same compute spent at T = 2 — the CNN
+#    converted at T = 2, one epoch over a stratified 30k subset (twice command 2's 15k) at T = 2, validated and
+#    recorded at T = 4 (--eval-T). 11 min 30 s wall (570 s training). Converted 63.40 %, after the epoch 71.28 %
+#    at T = 4 (command 2: 64.82 → 72.96 %). Kept as snn-t2/ (not the study's SNN).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/squeezenet1_1/cnn/best.pt --data "$DATA" \
+  --out "$RUNS/snn-t2" --epochs 1 --train-subset 30000 --T 2 --eval-T 4 --threads 2 --save-every-steps 25 \
+  --set data.eval_batch_size=64
