@@ -152,13 +152,17 @@ def _report(name: str, T: int, args, times: dict, mem: dict[str, int]) -> None:
         print(f"{k:<22}{t * 1e3:>9.1f}{t / (T * base):>13.2f}{args.batch / t:>11.0f}")
 
 
+def _batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded CIFAR-sized batch every measurement uses."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
 def run(args) -> dict:
     """Build every (model, T) configuration, time them round-robin, print one table per configuration."""
     configs = []
     loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (args.batch,), generator=g)
+    x, y = _batch(args.batch)
     for name in args.models:
         for T in args.T:
             train, infer = build(name, T, args.segments)
@@ -191,9 +195,7 @@ def run(args) -> dict:
 def memory_table(args) -> dict:
     """Saved-for-backward activation memory (MiB) of every training variant against T, one table per model."""
     loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (args.batch,), generator=g)
+    x, y = _batch(args.batch)
     mib = 2 ** 20
     out = {}
     for name in args.models:
@@ -226,10 +228,10 @@ def main(argv=None):
                     help="only the saved-for-backward memory of every training variant, per model and T (no timing: "
                          "the figures do not depend on machine load)")
     args = ap.parse_args(argv)
-    if args.memory_only:
-        return memory_table(args)
     if args.rounds < 1 or args.warmup < 0 or args.batch < 1 or args.segments < 1 or min(args.T) < 1:
         ap.error("--rounds, --batch, --segments and every --T must be >= 1, --warmup >= 0")
+    if args.memory_only:
+        return memory_table(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"malloc: {args.malloc} ({'applied' if apply_malloc_mode(args.malloc) else 'glibc default'})")

@@ -189,12 +189,11 @@ class RecomputedNeuron(nn.Module):
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def recomputed_body(body: fx.GraphModule) -> tuple[fx.GraphModule, int]:
+def recomputed_body(body: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``body``'s graph in which every BatchNorm → neuron pair runs as a :class:`RecomputedNeuron`.
 
     A pair qualifies when the BatchNorm (a plain ``BatchNorm1d/2d/3d``: a subclass may compute something
-    else) feeds one neuron layer and nothing else. The copy shares ``body``'s modules. Returns it and the
-    number of pairs replaced.
+    else) feeds one neuron layer and nothing else. The copy shares ``body``'s modules.
     """
     from .convert import SpikingActivation
 
@@ -221,4 +220,4 @@ def recomputed_body(body: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         pairs += 1
     gm.graph.lint()
     gm.recompile()
-    return gm, pairs
+    return gm

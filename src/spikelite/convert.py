@@ -666,7 +666,7 @@ class SpikingNet(nn.Module):
         if not getattr(self, "_ckpt_body", None):
             from .checkpoint import checkpointed_body, recomputed_body
 
-            self._ckpt_body = [checkpointed_body(self.body, k) if k else recomputed_body(self.body)[0]]
+            self._ckpt_body = [checkpointed_body(self.body, k) if k else recomputed_body(self.body)]
         return self._ckpt_body[0]
 
     @property

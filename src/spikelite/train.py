@@ -262,7 +262,7 @@ class TrainConfig:
     recompute_neurons: bool = False  # SNN: recompute BatchNorm → neuron pairs in backward (less memory, same math)
     # retain: glibc keeps freed memory (no mmap/munmap per step); system: leave it alone. The default follows
     # SPIKELITE_MALLOC, the switch of the other CLI commands, so benchmark cells and train obey it too.
-    malloc: str = dataclasses.field(default_factory=lambda: _default_malloc())
+    malloc: str = dataclasses.field(default_factory=_default_malloc)
     out: str = "runs/train"  # the run directory
     save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: epoch ends only)
     eval_every: int = 1  # evaluate on the validation split every N epochs (and after the last)
