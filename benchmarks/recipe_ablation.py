@@ -93,6 +93,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "from-cnn-plif": ("`from-cnn` with learnable tau and threshold (PLIF)",
                       [*FROM_CNN, "--neuron", "learn_tau=true", "--neuron", "learn_threshold=true"]),
     "from-cnn-lr3e-3": ("`from-cnn` with AdamW lr 3e-3", [*_swap(FROM_CNN, "0.001", "0.003")]),
+    "from-cnn-tbn": ("`from-cnn` with time-aware BatchNorm (per-step statistics and affine parameters)",
+                     [*FROM_CNN, "--time-bn", "per-step"]),
     "from-cnn-no-tet": ("`from-cnn` with mean-output cross-entropy instead of TET", _swap(FROM_CNN, "--tet", "--no-tet")),
     "from-cnn-t2": ("`from-cnn` trained at T=2 (evaluate it at T=4 with `spikelite eval --T 4`)",
                     [*FROM_CNN, "--T", "2"]),

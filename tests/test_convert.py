@@ -376,3 +376,129 @@ def test_create_model_act_levels_swaps_every_relu_and_rebuilds():
         create_model("mixnet_s", act_levels=4)
     with pytest.raises(SpikeliteError, match="act_levels"):
         create_model("squeezenet1_1", act_levels=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# time-aware BatchNorm (time_bn="per-step")
+# ----------------------------------------------------------------------------------------------
+
+
+def _tiny_squeezenet():
+    from spikelite.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("squeezenet1_1", width=1.0, stem_reduction=4).eval()
+
+
+def test_per_step_batchnorm_normalises_each_step_on_its_own():
+    from spikelite.convert import StepBatchNorm
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    step = StepBatchNorm.from_batchnorm(bn, steps=2, T=2)
+    assert step.weight.shape == step.running_mean.shape == (2, 3)
+    x = torch.randn(2 * 5, 3, 4, 4) * torch.tensor([1.0, 3.0]).repeat_interleave(5).view(-1, 1, 1, 1)
+    step.eval(), bn.eval()
+    assert torch.allclose(step(x), bn(x), atol=1e-6)  # a fresh copy: every step has bn's parameters
+
+    step.train()
+    with torch.no_grad():
+        step.weight[1].mul_(2.0)
+    y = step(x)
+    ref0 = F.batch_norm(x[:5], None, None, step.weight[0], step.bias[0], True, 0.0, step.eps)
+    ref1 = F.batch_norm(x[5:], None, None, step.weight[1], step.bias[1], True, 0.0, step.eps)
+    assert torch.allclose(y, torch.cat([ref0, ref1]), atol=1e-5)
+    # each step's running statistics follow its own samples (momentum 0.1 from bn's values)
+    expect_var1 = 0.9 * bn.running_var + 0.1 * x[5:].var(dim=(0, 2, 3), unbiased=True)
+    assert torch.allclose(step.running_var[1], expect_var1, atol=1e-5)
+    assert not torch.allclose(step.running_var[0], step.running_var[1])
+    y.square().sum().backward()
+    assert step.weight.grad.shape == (2, 3) and (step.weight.grad.abs().sum(1) > 0).all()
+    # evaluating longer than the layer was built for: the later steps use the last step's parameters
+    step.eval()
+    step.T = 3
+    x3 = torch.randn(3 * 4, 3, 4, 4)
+    y3 = step(x3)
+    step.T = 2
+    assert torch.allclose(y3[8:], step(torch.cat([x3[:4], x3[8:]]))[4:], atol=1e-6)
+    with pytest.raises(SpikeliteError, match="not a multiple of T=2"):
+        step(torch.randn(3, 3, 4, 4))
+    with pytest.raises(SpikeliteError, match="BatchNorm1d/2d/3d"):
+        StepBatchNorm.from_batchnorm(nn.GroupNorm(1, 3), 2)
+
+
+def test_spikify_time_bn_per_step_replaces_the_spiking_part_only_and_round_trips():
+    from spikelite.convert import StepBatchNorm, per_step_batchnorm, recalibrate_bn
+    from spikelite.train import describe_model, rebuild_model
+
+    cnn = _tiny_squeezenet()
+    shared = spikify(cnn, T=3)
+    net = spikify(cnn, T=3, time_bn="per-step")
+    steps = [n for n, m in net.body.named_modules() if isinstance(m, StepBatchNorm)]
+    assert steps and sorted(steps) == sorted(shared._temporal_bns)
+    assert type(net.body.get_submodule("features.0.bn")) is nn.BatchNorm2d  # the stem runs once: shared
+    x = torch.randn(6, 3, 32, 32)
+    shared.eval(), net.eval()
+    assert torch.allclose(shared(x), net(x), atol=1e-5)  # per-step copies of the CNN's statistics
+    assert net.config()["time_bn"] == "per-step" and net.config()["time_bn_steps"] == 3
+    assert "time_bn" not in shared.config()
+
+    assert recalibrate_bn(net, x) == len(steps) + 1
+    layer = net.body.get_submodule(steps[0])
+    assert not torch.allclose(layer.running_mean[0], layer.running_mean[2])  # step 0 starts from rest
+    net.T = 5  # evaluate longer than built: fine, the layers follow T
+    net.eval()
+    assert layer.T == 5 and net(x).shape == (6, 10)
+    net.T = 3
+    fast = net.inference()  # BatchNorm folding leaves the per-step layers as they are
+    assert sum(isinstance(m, StepBatchNorm) for m in fast.modules()) == len(steps)
+    assert torch.allclose(fast(x), net(x), atol=1e-4)
+
+    meta = describe_model(net)
+    again = rebuild_model(meta)
+    again.load_state_dict(net.state_dict())
+    again.eval()
+    assert torch.equal(again(x), net(x))
+
+    # a shared SNN (e.g. a fine-tuned checkpoint) made per-step afterwards
+    assert per_step_batchnorm(shared, 2) == len(steps) and shared.time_bn_steps == 2
+    with pytest.raises(SpikeliteError, match="already per-step"):
+        per_step_batchnorm(shared)
+    with pytest.raises(SpikeliteError, match="time_bn must be one of shared, per-step"):
+        spikify(cnn, T=2, time_bn="bntt")
+    with pytest.raises(SpikeliteError, match="time_bn_steps is only meaningful"):
+        spikify(cnn, T=2, time_bn_steps=2)
+
+
+def test_time_bn_per_step_on_timm_blocks_and_clear_errors():
+    from spikelite.convert import StepBatchNorm
+    from spikelite.models import create_model
+
+    torch.manual_seed(0)
+    mix = create_model("mixnet_s", width=0.05)  # timm blocks: BatchNormAct2d holds the activation
+    shared = spikify(mix, T=2)
+    net = spikify(mix, T=2, time_bn="per-step")
+    layer = net.body.get_submodule("blocks.1.0.bn1")
+    assert isinstance(layer, StepBatchNorm) and isinstance(layer.act, SpikingActivation)
+    assert [p for p, _ in net.spiking_layers()] == [p for p, _ in shared.spiking_layers()]  # same neuron names
+    x = torch.randn(4, 3, 32, 32)
+    shared.eval(), net.eval()
+    assert torch.allclose(shared(x), net(x), atol=1e-5)
+    net.train()
+    net(x).sum().backward()
+    assert layer.weight.grad is not None
+
+    class MyNorm(nn.BatchNorm2d):
+        pass
+
+    odd = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), MyNorm(4), nn.ReLU(),
+                        nn.Flatten(), nn.LazyLinear(2))
+    odd(torch.randn(1, 3, 8, 8))
+    with pytest.raises(SpikeliteError, match=r"1 are not: 4 \(MyNorm\)"):
+        spikify(odd, T=2, time_bn="per-step")
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(SpikeliteError, match="no BatchNorm in its spiking part"):
+        spikify(mlp, T=2, time_bn="per-step")

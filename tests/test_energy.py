@@ -689,3 +689,27 @@ def test_input_repeated_over_time_counts_the_stem_every_step():
     assert r.macs == 3 * stem  # analog input at every step
     assert r.cnn_macs == stem + 3 * 100  # one step of the CNN
     assert r.layers[1].op == "AC" and r.acs == pytest.approx(r.spikes * 3)  # each spike reaches 3 outputs
+
+
+def test_per_step_batchnorm_is_never_folded_one_mac_per_element():
+    """A time-aware BatchNorm scales each step differently, so it cannot fold into the conv before it."""
+    from spikelite.convert import StepBatchNorm
+
+    torch.manual_seed(0)
+    cnn = create_model("squeezenet1_1", stem_reduction=4).eval()
+    x = torch.rand(3, 3, 32, 32)
+    shared = spikify(cnn, T=2).eval()
+    per_step = spikify(cnn, T=2, time_bn="per-step").eval()
+    a = measure(shared, x, profiles=["45nm-fp32"])
+    b = measure(per_step, x, profiles=["45nm-fp32"])
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
+             for m in per_step.modules() if isinstance(m, StepBatchNorm)]
+    with torch.no_grad():
+        per_step(x)
+    for h in hooks:
+        h.remove()
+    elements = sum(sizes)
+    assert a.acs == b.acs  # same spikes: the per-step copies start equal
+    assert b.bn_macs - a.bn_macs == pytest.approx(elements / x.shape[0])
+    assert b.macs - a.macs == pytest.approx(elements / x.shape[0])

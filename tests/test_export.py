@@ -391,3 +391,10 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.nir")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.nir").exists()
+
+
+def test_per_step_batchnorm_is_one_clear_export_error(tmp_path):
+    net = spikify(create_model("squeezenet1_1", stem_reduction=4, pool="avg"), T=2, time_bn="per-step").eval()
+    with pytest.raises(SpikeliteError, match=r"to NIR: a per-step \(time-aware\) BatchNorm"):
+        E.to_nir(net, (3, 32, 32))
+    assert not list(tmp_path.iterdir())

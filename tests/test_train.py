@@ -398,6 +398,31 @@ def test_eval_T_trains_short_and_validates_longer(tmp_path, monkeypatch):
         _cfg(tmp_path, mode="snn", snn__eval_T=0)
 
 
+def test_time_bn_per_step_converts_trains_and_reloads(tmp_path):
+    from spikelite.convert import StepBatchNorm
+
+    T.train(_cfg(tmp_path, "cnn", epochs=1, data__train_subset=64, optim__warmup_epochs=0))
+    cnn_ckpt = str(tmp_path / "cnn" / "last.pt")
+    # a CNN converted straight to per-step BatchNorm, statistics recalibrated per step, then fine-tuned
+    T.train(_cfg(tmp_path, "tbn", mode="snn", init_from=cnn_ckpt, epochs=1, snn__T=2, snn__time_bn="per-step",
+                 data__train_subset=64, optim__warmup_epochs=0))
+    model, meta = T.load_checkpoint(tmp_path / "tbn" / "last.pt")
+    layers = [m for m in model.modules() if isinstance(m, StepBatchNorm)]
+    assert layers and meta["snn"]["time_bn"] == "per-step" and meta["snn"]["time_bn_steps"] == 2
+    assert not torch.allclose(layers[0].running_var[0], layers[0].running_var[1])
+    res = T.evaluate_checkpoint(tmp_path / "tbn" / "last.pt", split="val")
+    assert res["T"] == 2 and res["n"] == 144 and 0 <= res["accuracy"] <= 1  # rebuilt from the file alone
+    # a shared-BN SNN checkpoint fine-tuned with per-step BatchNorm; the reverse is one clear error
+    T.train(_cfg(tmp_path, "shared", mode="snn", init_from=cnn_ckpt, epochs=0, snn__T=2))
+    T.train(_cfg(tmp_path, "later", mode="snn", init_from=str(tmp_path / "shared" / "last.pt"), epochs=1,
+                 snn__T=2, snn__time_bn="per-step", data__train_subset=32, optim__warmup_epochs=0))
+    assert T.load_checkpoint(tmp_path / "later" / "last.pt")[1]["snn"]["time_bn_steps"] == 2
+    with pytest.raises(SpikeliteError, match="has per-step BatchNorm; this run asks for snn.time_bn: shared"):
+        T.train(_cfg(tmp_path, "back", mode="snn", init_from=str(tmp_path / "tbn" / "last.pt"), epochs=1, snn__T=2))
+    with pytest.raises(SpikeliteError, match="snn.time_bn"):
+        _cfg(tmp_path, mode="snn", snn__time_bn="bntt")
+
+
 def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatch):
     # a memory option only: the same weights after training, bit for bit
     from spikelite.checkpoint import RecomputedNeuron

@@ -47,6 +47,10 @@ __all__ = [
     "SpikingNet",
     "SpikingActivation",
     "TimeBroadcast",
+    "StepBatchNorm",
+    "per_step_batchnorm",
+    "respikify",
+    "TIME_BN_MODES",
     "make_neuron",
     "balance_thresholds",
     "recalibrate_bn",
@@ -199,6 +203,129 @@ class TimeBroadcast(nn.Module):
         return f"T={self.T}"
 
 
+_PLAIN_BN = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
+
+
+def _is_bn_act(m: nn.Module) -> bool:
+    """timm's BatchNormAct2d (BatchNorm2d, then ``drop``, then ``act``), without importing timm."""
+    return (type(m).__name__ == "BatchNormAct2d" and isinstance(m, nn.BatchNorm2d)
+            and isinstance(getattr(m, "drop", None), nn.Module) and isinstance(getattr(m, "act", None), nn.Module))
+TIME_BN_MODES = ("shared", "per-step")
+
+
+class StepBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm with its own statistics and affine parameters at every time step (time-aware BN).
+
+    A plain BatchNorm in a time-folded network normalises all ``T·N`` samples with one set of
+    statistics. The membrane starts at rest, so the first steps of a spiking layer fire differently
+    from the later ones; this layer views ``[T·N, C, …]`` as ``[T, N, C, …]`` and normalises step
+    ``t`` with its own batch statistics (training) or running statistics (eval) and its own
+    ``weight[t]``, ``bias[t]`` (BNTT, Kim & Panda 2021). Made from timm's ``BatchNormAct2d`` it keeps
+    that module's ``drop`` and ``act`` (the neuron) and applies them after, under the same names. ``running_mean``, ``running_var``,
+    ``weight`` and ``bias`` are ``[steps, C]``. Steps beyond ``steps`` (evaluating longer than the
+    network was built for) use the last step's parameters. Made by ``spikify(..., time_bn="per-step")``
+    or :func:`per_step_batchnorm`; it is a ``_BatchNorm``, so :func:`recalibrate_bn` re-estimates it.
+    """
+
+    def __init__(self, num_features: int, steps: int, T: int | None = None, input_dims: tuple[int, ...] = (4,),
+                 eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.steps = _check_T(steps)
+        self.T = self.steps if T is None else _check_T(T)
+        self.input_dims = tuple(input_dims)
+        if affine:
+            self.weight = nn.Parameter(torch.ones(self.steps, num_features))
+            self.bias = nn.Parameter(torch.zeros(self.steps, num_features))
+        if track_running_stats:
+            self.running_mean = torch.zeros(self.steps, num_features)
+            self.running_var = torch.ones(self.steps, num_features)
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, steps: int, T: int | None = None) -> "StepBatchNorm":
+        """Every step starts as a copy of ``bn`` (its affine parameters and running statistics)."""
+        dims = _PLAIN_BN.get(type(bn)) or ((4,) if _is_bn_act(bn) else None)
+        if dims is None:
+            raise SpikeliteError(f"per-step BatchNorm replaces BatchNorm1d/2d/3d layers (and timm's BatchNormAct2d), "
+                                 f"not {type(bn).__name__}")
+        new = cls(bn.num_features, steps, T, dims, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        if _is_bn_act(bn):  # timm's BatchNorm + dropout + activation in one module: keep the tail (same paths)
+            new.drop, new.act = bn.drop, bn.act
+        ref = bn.weight if bn.weight is not None else bn.running_mean
+        if ref is not None:
+            new.to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            if bn.affine:
+                new.weight.copy_(bn.weight.detach().expand(new.steps, -1))
+                new.bias.copy_(bn.bias.detach().expand(new.steps, -1))
+            if bn.track_running_stats:
+                new.running_mean.copy_(bn.running_mean.expand(new.steps, -1))
+                new.running_var.copy_(bn.running_var.expand(new.steps, -1))
+                new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        new.train(bn.training)
+        return new
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in self.input_dims:
+            raise SpikeliteError(f"StepBatchNorm expected a {' or '.join(map(str, self.input_dims))}-D input, "
+                                 f"got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        T = self.T
+        if x.shape[0] % T:
+            raise SpikeliteError(f"StepBatchNorm: batch of {x.shape[0]} is not a multiple of T={T}; "
+                                 "was this layer called outside its SpikingNet?")
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or self.running_mean is None
+        steps = x.view(T, x.shape[0] // T, *x.shape[1:])
+        outs = []
+        for t in range(T):
+            k = min(t, self.steps - 1)
+            outs.append(F.batch_norm(
+                steps[t],
+                None if self.running_mean is None else self.running_mean[k],
+                None if self.running_var is None else self.running_var[k],
+                None if self.weight is None else self.weight[k],
+                None if self.bias is None else self.bias[k],
+                use_batch, factor, self.eps))
+        y = torch.cat(outs, 0)
+        if "act" in self._modules:  # made from a BatchNormAct2d
+            y = self.act(self.drop(y))
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, steps={self.steps}, T={self.T}, eps={self.eps}, momentum={self.momentum}"
+
+
+def per_step_batchnorm(net: "SpikingNet", steps: int | None = None) -> int:
+    """Give every BatchNorm of ``net``'s spiking part (the layers that see ``T·N`` samples) per-step
+    statistics and affine parameters (:class:`StepBatchNorm`), in place; ``steps`` defaults to ``net.T``.
+    The stem's BatchNorm, which runs once on ``N`` samples under direct encoding, is left shared.
+    Returns the number of layers replaced; raises when there is none or one is not a plain BatchNorm."""
+    if not isinstance(net, SpikingNet):
+        raise SpikeliteError(f"per_step_batchnorm expects a SpikingNet, got {type(net).__name__}")
+    steps = net.T if steps is None else _check_T(steps)
+    if net.time_bn == "per-step":
+        raise SpikeliteError("this network's BatchNorm layers are already per-step")
+    paths = list(getattr(net, "_temporal_bns", ()))
+    bad = [f"{p} ({type(m).__name__})" for p in paths
+           if not (type(m := net.body.get_submodule(p)) in _PLAIN_BN or _is_bn_act(m))]
+    if bad:
+        raise SpikeliteError("time_bn='per-step' replaces BatchNorm1d/2d/3d and timm's BatchNormAct2d layers; "
+                             f"{len(bad)} are not: " + ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else ""))
+    if not paths:
+        raise SpikeliteError("time_bn='per-step': the network has no BatchNorm in its spiking part")
+    for p in paths:
+        _set_submodule(net.body, p, StepBatchNorm.from_batchnorm(net.body.get_submodule(p), steps, net.T))
+    net.time_bn, net.time_bn_steps = "per-step", steps
+    net._rebuild_eval_body()
+    return len(paths)
+
+
 # --------------------------------------------------------------------------------------------
 # Tracing
 # --------------------------------------------------------------------------------------------
@@ -328,6 +455,7 @@ class _Plan:
         self.site_names: dict[tuple, str] = {}  # site key -> module path of its SpikingActivation
         self.modules: dict[str, SpikingActivation] = {}
         self.fn_counter: dict[str, int] = {}
+        self.temporal_modules: set[str] = set()  # modules called on [T·N, …] tensors
 
 
 def _site_key(node: fx.Node, gm: fx.GraphModule, occurrence: dict) -> tuple:
@@ -443,6 +571,7 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
             if isinstance(src, fx.Node) and not temporal.get(src, False):
                 node.args = (broadcast(src, node),) + tuple(node.args[1:])
             temporal[node] = True
+            plan.temporal_modules.add(node.target)
             continue
         # An ordinary node: temporal when any input is; mixed tensor inputs get the static ones broadcast.
         is_t = any(temporal[n] for n in tensor_inputs)
@@ -453,6 +582,8 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                 node.args = fx.node.map_arg(node.args, lambda n, s=s, b=b: b if n is s else n)
                 node.kwargs = fx.node.map_arg(node.kwargs, lambda n, s=s, b=b: b if n is s else n)
         temporal[node] = is_t
+        if is_t and node.op == "call_module":
+            plan.temporal_modules.add(node.target)
 
     out_node = next(n for n in graph.nodes if n.op == "output")
     outs = _nodes_in(out_node.args)
@@ -577,6 +708,9 @@ class SpikingNet(nn.Module):
         # Spike tensors that convolutions save for backward are stored as booleans (1 byte, not 4).
         self.compact_spikes = True
         self._checkpoint_segments = 0
+        self.time_bn = "shared"  # or "per-step": StepBatchNorm layers (see per_step_batchnorm)
+        self.time_bn_steps: int | None = None
+        self._temporal_bns: tuple[str, ...] = ()  # BatchNorm paths in the spiking part (set by spikify)
         self._T = int(T)
         self._rebuild_eval_body()
 
@@ -678,7 +812,7 @@ class SpikingNet(nn.Module):
         value = _check_T(value)
         self._T = value
         for m in self.body.modules():
-            if isinstance(m, (SpikingActivation, TimeBroadcast)):
+            if isinstance(m, (SpikingActivation, TimeBroadcast, StepBatchNorm)):
                 m.T = value
 
     def inference(self, channels_last: bool = False) -> "SpikingNet":
@@ -687,7 +821,10 @@ class SpikingNet(nn.Module):
 
     def config(self) -> dict:
         """What :func:`spikify` needs to rebuild this network (weights live in the state_dict)."""
-        return {"T": self.T, "encoding": self.encoding, "neuron": self.neuron_config}
+        cfg = {"T": self.T, "encoding": self.encoding, "neuron": self.neuron_config}
+        if getattr(self, "time_bn", "shared") != "shared":
+            cfg.update(time_bn=self.time_bn, time_bn_steps=self.time_bn_steps)
+        return cfg
 
     # -- running ---------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -895,6 +1032,8 @@ def spikify(
     balance: float | None = None,
     calibration: torch.Tensor | None = None,
     balance_mode: str = "snn",
+    time_bn: str = "shared",
+    time_bn_steps: int | None = None,
 ) -> SpikingNet:
     """Convert a CNN into a spiking network.
 
@@ -914,6 +1053,10 @@ def spikify(
             (:func:`balance_thresholds`); ``"cnn"``: the percentile of the CNN's own rectified
             pre-activations at each site (the classic recipe; it ignores that a spike has
             amplitude 1 rather than the activation's value, so deep layers go silent).
+        time_bn: ``"shared"`` (default): each BatchNorm normalises all T steps with one set of
+            statistics; ``"per-step"``: the BatchNorm layers of the spiking part get per-step
+            statistics and affine parameters (:class:`StepBatchNorm`, initialised from the CNN's).
+        time_bn_steps: how many steps the per-step layers hold (default: ``T``); a checkpoint records it.
     """
     if not isinstance(model, nn.Module):
         raise SpikeliteError(f"spikify expects an nn.Module, got {type(model).__name__}")
@@ -929,6 +1072,10 @@ def spikify(
             raise SpikeliteError("balance needs a calibration batch (calibration=tensor [N, C, H, W])")
         if balance_mode not in ("snn", "cnn"):
             raise SpikeliteError(f"balance_mode must be 'snn' or 'cnn', got {balance_mode!r}")
+    if time_bn not in TIME_BN_MODES:
+        raise SpikeliteError(f"time_bn must be one of {', '.join(TIME_BN_MODES)}, got {time_bn!r}")
+    if time_bn_steps is not None and time_bn != "per-step":
+        raise SpikeliteError("time_bn_steps is only meaningful with time_bn='per-step'")
     factory = make_neuron(neuron)
     try:
         probe = factory()
@@ -977,10 +1124,23 @@ def spikify(
             if mod is not None and hasattr(mod.neuron, "set_threshold"):
                 mod.neuron.set_threshold(value)
     net = SpikingNet(body, eval_graph, T, encoding, out_t, out_t_eval, in_channels, input_dim, neuron_config)
+    net._temporal_bns = tuple(p for p in sorted(plan.temporal_modules)
+                              if isinstance(body.get_submodule(p), nn.modules.batchnorm._BatchNorm))
     if hasattr(model, "spikelite_spec"):  # zoo models: keep how to rebuild the CNN
         net.spikelite_spec = copy.deepcopy(model.spikelite_spec)
+    if time_bn == "per-step":
+        per_step_batchnorm(net, time_bn_steps)
     if balance is not None and balance_mode == "snn":
         net._check_input(calibration)
         balance_thresholds(net, calibration, float(balance))
     net.train(training)
     return net
+
+
+def respikify(model: nn.Module, config: dict) -> SpikingNet:
+    """``spikify(model, **config)`` for a :meth:`SpikingNet.config` dict (as checkpoints record it)."""
+    if not isinstance(config, dict) or "T" not in config:
+        raise SpikeliteError(f"an SNN config needs at least T, got {config!r}")
+    return spikify(model, T=int(config["T"]), neuron=dict(config.get("neuron") or {}),
+                   encoding=config.get("encoding", "direct"), time_bn=config.get("time_bn", "shared"),
+                   time_bn_steps=config.get("time_bn_steps"))

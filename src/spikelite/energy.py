@@ -683,10 +683,12 @@ class _Counter:
         self.layers: dict[nn.Module, _LayerStats] = {}
         self.bns: dict[nn.Module, _LayerStats] = {}
         self.neurons: dict[nn.Module, _NeuronStats] = {}
+        from .convert import StepBatchNorm
+
         for m in model.modules():
             if isinstance(m, SYNAPTIC_TYPES):
                 self.layers[m] = _LayerStats(names[m], type(m).__name__)
-            elif isinstance(m, _BN_TYPES):
+            elif isinstance(m, (*_BN_TYPES, StepBatchNorm)):
                 self.bns[m] = _LayerStats(names[m], type(m).__name__)
         for m in neurons:
             self.neurons[m] = _NeuronStats(names[m], type(m).__name__)
@@ -741,7 +743,9 @@ class _Counter:
     def _bn_hook(self, m: nn.Module, args, out) -> None:
         """BatchNorm is folded into the conv/linear layer before it (free at inference), unless it
         normalises spikes: in a spiking model, a BN whose input is binary with at least one spike and
-        not itself a conv/linear output has no layer to fold into and costs one MAC per element."""
+        not itself a conv/linear output has no layer to fold into and costs one MAC per element. So
+        does a per-step BatchNorm (time-aware BN): a different scale at every step cannot be folded into
+        the one set of weights the layer before it shares across steps."""
         x = _first_tensor(args)
         if x is None:
             return
@@ -751,7 +755,7 @@ class _Counter:
             tag = getattr(x, self._TAG, None)
             direct = tag is not None and tag == x._version
             on_spikes = self.spiking and not direct and is_binary(x) and bool((x != 0).any())
-        if not on_spikes:
+        if not (on_spikes or getattr(m, "steps", None) is not None):  # StepBatchNorm: never folded
             st.folded_calls += 1
             return
         n = x.numel()

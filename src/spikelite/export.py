@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import __version__
-from .convert import SpikingActivation, SpikingNet, TimeBroadcast, mark_spikes
+from .convert import SpikingActivation, SpikingNet, StepBatchNorm, TimeBroadcast, mark_spikes
 from .errors import SpikeliteError
 from .neuron import IF, LIF
 
@@ -584,6 +584,9 @@ class _NIRBuilder:
         return _Val.plain(names, out_shape)
 
     def batchnorm(self, n: fx.Node, m: nn.modules.batchnorm._BatchNorm) -> _Val:
+        if isinstance(m, StepBatchNorm):
+            self.fail(n, "a per-step (time-aware) BatchNorm has a different affine map at every step, which "
+                         "NIR's time-invariant nodes cannot express")
         if m.running_mean is None or m.running_var is None:
             self.fail(n, "BatchNorm without running statistics normalises with batch statistics at inference")
         act = getattr(m, "act", None)

@@ -594,10 +594,9 @@ class _Gated:
             _set_submodule(cnn, path, _Gate(cnn.get_submodule(path), plans[n].functional()))
         prefix = ""
         if subj.is_snn:
-            from .convert import spikify
+            from .convert import respikify
 
-            cfg = subj.snn_config
-            net = spikify(cnn, T=int(cfg["T"]), neuron=dict(cfg["neuron"]), encoding=cfg.get("encoding", "direct"))
+            net = respikify(cnn, subj.snn_config)
             prefix = "body."
             self._load(net, subj.model.state_dict(), prefix)
             net.to(_device_of(subj.model))
@@ -919,11 +918,9 @@ def prune_model(model: nn.Module, keep=None, remove=None, *, modules: Sequence[s
         spec = {k: v for k, v in subj.spec.items() if k != "keep"}
         target = create_model(**spec, keep=new_keep)
         if subj.is_snn:
-            from .convert import spikify
+            from .convert import respikify
 
-            cfg = subj.snn_config
-            target = spikify(target, T=int(cfg["T"]), neuron=dict(cfg["neuron"]),
-                             encoding=cfg.get("encoding", "direct"))
+            target = respikify(target, subj.snn_config)
     else:
         target = copy.deepcopy(model)
         for n in removed:

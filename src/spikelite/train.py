@@ -53,7 +53,7 @@ from torch import nn
 
 from . import __version__
 from .allocator import MALLOC_MODES, apply_malloc_mode
-from .convert import SpikingNet, make_neuron, recalibrate_bn, spikify
+from .convert import TIME_BN_MODES, SpikingNet, make_neuron, per_step_batchnorm, recalibrate_bn, respikify, spikify
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
 from .errors import SpikeliteError
 
@@ -220,6 +220,8 @@ class SNNConfig:
     balance_mode: str = "snn"
     calibration_size: int = 256  # training images in the balancing / BN-recalibration batch
     recalibrate_bn: bool = True  # converting a CNN: re-estimate BatchNorm statistics on the SNN's spikes
+    # "per-step": BatchNorm layers of the spiking part keep per-step statistics and affine parameters
+    time_bn: str = "shared"
 
     def __post_init__(self):
         _coerce_fields(self, "snn")
@@ -228,6 +230,7 @@ class SNNConfig:
             _check_min("snn.eval_T", self.eval_T, 1)
         _check_choice("snn.encoding", self.encoding, ("direct", "rate"))
         _check_choice("snn.balance_mode", self.balance_mode, ("snn", "cnn"))
+        _check_choice("snn.time_bn", self.time_bn, TIME_BN_MODES)
         if self.balance is not None and not 0 < self.balance <= 100:
             raise SpikeliteError(f"snn.balance must be a percentile in (0, 100] (or null), got {self.balance}")
         _check_min("snn.calibration_size", self.calibration_size, 1)
@@ -858,8 +861,7 @@ def rebuild_model(meta: dict) -> nn.Module:
         raise SpikeliteError(f"cannot rebuild the checkpoint's model from spec {spec}: {exc}") from None
     if meta.get("kind") == "snn":
         snn = meta.get("snn") or {}
-        model = spikify(model, T=int(snn.get("T", 4)), neuron=dict(snn.get("neuron") or {}),
-                        encoding=snn.get("encoding", "direct"))
+        model = respikify(model, {"T": 4, **snn})
     return model
 
 
@@ -1104,7 +1106,7 @@ def _spikify_cfg(cnn: nn.Module, cfg: TrainConfig, calibration: torch.Tensor | N
     s = cfg.snn
     net = spikify(cnn, T=s.T, neuron=recipe_neuron(s.neuron), encoding=s.encoding,
                   balance=s.balance if calibration is not None else None, calibration=calibration,
-                  balance_mode=s.balance_mode)
+                  balance_mode=s.balance_mode, time_bn=s.time_bn)
     return net
 
 
@@ -1146,6 +1148,12 @@ def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device
             raise SpikeliteError(f"init_from {cfg.init_from} is an SNN checkpoint; mode cnn needs a CNN checkpoint")
         if src_meta["kind"] == "snn":
             src.T = cfg.snn.T
+            if cfg.snn.time_bn != src.time_bn:
+                if cfg.snn.time_bn == "shared":
+                    raise SpikeliteError(f"init_from {cfg.init_from} has per-step BatchNorm; this run asks for "
+                                         "snn.time_bn: shared (per-step statistics cannot be merged back)")
+                n_bn = per_step_batchnorm(src, cfg.snn.T)
+                log(f"{n_bn} BatchNorm layers of {cfg.init_from} made per-step (T={cfg.snn.T})")
         log(f"starting from the weights of {cfg.init_from} ({src_meta['kind']})")
         return src, src_meta
     cnn = create_model(cfg.model.name, num_classes=train_data.num_classes, image_size=train_data.image_size,
@@ -1685,6 +1693,7 @@ _FLAGS = [
     ("--T", "snn.T", int, "SNN time steps"),
     ("--eval-T", "snn.eval_T", int, "validate the SNN (and record its checkpoints) at this many time steps; train at --T"),
     ("--encoding", "snn.encoding", str, "direct or rate"),
+    ("--time-bn", "snn.time_bn", str, "shared (one set of BatchNorm statistics for all steps) or per-step"),
     ("--surrogate", "snn.neuron.surrogate", str, "surrogate gradient (sigmoid, atan, fast_sigmoid, ...)"),
     ("--balance", "snn.balance", float, "threshold balancing percentile when converting (e.g. 99.9)"),
     ("--balance-mode", "snn.balance_mode", str, "snn or cnn"),
