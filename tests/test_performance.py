@@ -425,3 +425,20 @@ def test_malloc_default_follows_the_environment_switch(monkeypatch):
     monkeypatch.setenv("SPIKELITE_MALLOC", "fast")
     with pytest.raises(SpikeliteError, match="SPIKELITE_MALLOC must be one of retain, system, got 'fast'"):
         load_config(None, [])
+
+
+def test_an_invalid_malloc_switch_is_one_clear_cli_error_for_every_command(monkeypatch, capsys):
+    from spikelite import allocator
+    from spikelite.cli import main
+
+    calls = []
+    monkeypatch.setattr(allocator, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("spikelite.cli.retain_freed_memory", allocator.retain_freed_memory)
+    monkeypatch.setenv("SPIKELITE_MALLOC", "fast")
+    assert main(["models", "--format", "csv"]) == 2
+    assert "spikelite models: error: SPIKELITE_MALLOC must be one of retain, system, got 'fast'" in capsys.readouterr().err
+    assert calls == []
+    monkeypatch.setenv("SPIKELITE_MALLOC", "retain")
+    assert main(["models", "--format", "csv"]) == 0 and calls == [1]
+    monkeypatch.setenv("SPIKELITE_MALLOC", "system")
+    assert main(["models", "--format", "csv"]) == 0 and calls == [1]

@@ -23,7 +23,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["MALLOC_MODES", "retain_freed_memory", "apply_malloc_mode"]
+__all__ = ["MALLOC_MODES", "retain_freed_memory", "apply_malloc_mode", "env_malloc_mode"]
 
 MALLOC_MODES = ("retain", "system")
 
@@ -73,3 +73,13 @@ def apply_malloc_mode(mode: str) -> bool:
     if mode not in MALLOC_MODES:
         raise SpikeliteError(f"malloc must be one of {', '.join(MALLOC_MODES)}, got {mode!r}")
     return retain_freed_memory() if mode == "retain" else False
+
+
+def env_malloc_mode() -> str:
+    """The ``SPIKELITE_MALLOC`` environment variable (default ``retain``), checked: every command obeys it."""
+    from .errors import SpikeliteError
+
+    mode = os.environ.get("SPIKELITE_MALLOC", "retain")
+    if mode not in MALLOC_MODES:
+        raise SpikeliteError(f"SPIKELITE_MALLOC must be one of {', '.join(MALLOC_MODES)}, got {mode!r}")
+    return mode

@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import __version__
-from .allocator import retain_freed_memory
+from .allocator import env_malloc_mode, retain_freed_memory
 from .errors import SpikeliteError
 
 # Stage modules that contribute subcommands, in the order `spikelite --help` lists them.
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    if args.command != "train" and os.environ.get("SPIKELITE_MALLOC", "retain") != "system":
-        # commands that run networks keep glibc's freed memory (spikelite train: its recipe key malloc)
-        retain_freed_memory()
     try:
+        # commands that run networks keep glibc's freed memory (spikelite train: its recipe key malloc)
+        if env_malloc_mode() == "retain" and args.command != "train":
+            retain_freed_memory()
         status = args.func(args)
     except SpikeliteError as exc:
         print(f"spikelite {args.command}: error: {exc}", file=sys.stderr)

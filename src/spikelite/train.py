@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .allocator import MALLOC_MODES, apply_malloc_mode
+from .allocator import MALLOC_MODES, apply_malloc_mode, env_malloc_mode
 from .convert import TIME_BN_MODES, SpikingNet, make_neuron, per_step_batchnorm, recalibrate_bn, respikify, spikify
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
 from .errors import SpikeliteError
@@ -243,10 +243,7 @@ class SNNConfig:
 
 
 def _default_malloc() -> str:
-    mode = os.environ.get("SPIKELITE_MALLOC", "retain")
-    if mode not in MALLOC_MODES:
-        raise SpikeliteError(f"SPIKELITE_MALLOC must be one of {', '.join(MALLOC_MODES)}, got {mode!r}")
-    return mode
+    return env_malloc_mode()
 
 
 @dataclasses.dataclass
