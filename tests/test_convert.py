@@ -455,6 +455,7 @@ def test_spikify_time_bn_per_step_replaces_the_spiking_part_only_and_round_trips
     net.T = 3
     fast = net.inference()  # BatchNorm folding leaves the per-step layers as they are
     assert sum(isinstance(m, StepBatchNorm) for m in fast.modules()) == len(steps)
+    assert fast.config() == net.config()
     assert torch.allclose(fast(x), net(x), atol=1e-4)
 
     meta = describe_model(net)
