@@ -503,3 +503,53 @@ def test_time_bn_per_step_on_timm_blocks_and_clear_errors():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(SpikeliteError, match="no BatchNorm in its spiking part"):
         spikify(mlp, T=2, time_bn="per-step")
+
+
+# ----------------------------------------------------------------------------------------------
+# spike_inputs: every conv but the stem reads spikes
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,width", [("mnasnet_b1", 0.12), ("mixnet_s", 0.05), ("shufflenetv2_x1_0", 0.3)])
+def test_spike_inputs_make_every_conv_but_the_stem_read_spikes(name, width):
+    from spikelite.energy import measure
+    from spikelite.models import create_model
+    from spikelite.train import describe_model, rebuild_model
+
+    torch.manual_seed(0)
+    cnn = create_model(name, width=width).eval()
+    x = torch.rand(2, 3, 32, 32)
+    lively = {"v_threshold": 0.05}  # an untrained net: a low threshold so that every layer spikes
+    plain = spikify(cnn, T=2, neuron=lively).eval()
+    net = spikify(cnn, T=2, neuron=lively, spike_inputs=True).eval()
+    added = [p for p, _ in net.spiking_layers() if p.endswith("_input_spike")]
+    assert added and len(net.spiking_layers()) == len(plain.spiking_layers()) + len(added)
+    assert net.config()["spike_inputs"] is True and "spike_inputs" not in plain.config()
+
+    def conv_ops(model):
+        report = measure(model, x, profiles=["45nm-fp32"])
+        return {row.name: row.op for row in report.layers if row.type == "Conv2d" and row.op != "-"}
+
+    before, after = conv_ops(plain), conv_ops(net)
+    stem = next(n for n, m in cnn.named_modules() if isinstance(m, nn.Conv2d))
+    assert before.pop(stem) == after.pop(stem) == "MAC"  # the stem reads the image
+    assert "MAC" in before.values() or "AC+MAC" in before.values()  # real-valued streams without the option
+    assert set(after.values()) == {"AC"}, {k: v for k, v in after.items() if v != "AC"}
+
+    again = rebuild_model(describe_model(net))
+    again.load_state_dict(net.state_dict())
+    assert torch.equal(again.eval()(x), net(x))
+
+
+def test_spike_inputs_train_and_eval_graphs_agree_through_dropout():
+    from spikelite.models import create_model
+
+    cnn = create_model("squeezenet1_1", stem_reduction=4, pool="avg")  # dropout before the classifier conv
+    net = spikify(cnn, T=2, spike_inputs=True)
+    added = sorted(p for p, _ in net.spiking_layers() if p.endswith("_input_spike"))
+    assert added == [f"features.{i}.squeeze_input_spike" for i in (3, 6, 9)]  # after the three avg pools
+    called = {graph: {n.target for n in graph.nodes if n.op == "call_module" and n.target.endswith("_input_spike")}
+              for graph in (net.body.graph, net._eval_graph or net.body.graph)}
+    assert all(sorted(v) == added for v in called.values())
+    with pytest.raises(SpikeliteError, match="spike_inputs must be True or False"):
+        spikify(cnn, T=2, spike_inputs="yes")

@@ -423,6 +423,29 @@ def test_time_bn_per_step_converts_trains_and_reloads(tmp_path):
         _cfg(tmp_path, mode="snn", snn__time_bn="bntt")
 
 
+def test_spike_inputs_from_a_cnn_or_added_to_an_snn_checkpoint(tmp_path, capsys):
+    T.train(_cfg(tmp_path, "cnn", epochs=1, data__train_subset=64, optim__warmup_epochs=0))
+    cnn_ckpt = str(tmp_path / "cnn" / "last.pt")
+    T.train(_cfg(tmp_path, "direct", mode="snn", init_from=cnn_ckpt, epochs=1, snn__T=2, snn__spike_inputs=True,
+                 data__train_subset=32, optim__warmup_epochs=0))
+    model, meta = T.load_checkpoint(tmp_path / "direct" / "last.pt")
+    added = [p for p, _ in model.spiking_layers() if p.endswith("_input_spike")]
+    assert added and meta["snn"]["spike_inputs"] is True
+    # an SNN checkpoint without them: the layers are added, BatchNorm recalibrated, the rest of the weights kept
+    T.train(_cfg(tmp_path, "plain", mode="snn", init_from=cnn_ckpt, epochs=0, snn__T=2))
+    capsys.readouterr()
+    T.train(_cfg(tmp_path, "later", mode="snn", init_from=str(tmp_path / "plain" / "last.pt"), epochs=0, snn__T=2,
+                 snn__spike_inputs=True, quiet=False))
+    out = capsys.readouterr().out
+    assert f"{len(added)} input neuron layers added" in out and "BatchNorm layers recalibrated on spikes" in out
+    later, _ = T.load_checkpoint(tmp_path / "later" / "last.pt")
+    plain, _ = T.load_checkpoint(tmp_path / "plain" / "last.pt")
+    conv = next(n for n, m in plain.named_modules() if isinstance(m, torch.nn.Conv2d))
+    assert torch.equal(later.get_submodule(conv).weight, plain.get_submodule(conv).weight)
+    with pytest.raises(SpikeliteError, match="snn.spike_inputs: false"):
+        T.train(_cfg(tmp_path, "back", mode="snn", init_from=str(tmp_path / "later" / "last.pt"), epochs=0, snn__T=2))
+
+
 def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatch):
     # a memory option only: the same weights after training, bit for bit
     from spikelite.checkpoint import RecomputedNeuron

@@ -456,6 +456,8 @@ class _Plan:
         self.modules: dict[str, SpikingActivation] = {}
         self.fn_counter: dict[str, int] = {}
         self.temporal_modules: set[str] = set()  # modules called on [T·N, …] tensors
+        self.spike_inputs = False  # put a neuron layer before every conv of the temporal part that reads non-spikes
+        self.input_spike_names: dict[str, str] = {}  # conv module path -> path of its input neuron layer
 
 
 def _site_key(node: fx.Node, gm: fx.GraphModule, occurrence: dict) -> tuple:
@@ -594,11 +596,39 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
             f"{type(gm).__name__}: found no activation to convert (ReLU, ReLU6, LeakyReLU, SiLU, Hardswish, GELU "
             "modules or F.relu-style calls)"
         )
+    if plan.spike_inputs:
+        _spike_conv_inputs(gm, T, factory, plan, temporal)
     _mark_binary_inputs(gm)
     graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return temporal[outs[0]], site_paths
+
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _spike_conv_inputs(gm: fx.GraphModule, T: int, factory, plan: _Plan, temporal: dict) -> None:
+    """Insert a neuron layer before every convolution of the temporal part whose input is not spikes
+    (``spikify(..., spike_inputs=True)``): residual streams, linear bottlenecks, average-pooled maps."""
+    binary = _binary_nodes(gm, through_dropout=True)  # so the train and eval graphs agree
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not temporal.get(node, False) or not node.args:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src in binary or not isinstance(gm.get_submodule(node.target), _CONV_TYPES):
+            continue
+        path = plan.input_spike_names.get(node.target)
+        if path is None:
+            parent, _, leaf = node.target.rpartition(".")
+            path = _unique_name(gm, f"{parent}.{leaf}_input_spike" if parent else f"{leaf}_input_spike")
+            plan.input_spike_names[node.target] = path
+            plan.modules[path] = SpikingActivation(factory(), T, broadcast=False, source="input")
+        _set_submodule(gm, path, plan.modules[path])
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(path, (src,))
+        temporal[new] = True
+        node.args = (new,) + tuple(node.args[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,16 +653,21 @@ def mark_spikes(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _mark_binary_inputs(gm: fx.GraphModule) -> None:
-    """Tag, statically, the binary tensors that a conv/linear layer saves for its backward."""
+def _binary_nodes(gm: fx.GraphModule, through_dropout: bool = False) -> set[fx.Node]:
+    """The graph's nodes whose value is, statically, a spike tensor (0/1 only). ``through_dropout``:
+    also through dropout (0 or 1/(1-p) in training, the identity in eval: spikes still, scaled)."""
     binary: set[fx.Node] = set()
     for node in gm.graph.nodes:
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
-            if isinstance(m, SpikingActivation):
+            # a neuron layer, or a BatchNorm whose last step is one (timm's BatchNormAct2d)
+            if isinstance(m, SpikingActivation) or (isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                    and isinstance(getattr(m, "act", None), SpikingActivation)):
                 binary.add(node)
                 continue
-            ok = isinstance(m, _BINARY_MODULES)
+            ok = isinstance(m, _BINARY_MODULES) or (through_dropout and isinstance(m, nn.modules.dropout._DropoutNd))
+        elif through_dropout and node.op == "call_function" and node.target is F.dropout:
+            ok = True
         elif node.op == "call_function":
             ok = node.target in _BINARY_FUNCTIONS
         elif node.op == "call_method":
@@ -645,6 +680,12 @@ def _mark_binary_inputs(gm: fx.GraphModule) -> None:
         tensors = _nodes_in(first) if isinstance(first, (list, tuple)) else ([first] if isinstance(first, fx.Node) else [])
         if tensors and all(t in binary for t in tensors):
             binary.add(node)
+    return binary
+
+
+def _mark_binary_inputs(gm: fx.GraphModule) -> None:
+    """Tag, statically, the binary tensors that a conv/linear layer saves for its backward."""
+    binary = _binary_nodes(gm)
     for node in list(binary):
         users = [u for u in node.users if u.op == "call_module" and isinstance(gm.get_submodule(u.target), _SAVES_INPUT)]
         if not users:
@@ -710,6 +751,7 @@ class SpikingNet(nn.Module):
         self._checkpoint_segments = 0
         self.time_bn = "shared"  # or "per-step": StepBatchNorm layers (see per_step_batchnorm)
         self.time_bn_steps: int | None = None
+        self.spike_inputs = False  # neuron layers before convs that would read non-spikes (spikify)
         self._temporal_bns: tuple[str, ...] = ()  # BatchNorm paths in the spiking part (set by spikify)
         self._T = int(T)
         self._rebuild_eval_body()
@@ -824,6 +866,8 @@ class SpikingNet(nn.Module):
         cfg = {"T": self.T, "encoding": self.encoding, "neuron": self.neuron_config}
         if getattr(self, "time_bn", "shared") != "shared":
             cfg.update(time_bn=self.time_bn, time_bn_steps=self.time_bn_steps)
+        if getattr(self, "spike_inputs", False):
+            cfg["spike_inputs"] = True
         return cfg
 
     # -- running ---------------------------------------------------------------------------
@@ -1034,6 +1078,7 @@ def spikify(
     balance_mode: str = "snn",
     time_bn: str = "shared",
     time_bn_steps: int | None = None,
+    spike_inputs: bool = False,
 ) -> SpikingNet:
     """Convert a CNN into a spiking network.
 
@@ -1057,6 +1102,10 @@ def spikify(
             statistics; ``"per-step"``: the BatchNorm layers of the spiking part get per-step
             statistics and affine parameters (:class:`StepBatchNorm`, initialised from the CNN's).
         time_bn_steps: how many steps the per-step layers hold (default: ``T``); a checkpoint records it.
+        spike_inputs: also put a neuron layer (``<conv>_input_spike``) before every convolution of the
+            temporal part whose input is not spikes — a residual stream, a linear bottleneck's output,
+            an average-pooled map — so every conv but the stem reads spikes (ACs, not MACs). This
+            changes the network (the paper's recipe converts activations only); fine-tune after it.
     """
     if not isinstance(model, nn.Module):
         raise SpikeliteError(f"spikify expects an nn.Module, got {type(model).__name__}")
@@ -1076,6 +1125,8 @@ def spikify(
         raise SpikeliteError(f"time_bn must be one of {', '.join(TIME_BN_MODES)}, got {time_bn!r}")
     if time_bn_steps is not None and time_bn != "per-step":
         raise SpikeliteError("time_bn_steps is only meaningful with time_bn='per-step'")
+    if not isinstance(spike_inputs, bool):
+        raise SpikeliteError(f"spike_inputs must be True or False, got {spike_inputs!r}")
     factory = make_neuron(neuron)
     try:
         probe = factory()
@@ -1102,6 +1153,7 @@ def spikify(
         thresholds = _calibrate(cal_gm, sites, inner_mods, calibration, float(balance))
 
     plan = _Plan()
+    plan.spike_inputs = spike_inputs
     body = fx.GraphModule(work, g_train, class_name=type(model).__name__)
     out_t, site_paths = _build_spiking_graph(body, T, factory, encoding, plan)
     eval_graph, out_t_eval = None, out_t
@@ -1124,6 +1176,7 @@ def spikify(
             if mod is not None and hasattr(mod.neuron, "set_threshold"):
                 mod.neuron.set_threshold(value)
     net = SpikingNet(body, eval_graph, T, encoding, out_t, out_t_eval, in_channels, input_dim, neuron_config)
+    net.spike_inputs = spike_inputs
     net._temporal_bns = tuple(p for p in sorted(plan.temporal_modules)
                               if isinstance(body.get_submodule(p), nn.modules.batchnorm._BatchNorm))
     if hasattr(model, "spikelite_spec"):  # zoo models: keep how to rebuild the CNN
@@ -1143,4 +1196,4 @@ def respikify(model: nn.Module, config: dict) -> SpikingNet:
         raise SpikeliteError(f"an SNN config needs at least T, got {config!r}")
     return spikify(model, T=int(config["T"]), neuron=dict(config.get("neuron") or {}),
                    encoding=config.get("encoding", "direct"), time_bn=config.get("time_bn", "shared"),
-                   time_bn_steps=config.get("time_bn_steps"))
+                   time_bn_steps=config.get("time_bn_steps"), spike_inputs=bool(config.get("spike_inputs", False)))

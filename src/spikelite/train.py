@@ -222,6 +222,8 @@ class SNNConfig:
     recalibrate_bn: bool = True  # converting a CNN: re-estimate BatchNorm statistics on the SNN's spikes
     # "per-step": BatchNorm layers of the spiking part keep per-step statistics and affine parameters
     time_bn: str = "shared"
+    # a neuron layer before every conv that would read non-spikes (residual streams, linear bottlenecks)
+    spike_inputs: bool = False
 
     def __post_init__(self):
         _coerce_fields(self, "snn")
@@ -1103,8 +1105,27 @@ def _spikify_cfg(cnn: nn.Module, cfg: TrainConfig, calibration: torch.Tensor | N
     s = cfg.snn
     net = spikify(cnn, T=s.T, neuron=recipe_neuron(s.neuron), encoding=s.encoding,
                   balance=s.balance if calibration is not None else None, calibration=calibration,
-                  balance_mode=s.balance_mode, time_bn=s.time_bn)
+                  balance_mode=s.balance_mode, time_bn=s.time_bn, spike_inputs=s.spike_inputs)
     return net
+
+
+def _with_input_spikes(src: SpikingNet, src_meta: dict, cfg: TrainConfig, log) -> SpikingNet:
+    """``src`` (an SNN checkpoint's network) rebuilt with ``spike_inputs`` and its weights loaded; the new
+    input neuron layers start as the recipe's neuron."""
+    if not cfg.snn.spike_inputs:
+        raise SpikeliteError(f"init_from {cfg.init_from} has input neuron layers (spike_inputs); this run asks for "
+                             "snn.spike_inputs: false (they cannot be removed from a trained SNN)")
+    meta = dict(src_meta, snn=dict(src_meta.get("snn") or {}, spike_inputs=True))
+    new = rebuild_model(meta)
+    result = new.load_state_dict(src.state_dict(), strict=False)
+    foreign = list(result.unexpected_keys) + [k for k in result.missing_keys if "_input_spike." not in k]
+    if foreign:
+        raise SpikeliteError(f"init_from {cfg.init_from}: adding input neuron layers changed other weights "
+                             f"({', '.join(foreign[:3])})")
+    added = sum(p.endswith("_input_spike") for p, _ in new.spiking_layers())
+    log(f"{added} input neuron layers added to {cfg.init_from} (spike_inputs)")
+    new.train(src.training)
+    return new
 
 
 def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device, log) -> tuple[nn.Module, dict | None]:
@@ -1144,6 +1165,11 @@ def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device
         if src_meta["kind"] == "snn" and cfg.mode == "cnn":
             raise SpikeliteError(f"init_from {cfg.init_from} is an SNN checkpoint; mode cnn needs a CNN checkpoint")
         if src_meta["kind"] == "snn":
+            if cfg.snn.spike_inputs != src.spike_inputs:
+                src = _with_input_spikes(src, src_meta, cfg, log)
+                if cfg.snn.recalibrate_bn:  # the convs after the new layers read spikes now
+                    n_bn = recalibrate_bn(src, _calibration_batch(cfg, train_data, torch.device("cpu")))
+                    log(f"{n_bn} BatchNorm layers recalibrated on spikes")
             src.T = cfg.snn.T
             if cfg.snn.time_bn != src.time_bn:
                 if cfg.snn.time_bn == "shared":
@@ -1728,6 +1754,8 @@ def _overrides_from_args(args: argparse.Namespace) -> dict:
         ov["channels_last"] = True
     if args.recompute_neurons:
         ov["recompute_neurons"] = True
+    if args.spike_inputs:
+        ov["snn.spike_inputs"] = True
     if args.no_nesterov:
         ov["optim.nesterov"] = False
     if args.quiet:
@@ -1829,6 +1857,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute-neurons", action="store_true",
                    help="SNN: keep only each BatchNorm -> neuron pair's input for backward and recompute the pair "
                         "(less memory, same gradients) [recompute_neurons]")
+    p.add_argument("--spike-inputs", action="store_true",
+                   help="SNN: a neuron layer before every conv that would read non-spikes (residual streams, "
+                        "linear bottlenecks), so every conv but the stem reads spikes [snn.spike_inputs]")
     tet = p.add_mutually_exclusive_group()
     tet.add_argument("--tet", action="store_true", help="TET loss: cross-entropy at every time step [snn.tet]")
     tet.add_argument("--no-tet", action="store_true", help="cross-entropy of the time-averaged output [snn.tet]")
