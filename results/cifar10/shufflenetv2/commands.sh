@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The exact commands behind results/cifar10/shufflenetv2/README.md, in order, with their wall times on the
+# project's 2-core CPU VM (2026-12-03, session 7). DATA holds train/<class>/*.jpg, e.g. the shared
+# CIFAR-10 training images:
+#   mkdir -p data/cifar10 && tar -xzf ../shared/datasets/cifar10-jpeg-train.tar.gz -C data/cifar10
+# 5,000 of the 50,000 training images (500 per class, split_seed 0) are held out for validation.
+# ShuffleNetV2 x1.0 at width 0.81 (912,290 params; the paper's 911k). Runs are resumable (--resume).
+set -euo pipefail
+DATA=${DATA:-data/cifar10}
+RUNS=${RUNS:-runs/cifar10/shufflenetv2}
+
+# 1. The CNN: the unified recipe (configs/cnn_cifar10.yaml: SGD Nesterov lr 0.1, cosine, 1 warm-up
+#    epoch, label smoothing 0.1, wd 5e-4, batch 128), 10 epochs (44 min 49 s; 205-220 s an epoch alone,
+#    250-593 s for epochs 1-3, which shared the cores with tests and a 1-thread recipe run).
+spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --out "$RUNS/cnn" --model shufflenetv2_x1_0 --width 0.81 \
+  --epochs 10 --threads 2 --channels-last --save-every-steps 50
+
+# 2. The SNN: that CNN converted (ReLU -> LIF, T=4, BatchNorm re-estimated on spikes; epoch-0 row) and
+#    fine-tuned two epochs over all 45k images (configs/snn_finetune_cifar10.yaml: AdamW lr 1e-3, wd 0.05,
+#    cosine, TET loss, atan surrogate) (@SNN_WALL@).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/cnn/best.pt" --data "$DATA" \
+  --out "$RUNS/snn" --epochs 2 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
+
+# 3. Which units to prune: exact ablation and Taylor importance of the 16 units on 256 training
+#    images (49 s, 1 thread). The four whose removal raises the loss least (ablation) are removed below.
+spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy importance --threads 1 -o "$RUNS/importance.json"
+
+# 4. CNN-P: the CNN without stage4_unit1 (replaced by a strided 1x1 projection + ReLU), stage4_unit2,
+#    stage4_unit3 and stage3_unit7 (@PRUNE@), then 3 epochs at SGD lr 0.02, no warm-up (@CNNP_WALL@).
+spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy keep --remove stage4_unit1,stage4_unit2,stage3_unit7,stage4_unit3 \
+  --finetune-epochs 0 --val-subset 1000 --threads 2 -o "$RUNS/cnn_p_pruned.pt"
+spikelite train -c configs/cnn_cifar10.yaml --init-from "$RUNS/cnn_p_pruned.pt" --cnn --data "$DATA" --out "$RUNS/cnn-p" \
+  --epochs 3 --lr 0.02 --warmup-epochs 0 --threads 2 --channels-last --save-every-steps 50
+
+# 5. SNN-P: the CNN-P converted and fine-tuned one pass over 22,500 of the 45k images (stratified subset) (@SNNP_WALL@).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/cnn-p/best.pt" --data "$DATA" \
+  --out "$RUNS/snn-p" --epochs 1 --train-subset 22500 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64
+
+# 6. The study's tables and report, all models (run from the repository root; see ../README.md):
+#    spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
