@@ -431,10 +431,10 @@ def test_committed_cifar10_study_imports_its_checkpoints():
     by_model: dict = {}
     for c in cells:
         by_model.setdefault(c.model.name, []).append((c.variant, c.T, c.schedule))
-    assert list(by_model) == ["squeezenet1_1", "mnasnet_b1", "mixnet_s"]
+    assert list(by_model) == ["squeezenet1_1", "mnasnet_b1", "mixnet_s", "shufflenetv2_x1_0"]
     assert by_model["squeezenet1_1"] == [
         ("cnn", None, None), ("cnn-p", None, "ref-1"), ("snn", 4, None), ("snn-p", 4, "ref-1")]
-    for name, n_blocks in (("mnasnet_b1", 16), ("mixnet_s", 16)):
+    for name, n_blocks in (("mnasnet_b1", 16), ("mixnet_s", 16), ("shufflenetv2_x1_0", 16)):
         rows = by_model[name]
         assert [(v, t) for v, t, _ in rows] == [("cnn", None), ("cnn-p", None), ("snn", 4), ("snn-p", 4)]
         # the pruned pair keeps the same 12 of 16 blocks (a quarter removed), read from the files
