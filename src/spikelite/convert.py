@@ -210,6 +210,8 @@ def _is_bn_act(m: nn.Module) -> bool:
     """timm's BatchNormAct2d (BatchNorm2d, then ``drop``, then ``act``), without importing timm."""
     return (type(m).__name__ == "BatchNormAct2d" and isinstance(m, nn.BatchNorm2d)
             and isinstance(getattr(m, "drop", None), nn.Module) and isinstance(getattr(m, "act", None), nn.Module))
+
+
 TIME_BN_MODES = ("shared", "per-step")
 
 
@@ -220,9 +222,9 @@ class StepBatchNorm(nn.modules.batchnorm._BatchNorm):
     statistics. The membrane starts at rest, so the first steps of a spiking layer fire differently
     from the later ones; this layer views ``[T·N, C, …]`` as ``[T, N, C, …]`` and normalises step
     ``t`` with its own batch statistics (training) or running statistics (eval) and its own
-    ``weight[t]``, ``bias[t]`` (BNTT, Kim & Panda 2021). Made from timm's ``BatchNormAct2d`` it keeps
-    that module's ``drop`` and ``act`` (the neuron) and applies them after, under the same names. ``running_mean``, ``running_var``,
-    ``weight`` and ``bias`` are ``[steps, C]``. Steps beyond ``steps`` (evaluating longer than the
+    ``weight[t]``, ``bias[t]`` (BNTT, Kim & Panda 2021). ``running_mean``, ``running_var``, ``weight``
+    and ``bias`` are ``[steps, C]``. Made from timm's ``BatchNormAct2d`` it keeps that module's ``drop``
+    and ``act`` (the neuron) and applies them after, under the same names. Steps beyond ``steps`` (evaluating longer than the
     network was built for) use the last step's parameters. Made by ``spikify(..., time_bn="per-step")``
     or :func:`per_step_batchnorm`; it is a ``_BatchNorm``, so :func:`recalibrate_bn` re-estimates it.
     """
