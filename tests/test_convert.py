@@ -525,6 +525,7 @@ def test_spike_inputs_make_every_conv_but_the_stem_read_spikes(name, width):
     added = [p for p, _ in net.spiking_layers() if p.endswith("_input_spike")]
     assert added and len(net.spiking_layers()) == len(plain.spiking_layers()) + len(added)
     assert net.config()["spike_inputs"] is True and "spike_inputs" not in plain.config()
+    assert net.inference().config() == net.config()  # read off the modules: copies report it too
 
     def conv_ops(model):
         report = measure(model, x, profiles=["45nm-fp32"])

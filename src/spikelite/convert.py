@@ -323,7 +323,6 @@ def per_step_batchnorm(net: "SpikingNet", steps: int | None = None) -> int:
         raise SpikeliteError("time_bn='per-step': the network has no BatchNorm in its spiking part")
     for p in paths:
         _set_submodule(net.body, p, StepBatchNorm.from_batchnorm(net.body.get_submodule(p), steps, net.T))
-    net.time_bn, net.time_bn_steps = "per-step", steps
     net._rebuild_eval_body()
     return len(paths)
 
@@ -751,9 +750,6 @@ class SpikingNet(nn.Module):
         # Spike tensors that convolutions save for backward are stored as booleans (1 byte, not 4).
         self.compact_spikes = True
         self._checkpoint_segments = 0
-        self.time_bn = "shared"  # or "per-step": StepBatchNorm layers (see per_step_batchnorm)
-        self.time_bn_steps: int | None = None
-        self.spike_inputs = False  # neuron layers before convs that would read non-spikes (spikify)
         self._temporal_bns: tuple[str, ...] = ()  # BatchNorm paths in the spiking part (set by spikify)
         self._T = int(T)
         self._rebuild_eval_body()
@@ -847,6 +843,26 @@ class SpikingNet(nn.Module):
             self._ckpt_body = [checkpointed_body(self.body, k) if k else recomputed_body(self.body)]
         return self._ckpt_body[0]
 
+    # -- conversion options, read off the modules (so every copy reports them) ---------------
+    def _step_bns(self) -> list["StepBatchNorm"]:
+        return [m for m in self.body.modules() if isinstance(m, StepBatchNorm)]
+
+    @property
+    def time_bn(self) -> str:
+        """``"per-step"`` when the network has :class:`StepBatchNorm` layers, else ``"shared"``."""
+        return "per-step" if self._step_bns() else "shared"
+
+    @property
+    def time_bn_steps(self) -> int | None:
+        """How many steps the per-step BatchNorm layers hold (None without them)."""
+        bns = self._step_bns()
+        return bns[0].steps if bns else None
+
+    @property
+    def spike_inputs(self) -> bool:
+        """True when neuron layers were put before convs that would read non-spikes (``spike_inputs=True``)."""
+        return any(m.source == "input" for _, m in self.spiking_layers())
+
     @property
     def T(self) -> int:
         return self._T
@@ -866,9 +882,9 @@ class SpikingNet(nn.Module):
     def config(self) -> dict:
         """What :func:`spikify` needs to rebuild this network (weights live in the state_dict)."""
         cfg = {"T": self.T, "encoding": self.encoding, "neuron": self.neuron_config}
-        if getattr(self, "time_bn", "shared") != "shared":
+        if self.time_bn != "shared":
             cfg.update(time_bn=self.time_bn, time_bn_steps=self.time_bn_steps)
-        if getattr(self, "spike_inputs", False):
+        if self.spike_inputs:
             cfg["spike_inputs"] = True
         return cfg
 
@@ -1178,7 +1194,6 @@ def spikify(
             if mod is not None and hasattr(mod.neuron, "set_threshold"):
                 mod.neuron.set_threshold(value)
     net = SpikingNet(body, eval_graph, T, encoding, out_t, out_t_eval, in_channels, input_dim, neuron_config)
-    net.spike_inputs = spike_inputs
     net._temporal_bns = tuple(p for p in sorted(plan.temporal_modules)
                               if isinstance(body.get_submodule(p), nn.modules.batchnorm._BatchNorm))
     if hasattr(model, "spikelite_spec"):  # zoo models: keep how to rebuild the CNN

@@ -690,6 +690,8 @@ class _Counter:
                 self.layers[m] = _LayerStats(names[m], type(m).__name__)
             elif isinstance(m, (*_BN_TYPES, StepBatchNorm)):
                 self.bns[m] = _LayerStats(names[m], type(m).__name__)
+        # per-step BatchNorm: a different scale at every step, never folded into the shared conv weights
+        self.unfoldable_bns = {m for m in self.bns if isinstance(m, StepBatchNorm)}
         for m in neurons:
             self.neurons[m] = _NeuronStats(names[m], type(m).__name__)
 
@@ -755,7 +757,7 @@ class _Counter:
             tag = getattr(x, self._TAG, None)
             direct = tag is not None and tag == x._version
             on_spikes = self.spiking and not direct and is_binary(x) and bool((x != 0).any())
-        if not (on_spikes or getattr(m, "steps", None) is not None):  # StepBatchNorm: never folded
+        if not (on_spikes or m in self.unfoldable_bns):
             st.folded_calls += 1
             return
         n = x.numel()

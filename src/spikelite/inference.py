@@ -167,8 +167,6 @@ def _spiking_copy(net: SpikingNet) -> InferenceNet:
     new = InferenceNet(body, None, work.T, work.encoding, out_t, out_t, work.in_channels, work.input_dim,
                        work.neuron_config)
     new.compact_spikes = False
-    new.time_bn, new.time_bn_steps = getattr(work, "time_bn", "shared"), getattr(work, "time_bn_steps", None)
-    new._temporal_bns = getattr(work, "_temporal_bns", ())
     if hasattr(work, "spikelite_spec"):
         new.spikelite_spec = work.spikelite_spec
     return new
