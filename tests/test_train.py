@@ -593,3 +593,85 @@ def test_ddp_two_cpu_processes_with_torchrun(tmp_path):
     model, meta = T.load_checkpoint(out / "last.pt")
     assert isinstance(model, SpikingNet) and meta["config"]["snn"]["tet"]
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
+
+
+# ----------------------------------------------------------------------------------------------
+# knowledge distillation (distill.*)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_distillation_loss_is_hintons_soft_target_kl():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    for tau in (1.0, 3.0):
+        p, q = F.softmax(s / tau, 1), F.softmax(t / tau, 1)
+        manual = (q * (q.log() - p.log())).sum(1).mean() * tau ** 2
+        assert torch.allclose(T.distillation_loss(s, t, tau), manual, atol=1e-6)
+    assert float(T.distillation_loss(t, t, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    # adding a constant to all logits of a row changes no probability
+    assert float(T.distillation_loss(t + 5.0, t, 2.0)) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(SpikeliteError, match="differ"):
+        T.distillation_loss(s, t[:, :3], 2.0)
+
+
+def test_distillation_recipe_keys_are_checked(tmp_path, capsys):
+    cfg = _cfg(tmp_path, distill__teacher="t.pt", distill__weight=0.9, distill__temperature=4)
+    assert cfg.distill.teacher == "t.pt" and cfg.distill.weight == 0.9 and cfg.distill.temperature == 4.0
+    assert T.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(SpikeliteError, match=r"distill.weight must be in \[0, 1\]"):
+        _cfg(tmp_path, distill__weight=1.5)
+    with pytest.raises(SpikeliteError, match="distill.temperature must be a positive number"):
+        _cfg(tmp_path, distill__temperature=0)
+    assert cli_main(["train", "--distill-from", "t.pt", "--distill-weight", "2", "--print-config"]) == 2
+    assert "distill.weight must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert cli_main(["train", "--distill-from", "t.pt", "--distill-temperature", "3", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["distill"] == {"teacher": "t.pt", "weight": 0.5, "temperature": 3.0}
+    with pytest.raises(SpikeliteError, match="distill.teacher: no such checkpoint"):
+        T.train(_cfg(tmp_path, "x", epochs=1, distill__teacher=str(tmp_path / "missing.pt")))
+
+
+def test_distilling_from_a_teacher_changes_training_and_pulls_the_student_to_it(tmp_path):
+    T.train(_cfg(tmp_path, "teacher", epochs=2, data__train_subset=256, optim__warmup_epochs=0))
+    teacher_ckpt = str(tmp_path / "teacher" / "last.pt")
+    teacher, _ = T.load_checkpoint(teacher_ckpt)
+    common = dict(epochs=2, data__train_subset=128, optim__warmup_epochs=0, seed=3, model__width=0.5)
+    T.train(_cfg(tmp_path, "plain", **common))
+    T.train(_cfg(tmp_path, "w0", distill__teacher=teacher_ckpt, distill__weight=0.0, **common))
+    T.train(_cfg(tmp_path, "w1", distill__teacher=teacher_ckpt, distill__weight=1.0, **common))
+    plain, _ = T.load_checkpoint(tmp_path / "plain" / "last.pt")
+    w0, _ = T.load_checkpoint(tmp_path / "w0" / "last.pt")
+    w1, meta = T.load_checkpoint(tmp_path / "w1" / "last.pt")
+    # weight 0: the teacher runs but the loss is the task loss alone, so the very same weights
+    for (k, a), b in zip(plain.state_dict().items(), w0.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert meta["teacher_checkpoint"]["path"] == teacher_ckpt and meta["teacher_checkpoint"]["kind"] == "cnn"
+    assert meta["config"]["distill"] == {"teacher": teacher_ckpt, "weight": 1.0, "temperature": 2.0}
+    # weight 1: trained on the teacher's soft targets only, the student agrees with it more than the plain one
+    val = D.load_split("digits", None, "val", image_size=8)
+    x, _ = next(iter(D.BatchLoader(val, 200)))
+    with torch.no_grad():
+        t = teacher(x)
+        kl = {name: float(T.distillation_loss(m(x), t, 1.0)) for name, m in (("plain", plain), ("w1", w1))}
+    assert kl["w1"] < kl["plain"], kl
+
+
+def test_distilling_an_snn_from_its_cnn_and_a_mismatched_teacher(tmp_path):
+    T.train(_cfg(tmp_path, "cnn", epochs=1, data__train_subset=64, optim__warmup_epochs=0))
+    cnn_ckpt = str(tmp_path / "cnn" / "last.pt")
+    T.train(_cfg(tmp_path, "snn", mode="snn", init_from=cnn_ckpt, epochs=1, snn__T=2, data__train_subset=32,
+                 distill__teacher=cnn_ckpt, optim__warmup_epochs=0))
+    _, meta = T.load_checkpoint(tmp_path / "snn" / "last.pt")
+    assert meta["teacher_checkpoint"]["kind"] == "cnn" and meta["history"][-1]["train_loss"] > 0
+    # the SNN as the teacher of another run works too (its time-averaged output)
+    T.train(_cfg(tmp_path, "from-snn", epochs=1, data__train_subset=32, distill__teacher=str(tmp_path / "snn" / "last.pt"),
+                 optim__warmup_epochs=0))
+    # a teacher for other classes, or the same classes in another order, is refused by name
+    five = create_model("shufflenetv2_x0_3", num_classes=5, width=0.25, in_chans=1)
+    T.save_checkpoint(tmp_path / "five.pt", five)
+    with pytest.raises(SpikeliteError, match="distill.teacher .*five.pt: the model does not fit the data: 5 classes"):
+        T.train(_cfg(tmp_path, "bad", epochs=1, distill__teacher=str(tmp_path / "five.pt")))
+    ckpt = T.read_checkpoint(cnn_ckpt)
+    ckpt["data"]["classes"] = list(reversed(ckpt["data"]["classes"]))
+    torch.save(ckpt, tmp_path / "reordered.pt")
+    with pytest.raises(SpikeliteError, match="other classes \\(or another class order\\)"):
+        T.train(_cfg(tmp_path, "bad2", epochs=1, distill__teacher=str(tmp_path / "reordered.pt")))

@@ -63,6 +63,7 @@ __all__ = [
     "DataConfig",
     "OptimConfig",
     "SNNConfig",
+    "DistillConfig",
     "load_config",
     "train",
     "evaluate",
@@ -75,6 +76,7 @@ __all__ = [
     "describe_model",
     "confusion_matrix",
     "macro_f1",
+    "distillation_loss",
     "lr_at",
     "param_groups",
     "register_cli",
@@ -244,6 +246,24 @@ class SNNConfig:
             raise SpikeliteError(f"snn.neuron: {exc}") from None
 
 
+@dataclasses.dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher checkpoint (Hinton et al. 2015): the loss becomes
+    ``(1 - weight) * task loss + weight * temperature² * KL(teacher ‖ student)`` on softened class
+    probabilities; an SNN student is distilled on its time-averaged output. Off while ``teacher`` is null."""
+
+    teacher: Optional[str] = None  # a spikelite checkpoint (CNN or SNN) trained on the same classes
+    weight: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self):
+        _coerce_fields(self, "distill")
+        if not 0 <= self.weight <= 1:
+            raise SpikeliteError(f"distill.weight must be in [0, 1], got {self.weight}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise SpikeliteError(f"distill.temperature must be a positive number, got {self.temperature}")
+
+
 def _default_malloc() -> str:
     return env_malloc_mode()
 
@@ -274,6 +294,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     snn: SNNConfig = dataclasses.field(default_factory=SNNConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
     def __post_init__(self):
         for key, cls in _SECTIONS.items():
@@ -314,10 +335,12 @@ class TrainConfig:
         return _plain(dataclasses.asdict(self))
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "snn": SNNConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "snn": SNNConfig,
+             "distill": DistillConfig}
 # Keys that may change when a run is resumed: where things are and how they are reported, not the recipe.
 RUNTIME_KEYS = frozenset({
     "out", "device", "threads", "channels_last", "recompute_neurons", "malloc", "quiet", "tensorboard", "save_every_steps", "eval_every", "init_from",
+    "distill.teacher",
     "data.root", "data.cache_dir", "data.download", "data.eval_batch_size",
 })
 
@@ -556,6 +579,17 @@ def macro_f1(confusion: torch.Tensor) -> float:
     if not bool(present.any()):
         return 0.0
     return float((2 * tp[present] / denom[present]).mean())
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's soft-target loss: ``temperature² · KL(softmax(teacher/τ) ‖ softmax(student/τ))``, averaged over
+    the batch (the τ² keeps its gradient on the scale of the cross-entropy's as τ changes). Both ``[N, C]``."""
+    if student.shape != teacher.shape:
+        raise SpikeliteError(f"distillation: student logits {tuple(student.shape)} and teacher logits "
+                             f"{tuple(teacher.shape)} differ")
+    log_p = F.log_softmax(student / temperature, dim=1)
+    log_q = F.log_softmax(teacher / temperature, dim=1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * temperature ** 2
 
 
 def _classification_loss(out: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -1192,6 +1226,28 @@ def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device
 # ----------------------------------------------------------------------------------------------
 
 
+def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict,
+                  device: torch.device) -> tuple[nn.Module | None, dict | None]:
+    """The frozen teacher of ``distill.teacher`` (eval mode, no gradients), checked against the run's data."""
+    path = cfg.distill.teacher
+    if not path:
+        return None, None
+    if not Path(path).is_file():
+        raise SpikeliteError(f"distill.teacher: no such checkpoint: {path}")
+    teacher, meta = load_checkpoint(path, device=device)
+    where = f"distill.teacher {path}"
+    spec = describe_model(teacher)["model_spec"]
+    _check_fits_data(spec, train_data, where)
+    classes = (meta.get("data") or {}).get("classes")
+    if classes is not None and list(classes) != list(data_info["classes"]):
+        raise SpikeliteError(f"{where} was trained on other classes (or another class order) than this run's data: "
+                             f"{list(classes)[:5]}... vs {list(data_info['classes'])[:5]}...")
+    teacher.eval()
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    return teacher, meta
+
+
 def _recipe_diff(old: dict, new: dict) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     return sorted(k for k in set(a) | set(b) if k not in RUNTIME_KEYS and a.get(k) != b.get(k))
@@ -1335,6 +1391,10 @@ class _Run:
                                          f"process(es); resume it with the same number ({dist_env.world_size} now)")
                 self.rng_to_restore = ts["rng"]
             self.log(f"resuming {self.last_path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+        self.teacher, self.teacher_meta = _load_teacher(cfg, self.train_data, self.data_info, self.device)
+        if self.teacher is not None:
+            self.log(f"distilling from {cfg.distill.teacher} ({self.teacher_meta.get('kind', '?').upper()}, "
+                     f"weight {cfg.distill.weight}, temperature {cfg.distill.temperature})")
         self.train_module: nn.Module = _TrainForward(self.model, steps=self.is_snn and cfg.snn.tet)
         if dist_env.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -1373,6 +1433,9 @@ class _Run:
             "source_checkpoint": None if self.src_meta is None else {
                 "path": self.cfg.init_from, "kind": self.src_meta.get("kind"),
                 "metrics": self.src_meta.get("metrics")},
+            "teacher_checkpoint": None if self.teacher_meta is None else {
+                "path": self.cfg.distill.teacher, "kind": self.teacher_meta.get("kind"),
+                "best": self.teacher_meta.get("best")},
         }
 
     @contextlib.contextmanager
@@ -1456,6 +1519,11 @@ class _Run:
                 out = out.float()
                 loss = _classification_loss(out, y, cfg.optim.label_smoothing)
                 logits = out.mean(0) if out.dim() == 3 else out
+                if self.teacher is not None:
+                    with torch.no_grad(), _autocast(self.device, self.amp_dtype):
+                        target = self.teacher(x)
+                    d = cfg.distill
+                    loss = (1 - d.weight) * loss + d.weight * distillation_loss(logits, target.float(), d.temperature)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -1713,6 +1781,10 @@ _FLAGS = [
     ("--label-smoothing", "optim.label_smoothing", float, "label smoothing"),
     ("--grad-clip", "optim.grad_clip", float, "clip the gradient norm"),
     ("--init-from", "init_from", str, "start from this checkpoint (a CNN checkpoint is converted to an SNN)"),
+    ("--distill-from", "distill.teacher", str, "distil from this trained checkpoint (CNN or SNN; e.g. the CNN an SNN "
+     "was converted from)"),
+    ("--distill-weight", "distill.weight", float, "weight of the distillation term (the task loss gets 1 - it)"),
+    ("--distill-temperature", "distill.temperature", float, "softmax temperature of the distillation term"),
     ("--T", "snn.T", int, "SNN time steps"),
     ("--eval-T", "snn.eval_T", int, "validate the SNN (and record its checkpoints) at this many time steps; train at --T"),
     ("--encoding", "snn.encoding", str, "direct or rate"),
