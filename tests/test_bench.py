@@ -178,6 +178,20 @@ def test_grid_expansion_and_dependencies():
     assert (c2.mode, c2.epochs, c2.optim.lr, c2.snn.T, c2.data.image_size) == ("snn", 7, 0.01, 3, 8)
     assert c2.init_from == str(Path("r") / "cells" / cnn.id / "last.pt")
     assert c2.quiet and not c2.tensorboard
+    # distill: cnn (the default): the converted SNN learns from the CNN it starts from; the CNN from no one
+    assert spec.distill == "cnn" and c2.distill.teacher == c2.init_from and c1.distill.teacher is None
+    fp_kd = B._fingerprints(spec, snn, c2, {})[0]
+    off = B.build_spec({**spec.to_dict(), "distill": "none"})
+    c3 = B.cell_config(off, B.expand_grid(off)[1], Path("r"))
+    assert c3.distill.teacher is None and B._fingerprints(off, snn, c3, {})[0] != fp_kd
+    with pytest.raises(SpikeliteError, match="distill must be one of cnn, none, got 'teacher'"):
+        B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "distill": "teacher"})
+    with pytest.raises(SpikeliteError, match="snn.distill.teacher: with distill: cnn the grid sets"):
+        B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "snn": {"distill": {"teacher": "t.pt"}}})
+    mine = B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "distill": "none",
+                         "snn": {"distill": {"teacher": "t.pt", "weight": 0.3}}})
+    c4 = B.cell_config(mine, B.expand_grid(mine)[1], Path("r"))
+    assert (c4.distill.teacher, c4.distill.weight) == ("t.pt", 0.3)
 
 
 def test_flags_override_the_spec(tmp_path):

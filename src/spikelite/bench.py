@@ -75,6 +75,8 @@ __all__ = [
 VARIANTS = ("cnn", "snn", "snn-p", "cnn-p")
 DEFAULT_VARIANTS = ["cnn", "snn", "snn-p"]
 SNN_INITS = ("convert", "scratch")
+# cnn: a converted snn cell is distilled from the CNN it was converted from (docs/recipe.md); none: it is not
+DISTILL_MODES = ("cnn", "none")
 EVAL_SPLITS = ("test", "val")
 CHECKPOINT_CHOICES = ("best", "last")
 DEFAULT_PROFILES = ["45nm-fp32", "45nm-fp32-mem"]
@@ -282,6 +284,7 @@ class BenchSpec:
     T: list = dataclasses.field(default_factory=lambda: [4])
     seeds: list = dataclasses.field(default_factory=lambda: [0])
     snn_init: str = "convert"
+    distill: str = "cnn"
     recipe: dict = dataclasses.field(default_factory=dict)  # TrainConfig keys, every cell
     variant_recipes: dict = dataclasses.field(default_factory=dict)  # variant -> TrainConfig keys on top
     prune: PruneSpec = dataclasses.field(default_factory=PruneSpec)
@@ -303,6 +306,7 @@ class BenchSpec:
             "T": list(self.T),
             "seeds": list(self.seeds),
             "snn_init": self.snn_init,
+            "distill": self.distill,
             "recipe": copy.deepcopy(self.recipe),
             **{v: copy.deepcopy(r) for v, r in self.variant_recipes.items()},
             "prune": dataclasses.asdict(self.prune),
@@ -314,7 +318,7 @@ class BenchSpec:
         return d
 
 
-_TOP_KEYS = ("name", "out", "models", "datasets", "variants", "T", "seeds", "snn_init", "recipe", "prune", "eval",
+_TOP_KEYS = ("name", "out", "models", "datasets", "variants", "T", "seeds", "snn_init", "distill", "recipe", "prune", "eval",
              "resources", "executor", "address", *VARIANTS)
 
 
@@ -695,6 +699,11 @@ def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
         problems.append(f"snn_init must be one of {', '.join(SNN_INITS)}, got {snn_init!r}")
         snn_init = "convert"
     spec.snn_init = snn_init
+    distill = raw.get("distill", "cnn")
+    if distill not in DISTILL_MODES:
+        problems.append(f"distill must be one of {', '.join(DISTILL_MODES)}, got {distill!r}")
+        distill = "cnn"
+    spec.distill = distill
 
     recipe = raw.get("recipe") or {}
     if not isinstance(recipe, dict):
@@ -715,6 +724,9 @@ def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
             if any(k == o or k.startswith(o + ".") for o in GRID_OWNED):
                 problems.append(f"{where}.{k} is set by the grid per cell (models, datasets, T, seeds, variants); "
                                 "remove it from the recipe")
+            if k == "distill.teacher" and spec.distill == "cnn" and flat[k] is not None:
+                problems.append(f"{where}.distill.teacher: with distill: cnn the grid sets each converted SNN's "
+                                "teacher (its CNN); set distill: none to name a teacher yourself")
 
     spec.prune = _section(raw.get("prune"), "prune", PruneSpec, problems)
     spec.prune.schedules = _as_list(spec.prune.schedules, "prune.schedules", problems)
@@ -1027,6 +1039,8 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
         ov["snn.T"] = cell.T
     if cell.variant == "snn" and cell.deps:
         ov["init_from"] = str(_source_checkpoint(spec, run_dir, cell.deps[0], spec.eval.checkpoint))
+        if spec.distill == "cnn":  # the CNN it is converted from teaches it (distill.weight/temperature: the recipe's)
+            ov["distill.teacher"] = ov["init_from"]
     elif cell.variant in ("snn-p", "cnn-p"):
         ov["init_from"] = str(cdir / "pruned_init.pt")
     for k, v in ov.items():
@@ -1045,6 +1059,8 @@ def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> 
         "dataset": {"name": cell.dataset.name, "label": cell.dataset.label, "options": cell.dataset.options},
         "seed": cell.seed, "T": cell.T, "schedule": cell.schedule, "recipe": recipe,
         "deps": {d: dep_fps.get(d) for d in cell.deps},
+        "teacher": None if cfg.distill.teacher is None else (
+            "cnn" if cell.variant == "snn" and spec.distill == "cnn" and cell.deps else str(cfg.distill.teacher)),
     }
     if cell.variant in ("snn-p", "cnn-p"):
         train_part["prune"] = {"calibration_size": spec.prune.calibration_size,
