@@ -57,3 +57,15 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10
 
 # 9. The study's tables and report, all models (run from the repository root; see ../README.md):
 #    spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
+
+# 10. Distillation, a control pair (2026-12-03, session 8, commit 5af74ec's code, alone on the CPU, one after the
+#     other): one more epoch from the study's SNN (64.84 %), seed 5, without and with --distill-from the CNN
+#     (weight 0.5, temperature 2). Without: 64.86 % (6 min 58 s wall, 389 s training); with: 65.00 % (6 min 48 s,
+#     380 s). Neither replaces the study's SNN (docs/recipe.md "Distillation from the CNN at full size").
+for kd in plain kd; do
+  extra=()
+  [ "$kd" = kd ] && extra=(--distill-from results/cifar10/mnasnet/cnn/best.pt)
+  spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/mnasnet/snn-pass3/best.pt \
+    --data "$DATA" --out "$RUNS/snn-pass4-$kd" --epochs 1 --seed 5 --threads 2 --save-every-steps 25 \
+    --set data.eval_batch_size=64 "${extra[@]}"
+done

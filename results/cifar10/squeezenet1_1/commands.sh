@@ -75,3 +75,29 @@ spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
 spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/squeezenet1_1/cnn/best.pt --data "$DATA" \
   --out "$RUNS/snn-t2" --epochs 1 --train-subset 30000 --T 2 --eval-T 4 --threads 2 --save-every-steps 25 \
   --set data.eval_batch_size=64
+
+# 10-13. Knowledge distillation from the CNN (2026-12-03, session 8, commit 5af74ec's code; --distill-from, weight
+#    0.5, temperature 2; docs/recipe.md "Distillation from the CNN at full size"). Each is the same command as
+#    an earlier one plus --distill-from, alone on the CPU at 2 threads unless it says otherwise.
+# 10. Command 2 distilled from the CNN it converts (same seed, same 15k subset): converted 64.96 %, after the pass
+#     73.78 % (command 2: 72.96 %). 603 s for the epoch (the conversion and its evaluation ran in a 1-thread start that
+#     was stopped and resumed with --threads 2 from the end of epoch 0).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/squeezenet1_1/cnn/best.pt --data "$DATA" \
+  --out "$RUNS/snn-kd" --epochs 1 --train-subset 15000 --threads 2 --save-every-steps 25 \
+  --distill-from results/cifar10/squeezenet1_1/cnn/best.pt --set data.eval_batch_size=64
+# 11. Command 6 distilled from the CNN-P: converted 66.86 %, after the epoch 76.62 % (command 6: 75.68 %).
+#     13 min 27 s wall (745 s training).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/squeezenet1_1/cnn-p/best.pt --data "$DATA" \
+  --out "$RUNS/snn-p-kd" --epochs 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64 \
+  --distill-from results/cifar10/squeezenet1_1/cnn-p/best.pt
+# 12. Command 9 distilled from the CNN-P: 77.96 % (command 9: 77.40 %). 14 min 46 s wall (826 s training; part of
+#     it shared the CPU with a 1-thread test run). The study's SNN-P since session 8 (snn-p-kd-pass2/best.pt).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-p-kd/best.pt" --data "$DATA" \
+  --out "$RUNS/snn-p-kd-pass2" --epochs 1 --seed 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64 \
+  --distill-from results/cifar10/squeezenet1_1/cnn-p/best.pt
+# 13. Command 7 distilled from the CNN, from command 10's SNN: 75.74 % (command 7: 73.92 %). 21 min 58 s wall
+#     (1,203 s training: 5.1 s per step against command 7's 4.1 s, the CNN teacher's forward). The study's SNN since
+#     session 8 (snn-kd-pass2/best.pt).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-kd/best.pt" --data "$DATA" \
+  --out "$RUNS/snn-kd-pass2" --epochs 1 --train-subset 30000 --seed 1 --threads 2 --save-every-steps 25 \
+  --set data.eval_batch_size=64 --distill-from results/cifar10/squeezenet1_1/cnn/best.pt
