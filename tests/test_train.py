@@ -655,6 +655,52 @@ def test_distilling_from_a_teacher_changes_training_and_pulls_the_student_to_it(
     assert kl["w1"] < kl["plain"], kl
 
 
+def test_distilling_from_the_source_cnn_follows_the_checkpoint_lineage(tmp_path, monkeypatch):
+    T.train(_cfg(tmp_path, "cnn", epochs=1, data__train_subset=32, optim__warmup_epochs=0))
+    cnn_ckpt = str(tmp_path / "cnn" / "last.pt")
+    snn = dict(mode="snn", epochs=1, snn__T=2, data__train_subset=32, optim__warmup_epochs=0)
+    # converted from the CNN: the source is the CNN itself
+    T.train(_cfg(tmp_path, "snn", init_from=cnn_ckpt, distill__teacher="source", **snn))
+    first = T.read_checkpoint(tmp_path / "snn" / "last.pt")
+    assert first["teacher_checkpoint"]["path"] == cnn_ckpt and first["config"]["distill"]["teacher"] == "source"
+    # a second pass from that SNN: one link further up, still the CNN; stopped after its first epoch
+    pass2 = _cfg(tmp_path, "pass2", init_from=str(tmp_path / "snn" / "last.pt"), distill__teacher="source",
+                 **{**snn, "epochs": 2})
+    epoch, calls = T._Run._train_epoch, []
+
+    def stop_in_second_epoch(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return epoch(self)
+
+    monkeypatch.setattr(T._Run, "_train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(pass2)
+    monkeypatch.undo()
+    second = T.read_checkpoint(tmp_path / "pass2" / "last.pt")
+    assert second["epoch"] == 1 and second["teacher_checkpoint"]["path"] == cnn_ckpt
+    assert second["source_checkpoint"]["path"] == str(tmp_path / "snn" / "last.pt")
+    assert T.source_cnn(tmp_path / "pass2" / "last.pt") == cnn_ckpt
+    # the resumed run keeps its source record (and so its lineage)
+    T.train(pass2, resume=True)
+    resumed = T.read_checkpoint(tmp_path / "pass2" / "last.pt")
+    assert resumed["epoch"] == 2 and resumed["source_checkpoint"]["path"] == str(tmp_path / "snn" / "last.pt")
+    assert resumed["teacher_checkpoint"]["path"] == cnn_ckpt
+    # the lineage broken (the CNN moved away), or no lineage at all: one error each, naming the link
+    Path(cnn_ckpt).rename(tmp_path / "moved.pt")
+    with pytest.raises(SpikeliteError, match=r"source: checkpoint .*cnn/last.pt \(recorded as the source of "
+                                             r".*snn/last.pt\) is not on disk"):
+        T.train(_cfg(tmp_path, "pass3", init_from=str(tmp_path / "pass2" / "last.pt"), distill__teacher="source", **snn))
+    assert not (tmp_path / "pass3" / "last.pt").exists()
+    with pytest.raises(SpikeliteError, match="source needs a run that starts from a checkpoint"):
+        T.train(_cfg(tmp_path, "scratch", distill__teacher="source", **snn))
+    T.train(_cfg(tmp_path, "snn-scratch", **snn))
+    with pytest.raises(SpikeliteError, match="records no source checkpoint"):
+        T.train(_cfg(tmp_path, "from-scratch-snn", init_from=str(tmp_path / "snn-scratch" / "last.pt"),
+                     distill__teacher="source", **snn))
+
+
 def test_distilling_an_snn_from_its_cnn_and_a_mismatched_teacher(tmp_path):
     T.train(_cfg(tmp_path, "cnn", epochs=1, data__train_subset=64, optim__warmup_epochs=0))
     cnn_ckpt = str(tmp_path / "cnn" / "last.pt")

@@ -64,6 +64,7 @@ __all__ = [
     "OptimConfig",
     "SNNConfig",
     "DistillConfig",
+    "source_cnn",
     "load_config",
     "train",
     "evaluate",
@@ -252,7 +253,9 @@ class DistillConfig:
     ``(1 - weight) * task loss + weight * temperature² * KL(teacher ‖ student)`` on softened class
     probabilities; an SNN student is distilled on its time-averaged output. Off while ``teacher`` is null."""
 
-    teacher: Optional[str] = None  # a spikelite checkpoint (CNN or SNN) trained on the same classes
+    # a spikelite checkpoint (CNN or SNN) trained on the same classes, or "source": the CNN the run's
+    # model descends from (followed through the checkpoints' source_checkpoint records)
+    teacher: Optional[str] = None
     weight: float = 0.5
     temperature: float = 2.0
 
@@ -1226,13 +1229,49 @@ def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict,
-                  device: torch.device) -> tuple[nn.Module | None, dict | None]:
-    """The frozen teacher of ``distill.teacher`` (eval mode, no gradients), checked against the run's data."""
+TEACHER_SOURCE = "source"  # distill.teacher: the CNN the run's model descends from
+
+
+def source_cnn(start: str | os.PathLike, max_depth: int = 32) -> str:
+    """The path of the first CNN checkpoint up ``start``'s lineage: ``start`` itself when it is a CNN, else
+    the checkpoint its ``source_checkpoint`` record names (the ``--init-from`` of the run that wrote it; a
+    ``spikelite prune`` output keeps the record of the checkpoint it pruned), and so on. Recorded paths are used as written (relative to
+    the directory the run was started in); a missing one is an error naming the link that broke."""
+    path, chain = str(start), []
+    for _ in range(max_depth):
+        if not Path(path).is_file():
+            via = f" (recorded as the source of {chain[-1]})" if chain else ""
+            raise SpikeliteError(f"distill.teacher: source: checkpoint {path}{via} is not on disk; "
+                                 "name the teacher's path instead")
+        ckpt = read_checkpoint(path)
+        if ckpt.get("kind") == "cnn":
+            return path
+        chain.append(path)
+        src = ckpt.get("source_checkpoint") or {}
+        if not src.get("path"):
+            raise SpikeliteError(f"distill.teacher: source: {' <- '.join(reversed(chain))} records no source "
+                                 "checkpoint (an SNN trained from scratch has no CNN to distil from); name "
+                                 "the teacher's path instead")
+        if str(src["path"]) in chain:
+            raise SpikeliteError(f"distill.teacher: source: the checkpoints' sources form a cycle at {src['path']}")
+        path = str(src["path"])
+    raise SpikeliteError(f"distill.teacher: source: no CNN within {max_depth} links of {start}")
+
+
+def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict, device: torch.device,
+                  source: str | None = None) -> tuple[nn.Module | None, dict | None]:
+    """The frozen teacher of ``distill.teacher`` (eval mode, no gradients), checked against the run's data;
+    its ``meta["path"]`` is the file it was read from. ``source`` is the checkpoint the run's model came from
+    (``init_from``), which ``distill.teacher: source`` follows to its CNN."""
     path = cfg.distill.teacher
     if not path:
         return None, None
-    if not Path(path).is_file():
+    if path == TEACHER_SOURCE:
+        if not source:
+            raise SpikeliteError("distill.teacher: source needs a run that starts from a checkpoint (init_from); "
+                                 "this one trains from scratch — name the teacher's path instead")
+        path = source_cnn(source)
+    elif not Path(path).is_file():
         raise SpikeliteError(f"distill.teacher: no such checkpoint: {path}")
     teacher, meta = load_checkpoint(path, device=device)
     where = f"distill.teacher {path}"
@@ -1245,7 +1284,7 @@ def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict,
     teacher.eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
-    return teacher, meta
+    return teacher, {**meta, "path": path}
 
 
 def _recipe_diff(old: dict, new: dict) -> list[str]:
@@ -1391,9 +1430,10 @@ class _Run:
                                          f"process(es); resume it with the same number ({dist_env.world_size} now)")
                 self.rng_to_restore = ts["rng"]
             self.log(f"resuming {self.last_path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
-        self.teacher, self.teacher_meta = _load_teacher(cfg, self.train_data, self.data_info, self.device)
+        self.teacher, self.teacher_meta = _load_teacher(cfg, self.train_data, self.data_info, self.device,
+                                                        source=(self._source_record() or {}).get("path"))
         if self.teacher is not None:
-            self.log(f"distilling from {cfg.distill.teacher} ({self.teacher_meta.get('kind', '?').upper()}, "
+            self.log(f"distilling from {self.teacher_meta['path']} ({self.teacher_meta.get('kind', '?').upper()}, "
                      f"weight {cfg.distill.weight}, temperature {cfg.distill.temperature})")
         self.train_module: nn.Module = _TrainForward(self.model, steps=self.is_snn and cfg.snn.tet)
         if dist_env.enabled:
@@ -1430,13 +1470,18 @@ class _Run:
             "history": self.history,
             "best": self.best,
             "epoch": self.epoch,
-            "source_checkpoint": None if self.src_meta is None else {
-                "path": self.cfg.init_from, "kind": self.src_meta.get("kind"),
-                "metrics": self.src_meta.get("metrics")},
+            "source_checkpoint": self._source_record(),
             "teacher_checkpoint": None if self.teacher_meta is None else {
-                "path": self.cfg.distill.teacher, "kind": self.teacher_meta.get("kind"),
+                "path": self.teacher_meta["path"], "kind": self.teacher_meta.get("kind"),
                 "best": self.teacher_meta.get("best")},
         }
+
+    def _source_record(self) -> dict | None:
+        """The checkpoint this run's model started from; a resumed run keeps the record of its first start."""
+        if self.src_meta is not None:
+            return {"path": self.cfg.init_from, "kind": self.src_meta.get("kind"),
+                    "metrics": self.src_meta.get("metrics")}
+        return (self.resume_ckpt or {}).get("source_checkpoint")
 
     @contextlib.contextmanager
     def _at_eval_T(self):
@@ -1781,8 +1826,8 @@ _FLAGS = [
     ("--label-smoothing", "optim.label_smoothing", float, "label smoothing"),
     ("--grad-clip", "optim.grad_clip", float, "clip the gradient norm"),
     ("--init-from", "init_from", str, "start from this checkpoint (a CNN checkpoint is converted to an SNN)"),
-    ("--distill-from", "distill.teacher", str, "distil from this trained checkpoint (CNN or SNN; e.g. the CNN an SNN "
-     "was converted from)"),
+    ("--distill-from", "distill.teacher", str, "distil from this trained checkpoint (CNN or SNN), or 'source': the CNN "
+     "the --init-from checkpoint descends from"),
     ("--distill-weight", "distill.weight", float, "weight of the distillation term (the task loss gets 1 - it)"),
     ("--distill-temperature", "distill.temperature", float, "softmax temperature of the distillation term"),
     ("--T", "snn.T", int, "SNN time steps"),
