@@ -9,7 +9,7 @@ One run per invocation; results are printed per epoch and saved as JSON under --
         --train-n 10000 --val-n 2000 --epochs 3 --model-kw '{"stem_reduction":2}'
 """
 import argparse, json, time, math, os, sys
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn.functional as F
 from spikelite.models import create_model
 from spikelite.convert import spikify
 
@@ -76,7 +76,7 @@ def lr_at(s):
     if s < wsteps: return a.lr*(s+1)/wsteps
     return a.lr*0.5*(1+math.cos(math.pi*(s-wsteps)/max(1,total-wsteps)))
 def evaluate():
-    model.eval(); correct = 0; rates = []
+    model.eval(); correct = 0
     with torch.no_grad():
         for k in range(0, len(va), 500):
             b = va[k:k+500]; out = model(norm(X[b])); correct += (out.argmax(1) == Y[b]).sum().item()

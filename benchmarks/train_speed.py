@@ -175,7 +175,7 @@ def main(argv=None):
     base = T * med["cnn"]
     print(f"network: {label}, batch {args.batch}, T={T}, CPU threads {torch.get_num_threads()}, "
           f"{args.rounds} interleaved rounds (median)")
-    print(f"max |logit difference| vs spikelite: " + ", ".join(f"{k} {v:.2e}" for k, v in agree.items()))
+    print("max |logit difference| vs spikelite: " + ", ".join(f"{k} {v:.2e}" for k, v in agree.items()))
     print(f"{'model':<14}{'step ms':>10}{'/ (T x CNN)':>14}{'saved MiB':>12}")
     for k in models:
         ratio = med[k] / base if k != "cnn" else med[k] / med["cnn"] / T

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from spikelite import SpikeliteError
-from spikelite.convert import SpikingActivation, SpikingNet, TimeBroadcast, spikify
+from spikelite.convert import SpikingActivation, TimeBroadcast, spikify
 from spikelite.neuron import LIF
 
 

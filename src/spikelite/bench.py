@@ -1884,7 +1884,6 @@ def run_bench(spec: BenchSpec, *, progress: bool | None = None, quiet: bool = Fa
                   f"{spec.executor if executor is None else executor.name}, run directory {run_dir}")
     ex = executor or make_executor(spec)
     t0 = time.perf_counter()
-    by_id = {c.id: c for c in cells}
     try:
         if todo:
             ex.start()

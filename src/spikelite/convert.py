@@ -33,7 +33,7 @@ import copy
 import functools
 import inspect
 import operator
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
