@@ -169,6 +169,20 @@ def test_grid_expansion_and_dependencies():
     scratch = B.expand_grid(B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "variants": ["snn"],
                                           "snn_init": "scratch", "T": [2, 4]}))
     assert [(c.variant, c.deps) for c in scratch] == [("snn", []), ("snn", [])]
+    # an entry's variants narrow the grid's for that model only (a study whose last family has no pruned pair)
+    narrow = B.build_spec({"models": ["squeezenet1_1", {"name": "shufflenetv2_x0_5", "variants": ["cnn", "snn"]}],
+                           "datasets": ["digits"], "variants": ["cnn", "snn", "snn-p", "cnn-p"]})
+    by = [(c.model.name, c.variant) for c in B.expand_grid(narrow)]
+    assert by == [("squeezenet1_1", "cnn"), ("squeezenet1_1", "cnn-p"), ("squeezenet1_1", "snn"),
+                  ("squeezenet1_1", "snn-p"), ("shufflenetv2_x0_5", "cnn"), ("shufflenetv2_x0_5", "snn")]
+    assert B.build_spec(narrow.to_dict()).models[1].variants == ["cnn", "snn"]  # survives the resolved spec
+    with pytest.raises(SpikeliteError) as err:
+        B.build_spec({"models": [{"name": "squeezenet1_1", "variants": ["cnn", "snnp"]},
+                                 {"name": "shufflenetv2_x0_5", "variants": ["snn-p"]}],
+                      "datasets": ["digits"], "variants": ["cnn", "snn"]})
+    for part in ("models[0] (squeezenet1_1): unknown variant(s) 'snnp'",
+                 "models[1] (shufflenetv2_x0_5): variants snn-p not among the grid's variants (cnn, snn)"):
+        assert part in str(err.value), part
     # the recipe layers: shared recipe < variant section < grid-owned keys
     spec = B.build_spec({"models": ["squeezenet1_1"], "datasets": [{"name": "digits", "image_size": 8}],
                          "recipe": {"epochs": 7, "optim": {"lr": 0.2}}, "snn": {"optim": {"lr": 0.01}}, "T": [3]})

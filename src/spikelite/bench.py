@@ -196,7 +196,7 @@ class ModelEntry:
     ``checkpoints`` maps a variant (``cnn``, ``snn``, ``snn-p``, ``cnn-p``) to a trained spikelite
     checkpoint of this model: that variant's cell is then *imported* (evaluated and measured, not
     trained), and cells that start from it (``snn`` from ``cnn``, ``snn-p`` from ``snn``) start from
-    that file.
+    that file. ``variants`` (empty: all of the grid's) narrows the grid's variants for this model.
     """
 
     name: str
@@ -204,6 +204,11 @@ class ModelEntry:
     options: dict = dataclasses.field(default_factory=dict)
     label: str = ""
     checkpoints: dict = dataclasses.field(default_factory=dict)
+    variants: list = dataclasses.field(default_factory=list)
+
+    def grid_variants(self, spec_variants) -> list:
+        """The grid's variants this model runs, in the grid's order."""
+        return [v for v in spec_variants if not self.variants or v in self.variants]
 
     def __post_init__(self):
         if not self.label:
@@ -299,7 +304,8 @@ class BenchSpec:
             "name": self.name,
             "out": self.out,
             "models": [{"name": m.name, "width": m.width, "options": dict(m.options), "label": m.label,
-                        **({"checkpoints": dict(m.checkpoints)} if m.checkpoints else {})}
+                        **({"checkpoints": dict(m.checkpoints)} if m.checkpoints else {}),
+                        **({"variants": list(m.variants)} if m.variants else {})}
                        for m in self.models],
             "datasets": [{"name": d.name, "root": d.root, "label": d.label, **d.options} for d in self.datasets],
             "variants": list(self.variants),
@@ -360,9 +366,9 @@ def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
         item = {"name": name.strip(), "width": w}
     if not isinstance(item, dict):
         problems.append(f"{where} must be a model name (e.g. squeezenet1_1 or mnasnet_b1@0.12) or a mapping "
-                        f"with name/width/options/label/checkpoints, got {item!r}")
+                        f"with name/width/options/label/checkpoints/variants, got {item!r}")
         return None
-    valid = ("name", "width", "options", "label", "checkpoints")
+    valid = ("name", "width", "options", "label", "checkpoints", "variants")
     unknown = [k for k in item if k not in valid]
     if unknown:
         problems.append(f"unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}; valid keys: "
@@ -396,6 +402,17 @@ def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
         elif not isinstance(path, str) or not path:
             problems.append(f"{where} ({name}): checkpoints.{v} must be a checkpoint path, got {path!r}")
             checkpoints.pop(v)
+    variants = item.get("variants") or []
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    if not isinstance(variants, list):
+        problems.append(f"{where} ({name}): variants must be a list of variants (e.g. [cnn, snn]), got {variants!r}")
+        variants = []
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        problems.append(f"{where} ({name}): unknown variant(s) {', '.join(repr(v) for v in bad)}; valid variants: "
+                        f"{', '.join(VARIANTS)}")
+    variants = [v for v in dict.fromkeys(variants) if v in VARIANTS]
     from .models import get_entry
 
     try:
@@ -403,7 +420,8 @@ def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
     except SpikeliteError as exc:
         problems.append(f"{where}: {exc}")
         return None
-    return ModelEntry(name, float(width), dict(options), label, {str(k): str(v) for k, v in checkpoints.items()})
+    return ModelEntry(name, float(width), dict(options), label, {str(k): str(v) for k, v in checkpoints.items()},
+                      variants)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,8 +500,9 @@ def _check_imports(spec: "BenchSpec", problems: list[str]) -> None:
     for i, m in enumerate(spec.models):
         for variant, path in m.checkpoints.items():
             where = f"models[{i}] ({m.label}): checkpoints.{variant}"
-            if variant not in spec.variants:
-                problems.append(f"{where}: {variant} is not among the grid's variants ({', '.join(spec.variants)})")
+            if variant not in m.grid_variants(spec.variants):
+                problems.append(f"{where}: {variant} is not among the {'grid' if not m.variants else 'entry'}'s "
+                                f"variants ({', '.join(m.grid_variants(spec.variants))})")
                 continue
             try:
                 info = imported_checkpoint(path)
@@ -688,6 +707,11 @@ def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
     spec.variants = [v for v in dict.fromkeys(variants) if v in VARIANTS]
     if not variants:
         problems.append("variants: the spec names no variant (cnn, snn, snn-p, cnn-p)")
+    for i, m in enumerate(spec.models):
+        outside = [v for v in m.variants if v not in spec.variants]
+        if outside:
+            problems.append(f"models[{i}] ({m.label}): variants {', '.join(outside)} not among the grid's variants "
+                            f"({', '.join(spec.variants)}); an entry's variants narrow the grid's")
     spec.T = _check_int_list(_as_list(raw.get("T", [4]), "T", problems), "T", 1, problems)
     if not spec.T and any(v in ("snn", "snn-p") for v in spec.variants):
         problems.append("T: an SNN variant needs at least one number of time steps")
@@ -804,7 +828,7 @@ def _check_cells(spec: BenchSpec, problems: list[str]) -> None:
     for ds in spec.datasets:
         for m in spec.models:
             cfg = None
-            for variant in spec.variants:
+            for variant in m.grid_variants(spec.variants):
                 cell = Cell(id="check", variant=variant, model=m, dataset=ds, seed=spec.seeds[0],
                             T=spec.T[0] if variant in ("snn", "snn-p") and spec.T else None,
                             schedule=None, deps=[])
@@ -826,7 +850,7 @@ def _check_cells(spec: BenchSpec, problems: list[str]) -> None:
                     problems.append(f"model {m.label} on {ds.label}: {exc}")
                 except TypeError as exc:
                     problems.append(f"model {m.label}: {exc}")
-            if any(v in ("snn-p", "cnn-p") for v in spec.variants):
+            if any(v in ("snn-p", "cnn-p") for v in m.grid_variants(spec.variants)):
                 names = [n for n, _ in macro_modules(m.name)]
                 for s in spec.prune.schedules:
                     r = resolve_schedule(spec, s, m)
@@ -935,12 +959,13 @@ def expand_grid(spec: BenchSpec) -> list[Cell]:
     cells: list[Cell] = []
     for ds in spec.datasets:
         for m in spec.models:
-            imports = {v: imported_checkpoint(p) for v, p in m.checkpoints.items() if v in spec.variants}
+            variants = m.grid_variants(spec.variants)
+            imports = {v: imported_checkpoint(p) for v, p in m.checkpoints.items() if v in variants}
             first = spec.seeds[0] if spec.seeds else 0
             imp = {v: Cell(_cell_id(ds, m, v, first, info.T, info.schedule), v, m, ds, first, info.T, info.schedule,
                            [], checkpoint=info.path)
                    for v, info in imports.items() if info.dataset == ds.name}
-            want = set(spec.variants)
+            want = set(variants)
             if "snn-p" in want and "snn-p" not in imp:
                 want.add("snn")
             if ("cnn-p" in want and "cnn-p" not in imp) or ("snn" in want and "snn" not in imp
