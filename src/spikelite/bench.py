@@ -923,7 +923,8 @@ class Cell:
     checkpoint: str | None = None  # an imported cell: this trained checkpoint is evaluated, nothing is trained
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "variant": self.variant, "model": dataclasses.asdict(self.model),
+        model = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "variants" or v}
+        return {"id": self.id, "variant": self.variant, "model": model,
                 "dataset": dataclasses.asdict(self.dataset), "seed": self.seed, "T": self.T,
                 "schedule": self.schedule, "deps": list(self.deps), "checkpoint": self.checkpoint}
 
@@ -1078,7 +1079,8 @@ def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> 
     from .train import RUNTIME_KEYS
 
     recipe = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RUNTIME_KEYS}
-    model = {k: v for k, v in dataclasses.asdict(cell.model).items() if k != "checkpoints"}  # imports: per cell below
+    # imports: per cell below; an entry's variants decide which cells exist, not how one trains
+    model = {k: v for k, v in dataclasses.asdict(cell.model).items() if k not in ("checkpoints", "variants")}
     train_part = {
         "variant": cell.variant, "model": model,
         "dataset": {"name": cell.dataset.name, "label": cell.dataset.label, "options": cell.dataset.options},
