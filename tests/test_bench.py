@@ -176,6 +176,14 @@ def test_grid_expansion_and_dependencies():
     assert by == [("squeezenet1_1", "cnn"), ("squeezenet1_1", "cnn-p"), ("squeezenet1_1", "snn"),
                   ("squeezenet1_1", "snn-p"), ("shufflenetv2_x0_5", "cnn"), ("shufflenetv2_x0_5", "snn")]
     assert B.build_spec(narrow.to_dict()).models[1].variants == ["cnn", "snn"]  # survives the resolved spec
+    # ... and changes no cell's fingerprint: finished cells of a grid stay finished when an entry narrows it
+    wide = B.build_spec({**narrow.to_dict(), "models": ["squeezenet1_1", "shufflenetv2_x0_5"]})
+    wide_cells = {c.id: c for c in B.expand_grid(wide)}
+    for a in B.expand_grid(narrow)[4:]:
+        b = wide_cells[a.id]
+        fa = B._fingerprints(narrow, a, B.cell_config(narrow, a, Path("r")), {})
+        assert fa == B._fingerprints(wide, b, B.cell_config(wide, b, Path("r")), {})
+    assert "variants" not in B.expand_grid(wide)[0].to_dict()["model"]
     with pytest.raises(SpikeliteError) as err:
         B.build_spec({"models": [{"name": "squeezenet1_1", "variants": ["cnn", "snnp"]},
                                  {"name": "shufflenetv2_x0_5", "variants": ["snn-p"]}],
@@ -459,7 +467,7 @@ def test_committed_cifar10_study_imports_its_checkpoints():
     by_model: dict = {}
     for c in cells:
         by_model.setdefault(c.model.name, []).append((c.variant, c.T, c.schedule))
-    assert list(by_model) == ["squeezenet1_1", "mnasnet_b1", "mixnet_s", "shufflenetv2_x1_0"]
+    assert list(by_model) == ["squeezenet1_1", "mnasnet_b1", "mixnet_s", "shufflenetv2_x1_0", "xception_mini"]
     assert by_model["squeezenet1_1"] == [
         ("cnn", None, None), ("cnn-p", None, "ref-1"), ("snn", 4, None), ("snn-p", 4, "ref-1")]
     for name, n_blocks in (("mnasnet_b1", 16), ("mixnet_s", 16), ("shufflenetv2_x1_0", 16)):
@@ -468,6 +476,7 @@ def test_committed_cifar10_study_imports_its_checkpoints():
         # the pruned pair keeps the same 12 of 16 blocks (a quarter removed), read from the files
         cnn_p, snn_p = rows[1][2], rows[3][2]
         assert cnn_p == snn_p and cnn_p.startswith("keep:") and len(cnn_p[5:].split("+")) == n_blocks - 4
+    assert by_model["xception_mini"] == [("cnn", None, None), ("snn", 4, None)]  # no pruned pair (its entry's variants)
     assert all(c.checkpoint and c.deps == [] for c in cells)
     for c in cells:
         assert (REPO / c.checkpoint).stat().st_size <= 5 << 20  # the limit per checkpoint

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The exact commands behind results/cifar10/xception/README.md, in order, with their wall times on the
+# project's 2-core CPU VM (2026-12-03, session 10; this VM ran xception_mini's training steps about 4x
+# slower than the session-9 VM did: 1.4-1.7 s per batch of 128 in a bare training loop). DATA holds
+# train/<class>/*.jpg, e.g. the shared CIFAR-10 training images:
+#   mkdir -p data/cifar10 && tar -xzf ../shared/datasets/cifar10-jpeg-train.tar.gz -C data/cifar10
+# 5,000 of the 50,000 training images (500 per class, split_seed 0) are held out for validation.
+# xception_mini at width 1.02 (1,033,210 params; the paper's 1,025.0k). Runs are resumable (--resume).
+set -euo pipefail
+DATA=${DATA:-data/cifar10}
+RUNS=${RUNS:-runs/cifar10/xception}
+
+# 1. The CNN: the unified recipe (configs/cnn_cifar10.yaml: SGD Nesterov lr 0.1, cosine, 1 warm-up
+#    epoch, label smoothing 0.1, wd 5e-4, batch 128), 5 epochs (61 min 28 s wall, 3,666 s training; epochs 743, 1,551, 448, 424, 432 s: the first two shared the
+#    cores with a CI run of the test suite).
+spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --out "$RUNS/cnn" --model xception_mini --width 1.02 \
+  --epochs 5 --threads 2 --channels-last --save-every-steps 50
+
+# 2. Which blocks matter: exact ablation and Taylor importance of the 8 blocks on 256 training images
+#    (50 s). No pruned pair was trained for Xception (no time left in the session); the ranking is
+#    recorded in importance.md.
+spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy importance --threads 2 -o "$RUNS/importance.json"
+
+# 3. The SNN: that CNN converted (ReLU -> LIF, T=4, BatchNorm re-estimated on spikes; epoch-0 row) and
+#    fine-tuned one pass over a stratified 15k of the 45k training images (configs/snn_finetune_cifar10.yaml:
+#    AdamW lr 1e-3, wd 0.05, cosine, TET loss, atan surrogate), distilled from the CNN it was converted from
+#    (--distill-from source: weight 0.5, temperature 2) (14 min 38 s wall; the 118-step pass 718 s, 6.1 s a step).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/cnn/best.pt" --data "$DATA" --out "$RUNS/snn" \
+  --epochs 1 --train-subset 15000 --threads 2 --channels-last --save-every-steps 25 --distill-from source \
+  --set data.eval_batch_size=64
+
+# 4. The SNN, a second pass over the same 15k images (seed 1), still distilled from the CNN (the source
+#    lineage: snn/best.pt -> cnn/best.pt) (13 min 3 s wall; 648 s for the pass). It ended at
+#    72.58 %, as it started (F1 0.7244 against 0.7237): its best.pt is the input, so only its logs are committed
+#    (snn-pass2/) and the study keeps snn/best.pt).
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn/best.pt" --data "$DATA" --out "$RUNS/snn-pass2" \
+  --epochs 1 --train-subset 15000 --seed 1 --threads 2 --channels-last --save-every-steps 25 --distill-from source \
+  --set data.eval_batch_size=64
+
+# 5. The study's tables and report, all models (run from the repository root; see ../README.md):
+#    spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
