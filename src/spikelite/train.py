@@ -1509,17 +1509,13 @@ class _Run:
             "partial": dict(self.partial),
         }
         if self.dist.main:
-            meta = self._meta()
-            if self.resume_ckpt is not None and self.src_meta is None:
-                meta["source_checkpoint"] = self.resume_ckpt.get("source_checkpoint")
+            meta = self._meta()  # a resumed run keeps its source record (_source_record)
             with self._at_eval_T():
                 save_checkpoint(self.last_path, self.model, meta=meta, train_state=ts)
 
     def _save_best(self) -> None:
         if self.dist.main:
-            meta = self._meta()
-            if self.resume_ckpt is not None and self.src_meta is None:
-                meta["source_checkpoint"] = self.resume_ckpt.get("source_checkpoint")
+            meta = self._meta()  # a resumed run keeps its source record (_source_record)
             with self._at_eval_T():
                 save_checkpoint(self.best_path, self.model, meta=meta)
 
