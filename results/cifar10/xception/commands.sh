@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The exact commands behind results/cifar10/xception/README.md, in order, with their wall times on the
-# project's 2-core CPU VM (2026-12-03, session 10; this VM ran xception_mini's training steps about 4x
-# slower than the session-9 VM did: 1.4-1.7 s per batch of 128 in a bare training loop). DATA holds
+# project's 2-core CPU VM (2026-12-03, session 10). DATA holds
 # train/<class>/*.jpg, e.g. the shared CIFAR-10 training images:
 #   mkdir -p data/cifar10 && tar -xzf ../shared/datasets/cifar10-jpeg-train.tar.gz -C data/cifar10
 # 5,000 of the 50,000 training images (500 per class, split_seed 0) are held out for validation.
