@@ -177,6 +177,28 @@ def test_no_weight_decay_on_batchnorm_bias_and_neuron_parameters():
     assert opt.param_groups[0]["nesterov"] and opt.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_neuron_weight_decay_is_its_own_group_and_pulls_thresholds_down():
+    cnn = create_model("shufflenetv2_x0_3", num_classes=10, image_size=8, width=0.25)
+    net = spikify(cnn, T=2, neuron={"learn_tau": True, "learn_threshold": True})
+    decay, no_decay, neuron = T.param_groups(net, 5e-4, neuron_weight_decay=0.1)
+    assert neuron["weight_decay"] == 0.1
+    names = dict(net.named_parameters())
+    assert set(decay["names"]) | set(no_decay["names"]) | set(neuron["names"]) == set(names)
+    assert neuron["names"] and all(n.endswith(("tau_param", "v_threshold")) for n in neuron["names"])
+    assert not any(n.endswith(("tau_param", "v_threshold")) for n in no_decay["names"])
+    # zero gradients: one AdamW step moves the thresholds by the decoupled decay alone (lr * wd * value)
+    opt = T._make_optimizer(net, T.OptimConfig(optimizer="adamw", lr=0.5, weight_decay=0.0, neuron_weight_decay=0.1))
+    th = [p for n, p in net.named_parameters() if n.endswith("v_threshold")]
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert all(float(p) == pytest.approx(1.0 * (1 - 0.5 * 0.1)) for p in th)
+    # 0 (the default) keeps the two groups of before, so checkpoints' optimizer states still load
+    assert len(T.param_groups(net, 5e-4)) == 2
+    with pytest.raises(SpikeliteError, match="neuron_weight_decay"):
+        T.OptimConfig(neuron_weight_decay=-1)
+
+
 def test_tet_loss_is_the_mean_of_per_step_cross_entropies():
     g = torch.Generator().manual_seed(1)
     out = torch.randn(3, 5, 4, generator=g)

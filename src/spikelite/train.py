@@ -162,6 +162,7 @@ class OptimConfig:
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 5e-4
+    neuron_weight_decay: float = 0.0   # decay on learnable τ / thresholds (PLIF); 0: none, as before
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
@@ -181,7 +182,7 @@ class OptimConfig:
             raise SpikeliteError("optim.nesterov needs optim.momentum > 0 (or set nesterov: false)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise SpikeliteError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
-        for key in ("eps", "weight_decay", "warmup_epochs", "min_lr"):
+        for key in ("eps", "weight_decay", "neuron_weight_decay", "warmup_epochs", "min_lr"):
             v = getattr(self, key)
             if not (v >= 0 and math.isfinite(v)):
                 raise SpikeliteError(f"optim.{key} must be a number >= 0, got {v}")
@@ -663,33 +664,46 @@ def _is_neuron(m: nn.Module) -> bool:
     return isinstance(m, LIF)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimiser groups: weights with ``weight_decay``, and without decay every bias, every
+def param_groups(model: nn.Module, weight_decay: float, neuron_weight_decay: float = 0.0) -> list[dict]:
+    """Optimiser groups: weights with ``weight_decay``, and without decay every bias, every
     BatchNorm/GroupNorm/LayerNorm parameter, every neuron parameter (τ, threshold) and every other
-    parameter of dimension <= 1. Each group also carries ``names`` (the parameters' names)."""
+    parameter of dimension <= 1. With ``neuron_weight_decay > 0`` the learnable neuron parameters
+    (PLIF's τ parametrisation ``w`` with ``1/τ = sigmoid(w)``, thresholds) form a third group decayed by
+    that amount: towards 0, i.e. τ towards 2 and the threshold towards 0. Each group also carries
+    ``names`` (the parameters' names)."""
     model = _unwrap(model)
-    no_decay_ids = set()
+    no_decay_ids, neuron_ids = set(), set()
     for m in model.modules():
         if isinstance(m, _NO_DECAY_MODULES) or _is_neuron(m):
             no_decay_ids.update(id(p) for p in m.parameters(recurse=False))
-    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+        if _is_neuron(m):
+            neuron_ids.update(id(p) for p in m.parameters(recurse=False))
+    if not neuron_weight_decay:
+        neuron_ids = set()
+    decay, no_decay, neuron, decay_names, no_decay_names, neuron_names = [], [], [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if id(p) in no_decay_ids or p.ndim <= 1 or name.endswith(".bias") or name == "bias":
+        if id(p) in neuron_ids:
+            neuron.append(p)
+            neuron_names.append(name)
+        elif id(p) in no_decay_ids or p.ndim <= 1 or name.endswith(".bias") or name == "bias":
             no_decay.append(p)
             no_decay_names.append(name)
         else:
             decay.append(p)
             decay_names.append(name)
-    return [
+    groups = [
         {"params": decay, "weight_decay": float(weight_decay), "names": decay_names},
         {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
     ]
+    if neuron:
+        groups.append({"params": neuron, "weight_decay": float(neuron_weight_decay), "names": neuron_names})
+    return groups
 
 
 def _make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay, cfg.neuron_weight_decay)]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
@@ -1816,6 +1830,8 @@ _FLAGS = [
     ("--lr", "optim.lr", float, "peak learning rate"),
     ("--momentum", "optim.momentum", float, "SGD momentum"),
     ("--weight-decay", "optim.weight_decay", float, "weight decay (not on BN, biases, neuron parameters)"),
+    ("--neuron-weight-decay", "optim.neuron_weight_decay", float, "weight decay on learnable neuron parameters "
+     "(PLIF τ, thresholds; default 0)"),
     ("--warmup-epochs", "optim.warmup_epochs", float, "linear warm-up length in epochs"),
     ("--min-lr", "optim.min_lr", float, "learning rate at the end of the cosine"),
     ("--schedule", "optim.schedule", str, "cosine or constant"),
