@@ -203,6 +203,12 @@ def test_grid_expansion_and_dependencies():
     # distill: cnn (the default): the converted SNN learns from the CNN it starts from; the CNN from no one
     assert spec.distill == "cnn" and c2.distill.teacher == c2.init_from and c1.distill.teacher is None
     fp_kd = B._fingerprints(spec, snn, c2, {})[0]
+    # a recipe key added later (train.LATE_KEYS) stays out of the fingerprint at its neutral value, so
+    # cells finished before it existed stay finished; any other value is a different recipe
+    assert "optim.neuron_weight_decay" not in B._fingerprints(spec, snn, c2, {})[2]["train"]["recipe"]
+    decayed = B.build_spec({**spec.to_dict(), "snn": {"optim": {"lr": 0.01, "neuron_weight_decay": 0.1}}})
+    c4 = B.cell_config(decayed, B.expand_grid(decayed)[1], Path("r"))
+    assert c4.optim.neuron_weight_decay == 0.1 and B._fingerprints(decayed, snn, c4, {})[0] != fp_kd
     off = B.build_spec({**spec.to_dict(), "distill": "none"})
     c3 = B.cell_config(off, B.expand_grid(off)[1], Path("r"))
     assert c3.distill.teacher is None and B._fingerprints(off, snn, c3, {})[0] != fp_kd

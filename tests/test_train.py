@@ -192,7 +192,7 @@ def test_neuron_weight_decay_is_its_own_group_and_pulls_thresholds_down():
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
-    assert all(float(p) == pytest.approx(1.0 * (1 - 0.5 * 0.1)) for p in th)
+    assert all(p.item() == pytest.approx(1.0 * (1 - 0.5 * 0.1)) for p in th)
     # 0 (the default) keeps the two groups of before, so checkpoints' optimizer states still load
     assert len(T.param_groups(net, 5e-4)) == 2
     with pytest.raises(SpikeliteError, match="neuron_weight_decay"):
@@ -551,6 +551,15 @@ def test_existing_run_needs_resume_and_the_same_recipe(tmp_path):
     # a finished run resumes to a no-op; runtime keys (eval batch size) may change
     again = T.train(_cfg(tmp_path, epochs=1, data__train_subset=64, data__eval_batch_size=17), resume=True)
     assert again["steps"] == 2
+    # a run written before a recipe key existed (LATE_KEYS) meant its neutral value: it still resumes ...
+    last = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["config"]["optim"]["neuron_weight_decay"]
+    torch.save(ckpt, last)
+    assert T.train(_cfg(tmp_path, epochs=1, data__train_subset=64), resume=True)["steps"] == 2
+    # ... but not with another value of it
+    with pytest.raises(SpikeliteError, match=r"different recipe \(optim.neuron_weight_decay: 0.0 -> 0.1\)"):
+        T.train(_cfg(tmp_path, epochs=1, data__train_subset=64, optim__neuron_weight_decay=0.1), resume=True)
 
 
 # ----------------------------------------------------------------------------------------------

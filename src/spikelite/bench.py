@@ -1076,9 +1076,10 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
 
 def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> tuple[str, str, dict]:
     """(train fingerprint, eval fingerprint, what they hash): a finished cell is reused only while both match."""
-    from .train import RUNTIME_KEYS
+    from .train import RUNTIME_KEYS, recipe_view
 
-    recipe = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RUNTIME_KEYS}
+    # late keys at their neutral value stay out: a key added to the recipe leaves finished cells finished
+    recipe = {k: v for k, v in recipe_view(_flatten(cfg.to_dict())).items() if k not in RUNTIME_KEYS}
     # imports: per cell below; an entry's variants decide which cells exist, not how one trains
     model = {k: v for k, v in dataclasses.asdict(cell.model).items() if k not in ("checkpoints", "variants")}
     train_part = {

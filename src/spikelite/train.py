@@ -347,6 +347,17 @@ RUNTIME_KEYS = frozenset({
     "distill.teacher",
     "data.root", "data.cache_dir", "data.download", "data.eval_batch_size",
 })
+# Recipe keys added after runs and benchmarks were already written, with the value that reproduces what
+# those runs did. A stored recipe without such a key meant that value (so --resume still matches), and a
+# benchmark cell's fingerprint leaves the key out while it holds it (so finished cells stay finished).
+LATE_KEYS: dict[str, object] = {
+    "optim.neuron_weight_decay": 0.0,
+}
+
+
+def recipe_view(flat: dict) -> dict:
+    """A flattened recipe as it compares across versions: late keys at their neutral value left out."""
+    return {k: v for k, v in flat.items() if not (k in LATE_KEYS and v == LATE_KEYS[k])}
 
 
 def _check_min(key: str, value, minimum) -> None:
@@ -1302,7 +1313,7 @@ def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict, devi
 
 
 def _recipe_diff(old: dict, new: dict) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = recipe_view(_flatten(old)), recipe_view(_flatten(new))
     return sorted(k for k in set(a) | set(b) if k not in RUNTIME_KEYS and a.get(k) != b.get(k))
 
 
@@ -1377,6 +1388,7 @@ class _Run:
             diff = _recipe_diff(stored, cfg.to_dict())
             if diff:
                 a, b = _flatten(stored), _flatten(cfg.to_dict())
+                a = {**{k: v for k, v in LATE_KEYS.items() if k not in a}, **a}
                 changes = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
                 raise SpikeliteError(f"cannot resume {self.last_path} with a different recipe ({changes}); "
                                      "start a new run (another --out) instead")
