@@ -91,7 +91,8 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10
   --out "$RUNS/snn-p-kd" --epochs 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64 \
   --distill-from results/cifar10/squeezenet1_1/cnn-p/best.pt
 # 12. Command 9 distilled from the CNN-P: 77.96 % (command 9: 77.40 %). 14 min 46 s wall (826 s training; part of
-#     it shared the CPU with a 1-thread test run). The study's SNN-P since session 8 (snn-p-kd-pass2/best.pt).
+#     it shared the CPU with a 1-thread test run). The study's SNN-P in sessions 8-10 (snn-p-kd-pass2/best.pt; command 14
+#     continues it).
 spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-p-kd/best.pt" --data "$DATA" \
   --out "$RUNS/snn-p-kd-pass2" --epochs 1 --seed 1 --threads 2 --save-every-steps 25 --set data.eval_batch_size=64 \
   --distill-from results/cifar10/squeezenet1_1/cnn-p/best.pt
@@ -101,3 +102,12 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-p-kd
 spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-kd/best.pt" --data "$DATA" \
   --out "$RUNS/snn-kd-pass2" --epochs 1 --train-subset 30000 --seed 1 --threads 2 --save-every-steps 25 \
   --set data.eval_batch_size=64 --distill-from results/cifar10/squeezenet1_1/cnn/best.pt
+# 14. SNN-P, two more distilled epochs (2026-12-03, session 11, code 44864db-d5fbee6: the arithmetic of session 8's):
+#     from the study's SNN-P of command 12, one 2-epoch cosine run over all 45k images (seed 2): 77.96 % at epoch 0,
+#     77.18 % after the first epoch (lr mid-cosine), **78.96 %** after the second (F1 0.7892). The study's SNN-P since
+#     session 11 (snn-p-kd-pass3/best.pt). Alone on the CPU, 1,595 s for the second epoch (4.5 s per step: this VM ran
+#     the same step 2.1-2.3 s in session 8); the first epoch was stopped by hand at step 150 (it had shared the cores
+#     with two 1-thread recipe runs, ~8.8 s per step) and resumed (--resume) alone: 43 min 2 s wall for the resumed part.
+spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/squeezenet1_1/snn-p-kd-pass2/best.pt \
+  --data "$DATA" --out "$RUNS/snn-p-kd-pass3" --epochs 2 --seed 2 --threads 2 --save-every-steps 25 \
+  --set data.eval_batch_size=64 --distill-from results/cifar10/squeezenet1_1/cnn-p/best.pt
