@@ -31,13 +31,10 @@ from spikelite.surrogate import get_surrogate
 SHAPES = [(32, 24, 16, 16), (32, 48, 8, 8), (32, 96, 4, 4), (32, 1024, 4, 4)]
 
 
-def _median_us(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
+def _time_us(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return 1e6 * (time.perf_counter() - t0)
 
 
 def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int) -> dict[str, float]:
@@ -73,7 +70,7 @@ def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int) -> dict[st
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):  # interleaved: one call of each per round
         for k, fn in cases.items():
-            samples[k].append(_median_us(fn, 1))
+            samples[k].append(_time_us(fn))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -85,6 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--malloc", choices=["retain", "system"], default="retain")
     a = p.parse_args(argv)
+    if min(a.T) < 1 or a.rounds < 1 or a.warmup < 0 or (a.threads is not None and a.threads < 1):
+        p.error("--T and --rounds must be >= 1, --warmup >= 0, --threads >= 1")
     apply_malloc_mode(a.malloc)
     if a.threads:
         torch.set_num_threads(a.threads)

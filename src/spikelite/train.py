@@ -685,12 +685,10 @@ def param_groups(model: nn.Module, weight_decay: float, neuron_weight_decay: flo
     model = _unwrap(model)
     no_decay_ids, neuron_ids = set(), set()
     for m in model.modules():
-        if isinstance(m, _NO_DECAY_MODULES) or _is_neuron(m):
-            no_decay_ids.update(id(p) for p in m.parameters(recurse=False))
-        if _is_neuron(m):
+        if neuron_weight_decay and _is_neuron(m):
             neuron_ids.update(id(p) for p in m.parameters(recurse=False))
-    if not neuron_weight_decay:
-        neuron_ids = set()
+        elif isinstance(m, _NO_DECAY_MODULES) or _is_neuron(m):
+            no_decay_ids.update(id(p) for p in m.parameters(recurse=False))
     decay, no_decay, neuron, decay_names, no_decay_names, neuron_names = [], [], [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -1388,8 +1386,7 @@ class _Run:
             diff = _recipe_diff(stored, cfg.to_dict())
             if diff:
                 a, b = _flatten(stored), _flatten(cfg.to_dict())
-                a = {**{k: v for k, v in LATE_KEYS.items() if k not in a}, **a}
-                changes = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
+                changes = "; ".join(f"{k}: {a.get(k, LATE_KEYS.get(k))!r} -> {b.get(k)!r}" for k in diff[:6])
                 raise SpikeliteError(f"cannot resume {self.last_path} with a different recipe ({changes}); "
                                      "start a new run (another --out) instead")
 
