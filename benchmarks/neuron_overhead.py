@@ -5,12 +5,14 @@ T x the CNN's (docs/performance.md). This script times, in one process and inter
 sizes of ShuffleNetV2 x0.5 at batch 32:
 
 * ``relu``: ``torch.relu`` forward and backward (the CNN's activation);
-* ``lif``: spikelite's LIF layer (the recipe's neuron) forward and backward, as a network calls it;
+* ``compiled``: spikelite's LIF layer (the recipe's neuron) forward and backward, as a network calls it,
+  on the torch.compile kernels (``backend="compiled"``, what ``auto`` used before the native operator);
+* ``native``: the same layer on the native C++ operator (``backend="native"``, what ``auto`` uses on CPU);
 * ``kernel fwd`` / ``kernel bwd``: the compiled whole-sequence kernels alone (torch.compile), called
   directly with ready inputs: what is left is the call's own cost plus the element-wise work;
 * ``eager ge``: the cheapest eager spike function, ``(x >= th).to(x.dtype)``, for scale.
 
-Medians of ``--rounds`` calls in microseconds, and the LIF layer's cost over ReLU's. Run it on a quiet
+Medians of ``--rounds`` calls in microseconds, and the native LIF layer's cost over ReLU's. Run it on a quiet
 machine; the figures are per call, so the ratios say more than the microseconds.
 
     python benchmarks/neuron_overhead.py --T 1 2 4 --threads 2
@@ -24,6 +26,7 @@ import time
 
 import torch
 
+from spikelite import _native
 from spikelite.allocator import apply_malloc_mode
 from spikelite.neuron import LIF, _KERNELS
 from spikelite.surrogate import get_surrogate
@@ -39,7 +42,8 @@ def _time_us(fn) -> float:
 
 def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int) -> dict[str, float]:
     torch.manual_seed(0)
-    neuron = LIF(decay_input=False, detach_reset=True, surrogate="atan")
+    compiled = LIF(decay_input=False, detach_reset=True, surrogate="atan", backend="compiled")
+    native = LIF(decay_input=False, detach_reset=True, surrogate="atan", backend="native")
     x = torch.randn(T * shape[0], *shape[1:], requires_grad=True)
     g = torch.randn_like(x)
     seq = (T, shape[0], *shape[1:])
@@ -51,15 +55,19 @@ def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int) -> dict[st
     h, _ = fwd(flat, tau, th, r, T, False, False)
     gflat = g.reshape(T, -1).contiguous()
 
-    def lif():
-        neuron(x.view(seq)).flatten(0, 1).backward(g)
+    def lif_compiled():
+        compiled(x.view(seq)).flatten(0, 1).backward(g)
+
+    def lif_native():
+        native(x.view(seq)).flatten(0, 1).backward(g)
 
     def relu():
         torch.relu(x).backward(g)
 
     cases = {
         "relu": relu,
-        "lif": lif,
+        "compiled": lif_compiled,
+        "native": lif_native,
         "kernel fwd": lambda: fwd(flat, tau, th, r, T, False, False),
         "kernel bwd": lambda: bwd(h, gflat, tau, th, r, sur.alpha, T, False, False, True, type(sur).grad_fn),
         "eager ge": lambda: (flat >= th).to(flat.dtype),
@@ -87,15 +95,17 @@ def main(argv=None) -> int:
     apply_malloc_mode(a.malloc)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if _native.ops() is None:
+        p.error(f"the native operator is unavailable here ({_native._STATE.get('error', 'switched off')})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, malloc {a.malloc}; medians in us")
-    print(f"{'T':>2} {'map [N,C,H,W]':>18} {'elements':>9} {'relu':>8} {'lif':>8} {'lif-relu':>9} {'lif/relu':>8} "
-          f"{'kern fwd':>9} {'kern bwd':>9} {'eager ge':>9}")
+    print(f"{'T':>2} {'map [N,C,H,W]':>18} {'elements':>9} {'relu':>8} {'compiled':>9} {'native':>8} "
+          f"{'nat-relu':>9} {'nat/relu':>8} {'kern fwd':>9} {'kern bwd':>9} {'eager ge':>9}")
     for T in a.T:
         for shape in SHAPES:
             m = measure(T, shape, a.rounds, a.warmup)
             n = T * shape[0] * shape[1] * shape[2] * shape[3]
-            print(f"{T:>2} {str(list(shape)):>18} {n:>9,} {m['relu']:>8.0f} {m['lif']:>8.0f} "
-                  f"{m['lif'] - m['relu']:>9.0f} {m['lif'] / m['relu']:>8.2f} {m['kernel fwd']:>9.0f} "
+            print(f"{T:>2} {str(list(shape)):>18} {n:>9,} {m['relu']:>8.0f} {m['compiled']:>9.0f} {m['native']:>8.0f} "
+                  f"{m['native'] - m['relu']:>9.0f} {m['native'] / m['relu']:>8.2f} {m['kernel fwd']:>9.0f} "
                   f"{m['kernel bwd']:>9.0f} {m['eager ge']:>9.0f}", flush=True)
     return 0
 

@@ -23,7 +23,7 @@ def _sj(v_reset, decay_input, detach_reset, sur, tau):
 
 
 @pytest.mark.parametrize("v_reset,decay_input,detach_reset,sur,tau", CASES)
-@pytest.mark.parametrize("backend", ["fused", "torch", "compiled"])
+@pytest.mark.parametrize("backend", ["fused", "torch", "compiled", "native"])
 def test_matches_spikingjelly(v_reset, decay_input, detach_reset, sur, tau, backend):
     g = torch.Generator().manual_seed(CASES.index((v_reset, decay_input, detach_reset, sur, tau)))
     x = (torch.randn(8, 4, 3, 5, generator=g) * 1.5 + 0.4).requires_grad_()
@@ -51,11 +51,16 @@ def test_matches_spikingjelly(v_reset, decay_input, detach_reset, sur, tau, back
     assert torch.allclose(v_seq, ref.v_seq, atol=1e-6, rtol=0)
 
 
-def test_auto_backend_picks_compiled_for_fixed_and_fused_for_learnable():
+def test_auto_backend_picks_native_then_compiled_for_fixed_and_fused_for_learnable(monkeypatch):
     import spikelite.neuron as nmod
+    from spikelite import _native
 
     x = torch.rand(3, 2, 4, requires_grad=True) * 2
     fixed = LIF()
+    out = fixed(x)
+    if _native.ops() is not None:  # a C++ compiler is here: CPU tensors take the native operator
+        assert "NativeLIF" in out.grad_fn.name()
+    monkeypatch.setattr(nmod, "lif_multistep_native", lambda *a: None)  # as without a compiler
     out = fixed(x)
     assert type(out.grad_fn).__name__ == "_CompiledLIFBackward" or nmod._KERNELS.broken
     learn = LIF(learn_threshold=True)

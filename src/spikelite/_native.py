@@ -1,0 +1,150 @@
+"""Build and load spikelite's native CPU kernels (``csrc/lif.cpp``) on first use.
+
+The LIF layer's whole-sequence forward and backward as one C++ operator, ``torch.ops.spikelite_native.lif``,
+with its autograd node in C++: a call costs one dispatcher round trip, against the Python autograd
+function and two ``torch.compile`` wrapper calls of the compiled path, which dominate at T = 1–2 on small
+feature maps (docs/performance.md). It is compiled with the system's C++ compiler against the installed
+torch the first time it is needed and cached under ``$SPIKELITE_CACHE`` (default
+``$XDG_CACHE_HOME/spikelite`` or ``~/.cache/spikelite``), keyed by the source, torch's version and the
+compiler; later processes load the cached library in milliseconds. A build the compiler refused is
+recorded next to it (``.failed``, with the compiler's message) so that later processes skip the attempt.
+Nothing depends on it: without a compiler, or with ``SPIKELITE_NATIVE=0`` (or ``SPIKELITE_COMPILE=0``, no runtime compilation at all),
+:func:`ops` returns None and the neurons use their compiled or eager paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["ops", "library_path", "build"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "lif.cpp"
+_LOCK = threading.Lock()
+_STATE: dict = {}  # "ops": the loaded namespace, or "error": why it is unavailable
+
+
+def _enabled() -> bool:
+    return os.environ.get("SPIKELITE_NATIVE", "1") != "0" and os.environ.get("SPIKELITE_COMPILE", "1") != "0"
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX") or "c++"
+    return shutil.which(cxx) or shutil.which("g++") or shutil.which("clang++")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SPIKELITE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "spikelite"
+
+
+def _flags() -> list[str]:
+    torch_dir = Path(torch.__file__).parent
+    inc = torch_dir / "include"
+    lib = torch_dir / "lib"
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
+    # -fno-trapping-math / -fno-math-errno: no FP exceptions or errno to preserve, so selects and clamps
+    # if-convert and the loops vectorise; -ffp-contract=off: no fused multiply-adds, so every operation
+    # rounds as the Python formulas' do (no -ffast-math). -march=native: the cache key names the CPU.
+    return ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DTORCH_API_INCLUDE_EXTENSION_H",
+            f"-I{inc}", f"-I{inc / 'torch' / 'csrc' / 'api' / 'include'}",
+            f"-I{sysconfig.get_paths()['include']}",
+            f"-L{lib}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{lib}"]
+
+
+def _cpu_id() -> str:
+    """The CPU's model and feature flags (built with -march=native, a library must not be loaded on a
+    different CPU that shares the cache directory)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def library_path(compiler: str) -> Path:
+    """Where the library built from the current source with ``compiler`` is cached."""
+    key = hashlib.sha256()
+    key.update(_SOURCE.read_bytes())
+    for part in (torch.__version__, torch.__file__, compiler, platform.machine(), _cpu_id(), sys.version, *_flags()):
+        key.update(part.encode() + b"\0")
+    return _cache_dir() / f"spikelite_native_{key.hexdigest()[:16]}.so"
+
+
+def build(compiler: str, target: Path) -> Path:
+    """Compile ``csrc/lif.cpp`` into ``target`` (written to a temporary file, then renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, str(_SOURCE), "-o", tmp, *_flags()]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise RuntimeError(f"{Path(compiler).name} exited with {proc.returncode}: " + " | ".join(tail))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: the next process simply tries again
+
+
+def ops():
+    """``torch.ops.spikelite_native`` once the library is built and loaded; None when it cannot be
+    (disabled, no compiler, a failed build: warned once, with the reason)."""
+    state = _STATE
+    if "ops" in state:
+        return state["ops"]
+    if "error" in state or not _enabled():
+        return None
+    with _LOCK:
+        if "ops" in state or "error" in state:
+            return state.get("ops")
+        try:
+            compiler = _compiler()
+            if compiler is None:
+                raise RuntimeError("no C++ compiler found (set CXX)")
+            path = library_path(compiler)
+            failed = path.with_suffix(".failed")
+            if failed.exists():  # an earlier process could not build it: do not pay for the attempt again
+                raise RuntimeError(f"{failed.read_text().strip()} (recorded in {failed}; delete it to retry)")
+            if not path.exists():
+                try:
+                    build(compiler, path)
+                except RuntimeError as exc:  # the compiler ran and refused: record why, once
+                    _write_atomic(failed, str(exc))
+                    raise
+            torch.ops.load_library(str(path))
+            state["ops"] = torch.ops.spikelite_native
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the other paths
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"spikelite: native LIF kernels unavailable ({state['error']}); using the compiled "
+                          "or eager paths", RuntimeWarning, stacklevel=2)
+            return None
+    return state["ops"]
