@@ -3,12 +3,15 @@
 Every SNN is the same ``spikify``'d network (spikelite's zoo models at 32x32, BatchNorm on); only the
 neuron layer differs (the peer wrappers come from ``train_speed.py``). For every model and every T:
 
-* training step (forward, backward, SGD step): the plain CNN, spikelite, both with NHWC weights
+* training step (forward, backward, SGD step): the plain CNN, spikelite (its LIF on the native C++
+  operator on CPU), spikelite with the torch.compile kernels instead (``-compiled``: what ``auto`` ran
+  before the native operator existed), both with NHWC weights
   (``+nhwc``: what ``spikelite train --channels-last`` does), spikelite with its BatchNorm → neuron
   pairs recomputed in backward (``+recompute``: ``--recompute-neurons``), spikelite with activation
   checkpointing (``checkpoint_segments``), SpikingJelly, snnTorch;
 * inference (one batch): the CNN and its ``inference_model`` copy, spikelite in eval mode under
-  ``torch.no_grad`` and its ``inference()`` copy (BatchNorm folded, inference mode), SpikingJelly and
+  ``torch.no_grad`` (native and ``-compiled``) and its ``inference()`` copy (BatchNorm folded, inference
+  mode), SpikingJelly and
   snnTorch in eval mode under ``torch.no_grad``.
 
 All of them run interleaved in one process (round-robin: one call of each per round, after warm-up
@@ -38,11 +41,12 @@ from spikelite.checkpoint import CheckpointSegment
 from spikelite.convert import SpikingNet, _pack_saved, spikify
 from spikelite.inference import inference_model
 from spikelite.models import create_model
+from spikelite.neuron import LIF
 from train_speed import SJLIF, SnnTorchLeaky, saved_bytes
 
-TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite+nhwc", "spikelite+recompute", "spikelite+ckpt", "spikingjelly",
-         "snntorch")
-INFER = ("cnn", "cnn-folded", "spikelite", "spikelite-inference", "spikingjelly", "snntorch")
+TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite-compiled", "spikelite+nhwc", "spikelite+recompute",
+         "spikelite+ckpt", "spikingjelly", "snntorch")
+INFER = ("cnn", "cnn-folded", "spikelite", "spikelite-compiled", "spikelite-inference", "spikingjelly", "snntorch")
 
 
 def recompute_peak_bytes(net: SpikingNet, x: torch.Tensor) -> int:
@@ -78,6 +82,15 @@ def recompute_peak_bytes(net: SpikingNet, x: torch.Tensor) -> int:
     return max((sum(v.values()) for v in per.values()), default=0)
 
 
+def with_backend(net: nn.Module, backend: str) -> nn.Module:
+    """A copy of ``net`` whose LIF layers use ``backend`` (same weights, same spikes)."""
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if isinstance(m, LIF):
+            m.backend = backend
+    return net
+
+
 def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     """Training and inference variants of one zoo network at T steps (same weights everywhere)."""
     torch.manual_seed(0)
@@ -91,6 +104,7 @@ def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[
         "cnn": copy.deepcopy(cnn).train(),
         "cnn+nhwc": copy.deepcopy(cnn).to(memory_format=torch.channels_last).train(),  # train --channels-last
         "spikelite": snn.train(),
+        "spikelite-compiled": with_backend(snn, "compiled").train(),
         "spikelite+nhwc": copy.deepcopy(snn).to(memory_format=torch.channels_last).train(),
         "spikelite+recompute": recompute.train(),
         "spikelite+ckpt": ckpt.train(),
@@ -103,6 +117,7 @@ def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[
         "cnn": cnn_eval,
         "cnn-folded": inference_model(cnn_eval),
         "spikelite": snn_eval,
+        "spikelite-compiled": with_backend(snn_eval, "compiled"),
         "spikelite-inference": snn_eval.inference(),
         "spikingjelly": copy.deepcopy(train["spikingjelly"]).eval(),
         "snntorch": copy.deepcopy(train["snntorch"]).eval(),
@@ -170,7 +185,7 @@ def run(args) -> dict:
             with torch.no_grad():  # the three neuron implementations agree on the same weights
                 ref = infer["spikelite"](x)
                 agree = {k: float((infer[k](x) - ref).abs().max())
-                         for k in ("spikelite-inference", "spikingjelly", "snntorch")}
+                         for k in ("spikelite-compiled", "spikelite-inference", "spikingjelly", "snntorch")}
             configs.append(dict(name=name, T=T, train=train, infer=infer, opts=opts, agree=agree,
                                 mem=_memory(train, x, y, loss_fn), times={}))
     for r in range(args.warmup + args.rounds):
