@@ -29,7 +29,7 @@ import torch
 from spikelite import _native
 from spikelite.allocator import apply_malloc_mode
 from spikelite.neuron import LIF, _KERNELS
-from spikelite.surrogate import get_surrogate
+from spikelite.surrogate import SURROGATES, get_surrogate
 
 SHAPES = [(32, 24, 16, 16), (32, 48, 8, 8), (32, 96, 4, 4), (32, 1024, 4, 4)]
 
@@ -40,15 +40,15 @@ def _time_us(fn) -> float:
     return 1e6 * (time.perf_counter() - t0)
 
 
-def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int) -> dict[str, float]:
+def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int, surrogate: str = "atan") -> dict[str, float]:
     torch.manual_seed(0)
-    compiled = LIF(decay_input=False, detach_reset=True, surrogate="atan", backend="compiled")
-    native = LIF(decay_input=False, detach_reset=True, surrogate="atan", backend="native")
+    compiled = LIF(decay_input=False, detach_reset=True, surrogate=surrogate, backend="compiled")
+    native = LIF(decay_input=False, detach_reset=True, surrogate=surrogate, backend="native")
     x = torch.randn(T * shape[0], *shape[1:], requires_grad=True)
     g = torch.randn_like(x)
     seq = (T, shape[0], *shape[1:])
     tau, th, r = torch.tensor(2.0), torch.tensor(1.0), torch.tensor(0.0)
-    sur = get_surrogate("atan")
+    sur = get_surrogate(surrogate)
     fwd = _KERNELS.get("fwd", (False, False, T))
     bwd = _KERNELS.get("bwd", (False, False, True, type(sur).grad_fn, T))
     flat = x.detach().reshape(T, -1).contiguous()
@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--malloc", choices=["retain", "system"], default="retain")
+    p.add_argument("--surrogate", choices=sorted(SURROGATES), default="atan",
+                   help="the LIF's surrogate (the recipe's: atan; spikify's default and the peers': sigmoid)")
     a = p.parse_args(argv)
     if min(a.T) < 1 or a.rounds < 1 or a.warmup < 0 or (a.threads is not None and a.threads < 1):
         p.error("--T and --rounds must be >= 1, --warmup >= 0, --threads >= 1")
@@ -97,12 +99,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     if _native.ops() is None:
         p.error(f"the native operator is unavailable here ({_native._STATE.get('error', 'switched off')})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, malloc {a.malloc}; medians in us")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, malloc {a.malloc}, surrogate {a.surrogate}; "
+          "medians in us")
     print(f"{'T':>2} {'map [N,C,H,W]':>18} {'elements':>9} {'relu':>8} {'compiled':>9} {'native':>8} "
           f"{'nat-relu':>9} {'nat/relu':>8} {'kern fwd':>9} {'kern bwd':>9} {'eager ge':>9}")
     for T in a.T:
         for shape in SHAPES:
-            m = measure(T, shape, a.rounds, a.warmup)
+            m = measure(T, shape, a.rounds, a.warmup, a.surrogate)
             n = T * shape[0] * shape[1] * shape[2] * shape[3]
             print(f"{T:>2} {str(list(shape)):>18} {n:>9,} {m['relu']:>8.0f} {m['compiled']:>9.0f} {m['native']:>8.0f} "
                   f"{m['native'] - m['relu']:>9.0f} {m['native'] / m['relu']:>8.2f} {m['kernel fwd']:>9.0f} "
