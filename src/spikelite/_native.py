@@ -5,11 +5,12 @@ with its autograd node in C++: a call costs one dispatcher round trip, against t
 function and two ``torch.compile`` wrapper calls of the compiled path, which dominate at T = 1–2 on small
 feature maps (docs/performance.md). It is compiled with the system's C++ compiler against the installed
 torch the first time it is needed and cached under ``$SPIKELITE_CACHE`` (default
-``$XDG_CACHE_HOME/spikelite`` or ``~/.cache/spikelite``), keyed by the source, torch's version and the
-compiler; later processes load the cached library in milliseconds. A build the compiler refused is
-recorded next to it (``.failed``, with the compiler's message) so that later processes skip the attempt.
-Nothing depends on it: without a compiler, or with ``SPIKELITE_NATIVE=0`` (or ``SPIKELITE_COMPILE=0``, no runtime compilation at all),
-:func:`ops` returns None and the neurons use their compiled or eager paths.
+``$XDG_CACHE_HOME/spikelite`` or ``~/.cache/spikelite``), keyed by the source, torch, the compiler and the
+CPU; later processes load the cached library in milliseconds. A build the compiler refused is recorded
+next to it (``.failed``, with the compiler's message) so that later processes skip the attempt.
+
+Nothing depends on it: without a compiler, or with ``SPIKELITE_NATIVE=0`` (or ``SPIKELITE_COMPILE=0``:
+no runtime compilation at all), :func:`ops` returns None and the neurons use their compiled or eager paths.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import warnings
@@ -60,10 +60,8 @@ def _flags() -> list[str]:
     # -fno-trapping-math / -fno-math-errno: no FP exceptions or errno to preserve, so selects and clamps
     # if-convert and the loops vectorise; -ffp-contract=off: no fused multiply-adds, so every operation
     # rounds as the Python formulas' do (no -ffast-math). -march=native: the cache key names the CPU.
-    return ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
-            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DTORCH_API_INCLUDE_EXTENSION_H",
-            f"-I{inc}", f"-I{inc / 'torch' / 'csrc' / 'api' / 'include'}",
-            f"-I{sysconfig.get_paths()['include']}",
+    return ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-std=c++20",
+            "-shared", "-fPIC", "-fopenmp", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{inc}", f"-I{inc / 'torch' / 'csrc' / 'api' / 'include'}",
             f"-L{lib}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{lib}"]
 
 
