@@ -112,6 +112,8 @@ def test_native_without_autograd_keeps_nothing_and_fires_the_same():
 def test_native_rejects_what_it_cannot_run():
     with pytest.raises(RuntimeError, match="float32 or float64"):
         ops.lif(torch.ones(2, 3, dtype=torch.int64), 2.0, 1.0, 0.0, 2.0, True, False, False, 1)
+    with pytest.raises(RuntimeError, match="gradient of shape"):
+        ops.lif_backward(torch.ones(2, 3), torch.ones(2, 1), 2.0, 1.0, 0.0, 2.0, True, False, False, 1)
     with pytest.raises(RuntimeError, match="unknown surrogate"):
         ops.lif(torch.ones(2, 3), 2.0, 1.0, 0.0, 2.0, True, False, False, 9)
     # LIF itself routes such inputs elsewhere: bfloat16 takes the compiled/fused path

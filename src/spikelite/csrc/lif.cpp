@@ -220,6 +220,8 @@ std::pair<at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, const Para
 at::Tensor run_backward(const at::Tensor& h, const at::Tensor& grad_in, const Params& p) {
   at::Tensor grad = grad_in;
   if (!grad.defined()) return at::zeros_like(h);
+  TORCH_CHECK(grad.sizes() == h.sizes(), "spikelite_native::lif: gradient of shape ", grad.sizes(),
+              " for spikes of shape ", h.sizes());
   if (grad.strides() != h.strides() || grad.scalar_type() != h.scalar_type())
     grad = at::empty_like(h).copy_(grad);
   const int64_t T = h.size(0), M = h.numel() / T;
