@@ -5,7 +5,8 @@ neuron layer differs (the peer wrappers come from ``train_speed.py``). For every
 
 * training step (forward, backward, SGD step): the plain CNN, spikelite (its LIF on the native C++
   operator on CPU), spikelite with the torch.compile kernels instead (``-compiled``: what ``auto`` ran
-  before the native operator existed), both with NHWC weights
+  before the native operator existed), spikelite without compact spike storage (``-loose``: spike maps
+  saved for backward as floats, no bool copies), both with NHWC weights
   (``+nhwc``: what ``spikelite train --channels-last`` does), spikelite with its BatchNorm → neuron
   pairs recomputed in backward (``+recompute``: ``--recompute-neurons``), spikelite with activation
   checkpointing (``checkpoint_segments``), SpikingJelly, snnTorch;
@@ -44,8 +45,8 @@ from spikelite.models import create_model
 from spikelite.neuron import LIF
 from train_speed import SJLIF, SnnTorchLeaky, saved_bytes
 
-TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite-compiled", "spikelite+nhwc", "spikelite+recompute",
-         "spikelite+ckpt", "spikingjelly", "snntorch")
+TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite-compiled", "spikelite-loose", "spikelite+nhwc",
+         "spikelite+recompute", "spikelite+ckpt", "spikingjelly", "snntorch")
 INFER = ("cnn", "cnn-folded", "spikelite", "spikelite-compiled", "spikelite-inference", "spikingjelly", "snntorch")
 
 
@@ -100,11 +101,14 @@ def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[
     ckpt.checkpoint_segments = segments
     recompute = copy.deepcopy(snn)
     recompute.recompute_neurons = True
+    loose = copy.deepcopy(snn)
+    loose.compact_spikes = False  # spike maps saved for backward as floats: no bool copies, 4x their bytes
     train = {
         "cnn": copy.deepcopy(cnn).train(),
         "cnn+nhwc": copy.deepcopy(cnn).to(memory_format=torch.channels_last).train(),  # train --channels-last
         "spikelite": snn.train(),
         "spikelite-compiled": with_backend(snn, "compiled").train(),
+        "spikelite-loose": loose.train(),
         "spikelite+nhwc": copy.deepcopy(snn).to(memory_format=torch.channels_last).train(),
         "spikelite+recompute": recompute.train(),
         "spikelite+ckpt": ckpt.train(),
