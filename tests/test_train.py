@@ -494,6 +494,33 @@ def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatc
     assert yaml.safe_load(capsys.readouterr().out)["recompute_neurons"] is True
 
 
+def test_compact_spikes_off_trains_the_identical_snn_and_stores_floats(tmp_path, capsys, monkeypatch):
+    # a speed/memory option only: the same weights after training, bit for bit; off, nothing is packed
+    from spikelite import convert
+
+    packed = []
+    pack = convert._pack_saved
+    monkeypatch.setattr(convert, "_pack_saved", lambda t: packed.append(1) or pack(t))
+    states = {}
+    for compact in (True, False):
+        packed.clear()
+        T.train(_cfg(tmp_path, name=f"cs{compact}", mode="snn", epochs=1, compact_spikes=compact, snn__T=2,
+                     data__train_subset=32, data__image_size=16, optim__warmup_epochs=0))
+        assert bool(packed) is compact  # the saved-tensor hooks run when asked for, and only then
+        raw = T.read_checkpoint(tmp_path / f"cs{compact}" / "last.pt")
+        assert raw["config"]["compact_spikes"] is compact
+        states[compact] = raw["state_dict"]
+    for k, v in states[True].items():
+        assert torch.equal(v, states[False][k]), k
+    # a runtime key: a run written with it on resumes with it off (no "different recipe" error)
+    T.train(_cfg(tmp_path, name="csTrue", mode="snn", epochs=1, compact_spikes=False, snn__T=2,
+                 data__train_subset=32, data__image_size=16, optim__warmup_epochs=0), resume=True)
+    with pytest.raises(SpikeliteError, match="compact_spikes applies to spiking networks"):
+        _cfg(tmp_path, mode="cnn", compact_spikes=False)
+    assert cli_main(["train", "--snn", "--no-compact-spikes", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["compact_spikes"] is False
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = T._classification_loss
