@@ -338,17 +338,19 @@ _NATIVE_SURROGATE = {Sigmoid: 0, ATan: 1, FastSigmoid: 2, Triangle: 3, Rectangle
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
-def lif_multistep_native(x_seq, tau: float, v_threshold: float, v_reset, decay_input, detach_reset, surrogate):
+def lif_multistep_native(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate):
     """LIF over ``x_seq`` with the native C++ operator, or None when it does not apply here (not a CPU
-    float32/float64 tensor, not a built-in surrogate, or the operator is unavailable)."""
+    float32/float64 tensor, not a built-in surrogate, or the operator is unavailable). ``tau`` and
+    ``v_threshold`` are 0-d tensors, read as numbers only once the input is known to be on the CPU (on
+    a GPU that read would synchronise the device)."""
     kind = _NATIVE_SURROGATE.get(type(surrogate))
     if kind is None or x_seq.device.type != "cpu" or x_seq.dtype not in _NATIVE_DTYPES:
         return None
     ops = _native.ops()
     if ops is None:
         return None
-    return ops.lif(x_seq, tau, v_threshold, 0.0 if v_reset is None else v_reset, surrogate.alpha, decay_input,
-                   v_reset is None, detach_reset, kind)
+    return ops.lif(x_seq, float(tau), float(v_threshold), 0.0 if v_reset is None else v_reset, surrogate.alpha,
+                   decay_input, v_reset is None, detach_reset, kind)
 
 
 class LIF(nn.Module):
@@ -442,8 +444,8 @@ class LIF(nn.Module):
         v_th = self.v_threshold
         if self.backend in ("auto", "native") and not (tau.requires_grad or v_th.requires_grad) \
                 and not torch.compiler.is_compiling():
-            out = lif_multistep_native(x_seq, float(tau), float(v_th), self.v_reset, self.decay_input,
-                                       self.detach_reset, self.surrogate)
+            out = lif_multistep_native(x_seq, tau, v_th, self.v_reset, self.decay_input, self.detach_reset,
+                                       self.surrogate)
             if out is not None:
                 return out
         tau = tau.to(x_seq.dtype)
