@@ -10,7 +10,10 @@ sizes of ShuffleNetV2 x0.5 at batch 32:
 * ``native``: the same layer on the native C++ operator (``backend="native"``, what ``auto`` uses on CPU);
 * ``kernel fwd`` / ``kernel bwd``: the compiled whole-sequence kernels alone (torch.compile), called
   directly with ready inputs: what is left is the call's own cost plus the element-wise work;
-* ``eager ge``: the cheapest eager spike function, ``(x >= th).to(x.dtype)``, for scale.
+* ``eager ge``: the cheapest eager spike function, ``(x >= th).to(x.dtype)``, for scale;
+* ``pack`` / ``unpk bool`` / ``unpk u8``: compact spike storage's copies for the map (a conv's spike input
+  saved for backward as bool, then turned back into floats): float -> bool, and bool -> float read as bool
+  or, as spikelite does, as uint8 (the same 0/1 bytes).
 
 Medians of ``--rounds`` calls in microseconds, and the native LIF layer's cost over ReLU's. Run it on a quiet
 machine; the figures are per call, so the ratios say more than the microseconds.
@@ -54,6 +57,8 @@ def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int, surrogate:
     flat = x.detach().reshape(T, -1).contiguous()
     h, _ = fwd(flat, tau, th, r, T, False, False)
     gflat = g.reshape(T, -1).contiguous()
+    spikes = (x.detach() >= 0.5).to(x.dtype)
+    packed = spikes.to(torch.bool)
 
     def lif_compiled():
         compiled(x.view(seq)).flatten(0, 1).backward(g)
@@ -71,6 +76,9 @@ def measure(T: int, shape: tuple[int, ...], rounds: int, warmup: int, surrogate:
         "kernel fwd": lambda: fwd(flat, tau, th, r, T, False, False),
         "kernel bwd": lambda: bwd(h, gflat, tau, th, r, sur.alpha, T, False, False, True, type(sur).grad_fn),
         "eager ge": lambda: (flat >= th).to(flat.dtype),
+        "pack": lambda: spikes.to(torch.bool),
+        "unpk bool": lambda: packed.to(spikes.dtype),
+        "unpk u8": lambda: packed.view(torch.uint8).to(spikes.dtype),
     }
     for fn in cases.values():
         for _ in range(warmup):
@@ -102,14 +110,16 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, malloc {a.malloc}, surrogate {a.surrogate}; "
           "medians in us")
     print(f"{'T':>2} {'map [N,C,H,W]':>18} {'elements':>9} {'relu':>8} {'compiled':>9} {'native':>8} "
-          f"{'nat-relu':>9} {'nat/relu':>8} {'kern fwd':>9} {'kern bwd':>9} {'eager ge':>9}")
+          f"{'nat-relu':>9} {'nat/relu':>8} {'kern fwd':>9} {'kern bwd':>9} {'eager ge':>9} {'pack':>6} {'unpk bool':>9} "
+          f"{'unpk u8':>8}")
     for T in a.T:
         for shape in SHAPES:
             m = measure(T, shape, a.rounds, a.warmup, a.surrogate)
             n = T * shape[0] * shape[1] * shape[2] * shape[3]
             print(f"{T:>2} {str(list(shape)):>18} {n:>9,} {m['relu']:>8.0f} {m['compiled']:>9.0f} {m['native']:>8.0f} "
                   f"{m['native'] - m['relu']:>9.0f} {m['native'] / m['relu']:>8.2f} {m['kernel fwd']:>9.0f} "
-                  f"{m['kernel bwd']:>9.0f} {m['eager ge']:>9.0f}", flush=True)
+                  f"{m['kernel bwd']:>9.0f} {m['eager ge']:>9.0f} {m['pack']:>6.0f} {m['unpk bool']:>9.0f} {m['unpk u8']:>8.0f}",
+                  flush=True)
     return 0
 
 

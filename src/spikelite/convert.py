@@ -709,7 +709,9 @@ def _pack_saved(t: torch.Tensor):
 
 def _unpack_saved(p):
     if isinstance(p, tuple):
-        return p[0].to(p[1])
+        # bool -> float read as uint8 (the same 0/1 bytes): PyTorch's uint8 conversion takes about half
+        # the time of its bool one (benchmarks/neuron_overhead.py, columns unpk bool / unpk u8)
+        return p[0].view(torch.uint8).to(p[1])
     return p
 
 
