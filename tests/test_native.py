@@ -91,6 +91,43 @@ def test_native_keeps_every_layout_and_reads_views():
 
 
 @needs_native
+def test_native_saves_its_input_not_h_and_a_broadcast_input_as_one_step():
+    """The operator saves X (H is recomputed in backward); an input broadcast over time (direct encoding's
+    first neuron layer) is read in place and saved as its one step."""
+    T = 4
+    torch.manual_seed(1)
+    for one in (torch.rand(2, 3, 5, 6) * 2,
+                (torch.rand(2, 3, 5, 6) * 2).contiguous(memory_format=torch.channels_last)):
+        for surrogate in ("sigmoid", "atan"):
+            leaf = one.clone().requires_grad_(True)
+            x = leaf.unsqueeze(0).expand(T, *leaf.shape)
+            saved = []
+
+            def pack(t):
+                saved.append(t)
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                s = LIF(surrogate=surrogate, backend="native")(x)
+            assert "NativeLIF" in s.grad_fn.name()
+            assert len(saved) == 1 and saved[0].untyped_storage().nbytes() == one.numel() * 4
+            assert s.stride()[1:] == one.stride() and s.stride(0) == one.numel()  # each step in the input's layout
+            w = torch.randn(s.shape)
+            (s * w).sum().backward()
+            ref_leaf = one.clone().requires_grad_(True)
+            s_ref = LIF(surrogate=surrogate, backend="fused")(ref_leaf.unsqueeze(0).expand(T, *one.shape).contiguous())
+            (s_ref * w).sum().backward()
+            assert torch.equal(s, s_ref)
+            assert torch.allclose(leaf.grad, ref_leaf.grad, atol=1e-5, rtol=1e-5)
+    # a T-outermost input is saved as itself (no copy, no H)
+    x = (torch.rand(3, 2, 7) * 2).requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        LIF(backend="native")(x)
+    assert len(saved) == 1 and saved[0] is x
+
+
+@needs_native
 def test_native_without_autograd_keeps_nothing_and_fires_the_same():
     x = torch.rand(4, 8, 16) * 2
     lif = LIF(surrogate="atan", backend="native")
@@ -100,12 +137,19 @@ def test_native_without_autograd_keeps_nothing_and_fires_the_same():
     with torch.inference_mode():
         s2 = lif(x)
     assert torch.equal(s, s2) and torch.equal(s, LIF(surrogate="atan", backend="fused")(x))
-    # the operator's pieces: forward returns H, backward through time equals the autograd node's
+    # the operator's pieces: forward returns H, backward (from the input, H recomputed) equals the
+    # autograd node's
     h_seq = ops.lif_forward(x, 2.0, 1.0, 0.0, True, False)[1]
+    h_ref = torch.empty_like(x)
+    v = torch.zeros_like(x[0])
+    for t in range(x.shape[0]):
+        h_ref[t] = v + (x[t] - v) / 2.0
+        v = torch.where(h_ref[t] >= 1.0, torch.zeros_like(v), h_ref[t])
+    assert torch.equal(h_seq, h_ref)
     g = torch.randn_like(x)
     xg = x.clone().requires_grad_()
     gx, = torch.autograd.grad(lif(xg), xg, g)
-    assert torch.equal(ops.lif_backward(h_seq, g, 2.0, 1.0, 0.0, 2.0, True, False, False, 1), gx)
+    assert torch.equal(ops.lif_backward(x, g, 2.0, 1.0, 0.0, 2.0, True, False, False, 1), gx)
 
 
 @needs_native

@@ -10,9 +10,11 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace spikelite_native {
 
@@ -77,73 +79,168 @@ struct Params {
   int64_t surrogate;
 };
 
-// T is outermost in memory with every other element inside one step: data[t * M + m].
-bool time_outermost(const at::Tensor& x) {
-  if (!x.is_non_overlapping_and_dense()) return false;
-  const int64_t M = x.numel() / std::max<int64_t>(x.size(0), 1);
-  if (x.size(0) > 1 && x.stride(0) != M) return false;
-  for (int64_t d = 1; d < x.dim(); ++d)
-    if (x.size(d) > 1 && x.stride(d) >= M) return false;
-  return true;
+// 1/tau is exact when tau is a power of two (the default 2) or infinite (IF): a·(1/tau) then rounds
+// exactly as a/tau, and the kernels multiply instead of divide (a division costs several multiplies).
+bool exact_inverse(double tau) {
+  if (std::isinf(tau)) return true;
+  int e = 0;
+  return std::isfinite(tau) && std::frexp(tau, &e) == 0.5;
 }
 
-at::Tensor in_layout(const at::Tensor& x) { return time_outermost(x) ? x : x.contiguous(); }
+template <typename S, bool inv>
+inline S over_tau(S a, S tau, S itau) {
+  if constexpr (inv) return a * itau;
+  else return a / tau;
+}
 
+// The charge H_t from the membrane V and the input X_t, written once for the forward and for the
+// backward's recomputation (same expression, same rounding: the backward sees the forward's H).
+template <typename S, bool decay, bool inv>
+inline S charge(S v, S x, S tau, S itau, S r) {
+  if constexpr (decay) return v + over_tau<S, inv>(x - (v - r), tau, itau);
+  else return v - over_tau<S, inv>(v - r, tau, itau) + x;
+}
+
+template <typename S, bool soft>
+inline S after_fire(S h, S s, S th, S r) {
+  if constexpr (soft) return h - s * th;
+  else return h >= th ? r : h;
+}
+
+// The input as the kernels read it: element m of step t at x[t * step + m], with step = M (T outermost
+// in memory, every other element inside one step) or 0 (one step broadcast over time, e.g. the
+// direct-encoded input expanded to [T, ...]). Other layouts are copied (contiguous).
+struct Seq {
+  at::Tensor x;
+  int64_t step;
+};
+
+// Whether one step x[t] (dims 1..) fills exactly M elements of memory, each once (any order of its
+// dims): sorted by stride, every dim's stride is the product of the sizes inside it. Computed from the
+// sizes and strides (x.select(0, 0) would be one more operator call per layer).
+bool step_dense(const at::Tensor& x, int64_t M) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the dims with size > 1
+  for (int64_t d = 1; d < x.dim(); ++d)
+    if (x.size(d) != 1) dims.emplace_back(x.stride(d), x.size(d));
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& [stride, size] : dims) {
+    if (stride != expected) return false;
+    expected *= size;
+  }
+  return expected == M;
+}
+
+Seq as_seq(const at::Tensor& x) {
+  const int64_t T = x.size(0);
+  const int64_t M = T ? x.numel() / T : 0;
+  if (T >= 1 && M > 0 && step_dense(x, M)) {
+    if (T == 1 || x.stride(0) == M) return {x, M};
+    if (x.stride(0) == 0) return {x, 0};
+  }
+  return {x.contiguous(), M};
+}
+
+// A new [T, ...] tensor laid out as x's steps are (T outermost, each step in x's inner layout).
+at::Tensor empty_steps(const Seq& q) {
+  const at::Tensor& x = q.x;
+  const int64_t M = x.size(0) ? x.numel() / x.size(0) : 0;
+  std::vector<int64_t> strides(x.strides().begin(), x.strides().end());
+  strides[0] = M;
+  return at::empty_strided(x.sizes(), strides, x.options());
+}
 
 // One chunk of elements through time. Flags are template arguments so the inner loops have no branches
 // and vectorise; the chunk's membranes stay in a small stack array between steps.
-template <typename S, bool decay, bool soft, bool keep_h>
-void forward_chunk(const S* x, S* spikes, S* h_out, int64_t T, int64_t M, int64_t b, int64_t n, S tau, S th, S r) {
+template <typename S, bool decay, bool soft, bool inv, bool keep_h>
+void forward_chunk(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, int64_t M, int64_t b, int64_t n,
+                   S tau, S itau, S th, S r) {
   S v[kChunk];
   for (int64_t i = 0; i < n; ++i) v[i] = r;
   for (int64_t t = 0; t < T; ++t) {
-    const S* __restrict__ xt = x + t * M + b;
+    const S* __restrict__ xt = x + t * xstep + b;
     S* __restrict__ st = spikes + t * M + b;
     S* __restrict__ ht = keep_h ? h_out + t * M + b : nullptr;
     for (int64_t i = 0; i < n; ++i) {
-      const S vi = v[i];
-      const S h = decay ? vi + (xt[i] - (vi - r)) / tau : vi - (vi - r) / tau + xt[i];
+      const S h = charge<S, decay, inv>(v[i], xt[i], tau, itau, r);
       const S s = h >= th ? S(1) : S(0);
       st[i] = s;
       if constexpr (keep_h) ht[i] = h;
-      v[i] = soft ? h - s * th : (h >= th ? r : h);
+      v[i] = after_fire<S, soft>(h, s, th, r);
     }
   }
 }
 
-template <typename S, bool decay, bool soft, bool keep_h>
-void forward_kernel(const S* x, S* spikes, S* h_out, int64_t T, int64_t M, const Params& p) {
-  const S tau = S(p.tau), th = S(p.th), r = S(soft ? 0.0 : p.r);
+template <typename S>
+struct Consts {
+  S tau, itau, th, r;
+  explicit Consts(const Params& p)
+      : tau(S(p.tau)), itau(S(1.0 / p.tau)), th(S(p.th)), r(S(p.soft ? 0.0 : p.r)) {}
+};
+
+template <typename S, bool decay, bool soft, bool inv, bool keep_h>
+void forward_kernel(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, int64_t M, const Params& p) {
+  const Consts<S> c(p);
   at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b += kChunk)
-      forward_chunk<S, decay, soft, keep_h>(x, spikes, h_out, T, M, b, std::min(kChunk, end - b), tau, th, r);
+      forward_chunk<S, decay, soft, inv, keep_h>(x, xstep, spikes, h_out, T, M, b, std::min(kChunk, end - b),
+                                                 c.tau, c.itau, c.th, c.r);
   });
 }
 
-template <typename S>
-void forward_dispatch(const S* x, S* spikes, S* h_out, int64_t T, int64_t M, const Params& p) {
-  const bool keep = h_out != nullptr;
-#define SPIKELITE_FWD(D, SO, K) \
-  if (p.decay_input == D && p.soft == SO && keep == K) return forward_kernel<S, D, SO, K>(x, spikes, h_out, T, M, p);
+template <typename S, bool keep_h>
+void forward_dispatch(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, int64_t M, const Params& p) {
+  const bool inv = exact_inverse(p.tau);
+#define SPIKELITE_FWD(D, SO, I) \
+  if (p.decay_input == D && p.soft == SO && inv == I) \
+    return forward_kernel<S, D, SO, I, keep_h>(x, xstep, spikes, h_out, T, M, p);
   SPIKELITE_FWD(true, false, true) SPIKELITE_FWD(true, false, false) SPIKELITE_FWD(true, true, true)
   SPIKELITE_FWD(true, true, false) SPIKELITE_FWD(false, false, true) SPIKELITE_FWD(false, false, false)
   SPIKELITE_FWD(false, true, true) SPIKELITE_FWD(false, true, false)
 #undef SPIKELITE_FWD
 }
 
-template <typename S, bool decay, bool soft, bool detach, int64_t kind>
-void backward_chunk(const S* h, const S* g, S* gx, int64_t T, int64_t M, int64_t b, int64_t n, S tau, S th, S r,
-                    const SurrogateConsts<S>& k) {
+// Backward of one chunk. H is not stored by the forward: the chunk's charges are recomputed from the
+// saved input (a forward sweep into hbuf, the same arithmetic as the forward), then the gradient runs
+// back through time. At T = 1 the two sweeps are one loop.
+template <typename S, bool decay, bool soft, bool detach, bool inv, int64_t kind>
+void backward_chunk(const S* x, int64_t xstep, const S* g, S* gx, S* hbuf, int64_t T, int64_t M, int64_t b,
+                    int64_t n, const Consts<S>& c, const SurrogateConsts<S>& k) {
+  const S tau = c.tau, itau = c.itau, th = c.th, r = c.r;
+  if (T == 1) {
+    const S* __restrict__ x0 = x + b;
+    const S* __restrict__ g0 = g + b;
+    S* __restrict__ gx0 = gx + b;
+    for (int64_t i = 0; i < n; ++i) {
+      const S h = charge<S, decay, inv>(r, x0[i], tau, itau, r);
+      const S gh = g0[i] * surrogate_grad<S, kind>(h - th, k);
+      gx0[i] = decay ? over_tau<S, inv>(gh, tau, itau) : gh;
+    }
+    return;
+  }
+  {
+    S v[kChunk];
+    for (int64_t i = 0; i < n; ++i) v[i] = r;
+    for (int64_t t = 0; t < T; ++t) {
+      const S* __restrict__ xt = x + t * xstep + b;
+      S* __restrict__ ht = hbuf + t * kChunk;
+      for (int64_t i = 0; i < n; ++i) {
+        const S h = charge<S, decay, inv>(v[i], xt[i], tau, itau, r);
+        ht[i] = h;
+        v[i] = after_fire<S, soft>(h, h >= th ? S(1) : S(0), th, r);
+      }
+    }
+  }
   const S keep = S(1) - S(1) / tau;
   S gv[kChunk];  // dL/dV flowing back from step t+1
   for (int64_t t = T - 1; t >= 0; --t) {
-    const S* __restrict__ ht = h + t * M + b;
+    const S* __restrict__ ht = hbuf + t * kChunk;
     const S* __restrict__ gt = g + t * M + b;
     S* __restrict__ gxt = gx + t * M + b;
     if (t == T - 1) {  // nothing flows back from a later step
       for (int64_t i = 0; i < n; ++i) {
         const S gh = gt[i] * surrogate_grad<S, kind>(ht[i] - th, k);
-        gxt[i] = decay ? gh / tau : gh;
+        gxt[i] = decay ? over_tau<S, inv>(gh, tau, itau) : gh;
         gv[i] = gh * keep;
       }
       continue;
@@ -158,27 +255,33 @@ void backward_chunk(const S* h, const S* g, S* gx, int64_t T, int64_t M, int64_t
         const S not_fired = hi < th ? S(1) : S(0);
         gh = gh + gv[i] * (detach ? not_fired : not_fired + (r - hi) * sg);
       }
-      gxt[i] = decay ? gh / tau : gh;
+      gxt[i] = decay ? over_tau<S, inv>(gh, tau, itau) : gh;
       gv[i] = gh * keep;
     }
   }
 }
 
-template <typename S, bool decay, bool soft, bool detach, int64_t kind>
-void backward_kernel(const S* h, const S* g, S* gx, int64_t T, int64_t M, const Params& p) {
-  const S tau = S(p.tau), th = S(p.th), r = S(soft ? 0.0 : p.r);
+template <typename S, bool decay, bool soft, bool detach, bool inv, int64_t kind>
+void backward_kernel(const S* x, int64_t xstep, const S* g, S* gx, int64_t T, int64_t M, const Params& p) {
+  const Consts<S> c(p);
   SurrogateConsts<S> k(p.alpha);
   if (kind == kRectangle) k.c1 = S(0.5 / p.alpha);
   at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<S> hbuf(T > 1 ? T * kChunk : 0);  // the chunk's charges, one row per step
     for (int64_t b = begin; b < end; b += kChunk)
-      backward_chunk<S, decay, soft, detach, kind>(h, g, gx, T, M, b, std::min(kChunk, end - b), tau, th, r, k);
+      backward_chunk<S, decay, soft, detach, inv, kind>(x, xstep, g, gx, hbuf.data(), T, M, b,
+                                                        std::min(kChunk, end - b), c, k);
   });
 }
 
 template <typename S, int64_t kind>
-void backward_flags(const S* h, const S* g, S* gx, int64_t T, int64_t M, const Params& p) {
+void backward_flags(const S* x, int64_t xstep, const S* g, S* gx, int64_t T, int64_t M, const Params& p) {
+  const bool inv = exact_inverse(p.tau);
 #define SPIKELITE_BWD(D, SO, DE) \
-  if (p.decay_input == D && p.soft == SO && p.detach == DE) return backward_kernel<S, D, SO, DE, kind>(h, g, gx, T, M, p);
+  if (p.decay_input == D && p.soft == SO && p.detach == DE) { \
+    if (inv) return backward_kernel<S, D, SO, DE, true, kind>(x, xstep, g, gx, T, M, p); \
+    return backward_kernel<S, D, SO, DE, false, kind>(x, xstep, g, gx, T, M, p); \
+  }
   SPIKELITE_BWD(true, false, true) SPIKELITE_BWD(true, false, false) SPIKELITE_BWD(true, true, true)
   SPIKELITE_BWD(true, true, false) SPIKELITE_BWD(false, false, true) SPIKELITE_BWD(false, false, false)
   SPIKELITE_BWD(false, true, true) SPIKELITE_BWD(false, true, false)
@@ -186,13 +289,13 @@ void backward_flags(const S* h, const S* g, S* gx, int64_t T, int64_t M, const P
 }
 
 template <typename S>
-void backward_dispatch(const S* h, const S* g, S* gx, int64_t T, int64_t M, const Params& p) {
+void backward_dispatch(const S* x, int64_t xstep, const S* g, S* gx, int64_t T, int64_t M, const Params& p) {
   switch (p.surrogate) {
-    case kSigmoid: return backward_flags<S, kSigmoid>(h, g, gx, T, M, p);
-    case kATan: return backward_flags<S, kATan>(h, g, gx, T, M, p);
-    case kFastSigmoid: return backward_flags<S, kFastSigmoid>(h, g, gx, T, M, p);
-    case kTriangle: return backward_flags<S, kTriangle>(h, g, gx, T, M, p);
-    default: return backward_flags<S, kRectangle>(h, g, gx, T, M, p);
+    case kSigmoid: return backward_flags<S, kSigmoid>(x, xstep, g, gx, T, M, p);
+    case kATan: return backward_flags<S, kATan>(x, xstep, g, gx, T, M, p);
+    case kFastSigmoid: return backward_flags<S, kFastSigmoid>(x, xstep, g, gx, T, M, p);
+    case kTriangle: return backward_flags<S, kTriangle>(x, xstep, g, gx, T, M, p);
+    default: return backward_flags<S, kRectangle>(x, xstep, g, gx, T, M, p);
   }
 }
 
@@ -203,32 +306,39 @@ void check(const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 1 && x.size(0) >= 1, "spikelite_native::lif expects [T, ...] with T >= 1");
 }
 
-// spikes (and H when keep_h) for x, in x's layout when T is outermost in it
-std::pair<at::Tensor, at::Tensor> run_forward(const at::Tensor& x_in, const Params& p, bool keep_h) {
-  check(x_in);
-  const at::Tensor x = in_layout(x_in);
+// spikes (and H when keep_h) for the input q, in the layout of q's steps
+std::pair<at::Tensor, at::Tensor> run_forward(const Seq& q, const Params& p, bool keep_h) {
+  const at::Tensor& x = q.x;
   const int64_t T = x.size(0), M = x.numel() / T;
-  at::Tensor spikes = at::empty_like(x);
-  at::Tensor h = keep_h ? at::empty_like(x) : at::Tensor();
+  at::Tensor spikes = empty_steps(q);
+  at::Tensor h = keep_h ? empty_steps(q) : at::Tensor();
+  if (M == 0) return {spikes, h};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_lif_forward", [&] {
-    forward_dispatch<scalar_t>(x.const_data_ptr<scalar_t>(), spikes.mutable_data_ptr<scalar_t>(),
-                             keep_h ? h.mutable_data_ptr<scalar_t>() : nullptr, T, M, p);
+    if (keep_h)
+      forward_dispatch<scalar_t, true>(x.const_data_ptr<scalar_t>(), q.step, spikes.mutable_data_ptr<scalar_t>(),
+                                       h.mutable_data_ptr<scalar_t>(), T, M, p);
+    else
+      forward_dispatch<scalar_t, false>(x.const_data_ptr<scalar_t>(), q.step, spikes.mutable_data_ptr<scalar_t>(),
+                                        nullptr, T, M, p);
   });
   return {spikes, h};
 }
 
-at::Tensor run_backward(const at::Tensor& h, const at::Tensor& grad_in, const Params& p) {
+// dL/dX from the saved input q and dL/dS
+at::Tensor run_backward(const Seq& q, const at::Tensor& grad_in, const Params& p) {
+  const at::Tensor& x = q.x;
+  at::Tensor gx = empty_steps(q);
+  if (!grad_in.defined()) return gx.zero_();
+  TORCH_CHECK(grad_in.sizes() == x.sizes(), "spikelite_native::lif: gradient of shape ", grad_in.sizes(),
+              " for spikes of shape ", x.sizes());
   at::Tensor grad = grad_in;
-  if (!grad.defined()) return at::zeros_like(h);
-  TORCH_CHECK(grad.sizes() == h.sizes(), "spikelite_native::lif: gradient of shape ", grad.sizes(),
-              " for spikes of shape ", h.sizes());
-  if (grad.strides() != h.strides() || grad.scalar_type() != h.scalar_type())
-    grad = at::empty_like(h).copy_(grad);
-  const int64_t T = h.size(0), M = h.numel() / T;
-  at::Tensor gx = at::empty_like(h);
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "spikelite_lif_backward", [&] {
-    backward_dispatch<scalar_t>(h.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
-                              gx.mutable_data_ptr<scalar_t>(), T, M, p);
+  if (grad.strides() != gx.strides() || grad.scalar_type() != x.scalar_type())
+    grad = at::empty_like(gx).copy_(grad);
+  const int64_t T = x.size(0), M = x.numel() / T;
+  if (M == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_lif_backward", [&] {
+    backward_dispatch<scalar_t>(x.const_data_ptr<scalar_t>(), q.step, grad.const_data_ptr<scalar_t>(),
+                                gx.mutable_data_ptr<scalar_t>(), T, M, p);
   });
   return gx;
 }
@@ -238,8 +348,13 @@ class NativeLIF : public torch::autograd::Function<NativeLIF> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double tau, double th,
                             double r, double alpha, bool decay_input, bool soft, bool detach, int64_t surrogate) {
     Params p{tau, th, r, alpha, decay_input, soft, detach, surrogate};
-    auto out = run_forward(x, p, true);
-    ctx->save_for_backward({out.second});
+    check(x);
+    const Seq q = as_seq(x);
+    auto out = run_forward(q, p, false);
+    // The input (or its contiguous copy) is saved, not H: the backward recomputes H from it, so the
+    // forward writes spikes only; a broadcast input is saved as its one step.
+    ctx->save_for_backward({q.x});
+    ctx->saved_data["step"] = q.step;
     ctx->saved_data["tau"] = tau;
     ctx->saved_data["th"] = th;
     ctx->saved_data["r"] = r;
@@ -251,12 +366,12 @@ class NativeLIF : public torch::autograd::Function<NativeLIF> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const at::Tensor h = ctx->get_saved_variables()[0];
+    const Seq q{ctx->get_saved_variables()[0], ctx->saved_data["step"].toInt()};
     const int64_t flags = ctx->saved_data["flags"].toInt();
     Params p{ctx->saved_data["tau"].toDouble(), ctx->saved_data["th"].toDouble(), ctx->saved_data["r"].toDouble(),
              ctx->saved_data["alpha"].toDouble(), bool(flags & 1), bool(flags & 2), bool(flags & 4),
              ctx->saved_data["surrogate"].toInt()};
-    at::Tensor gx = run_backward(h, grads[0], p);
+    at::Tensor gx = run_backward(q, grads[0], p);
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
   }
@@ -267,23 +382,27 @@ at::Tensor lif(const at::Tensor& x, double tau, double th, double r, double alph
   TORCH_CHECK(surrogate >= 0 && surrogate <= 4, "spikelite_native::lif: unknown surrogate ", surrogate);
   if (at::GradMode::is_enabled() && x.requires_grad())
     return NativeLIF::apply(x, tau, th, r, alpha, decay_input, soft, detach, surrogate);
+  check(x);
   Params p{tau, th, r, alpha, decay_input, soft, detach, surrogate};
-  return run_forward(x, p, false).first;
+  return run_forward(as_seq(x), p, false).first;
 }
 
-// The pieces on their own, for tests and benchmarks: forward returning (spikes, H), and backward.
+// The pieces on their own, for tests and benchmarks: forward returning (spikes, H), and backward from
+// the input X (H recomputed).
 std::tuple<at::Tensor, at::Tensor> lif_forward(const at::Tensor& x, double tau, double th, double r,
                                                bool decay_input, bool soft) {
+  check(x);
   Params p{tau, th, r, 1.0, decay_input, soft, false, 0};
-  auto out = run_forward(x, p, true);
+  auto out = run_forward(as_seq(x), p, true);
   return {out.first, out.second};
 }
 
-at::Tensor lif_backward(const at::Tensor& h, const at::Tensor& grad, double tau, double th, double r, double alpha,
+at::Tensor lif_backward(const at::Tensor& x, const at::Tensor& grad, double tau, double th, double r, double alpha,
                         bool decay_input, bool soft, bool detach, int64_t surrogate) {
-  check(h);
+  check(x);
+  TORCH_CHECK(surrogate >= 0 && surrogate <= 4, "spikelite_native::lif: unknown surrogate ", surrogate);
   Params p{tau, th, r, alpha, decay_input, soft, detach, surrogate};
-  return run_backward(in_layout(h), grad, p);
+  return run_backward(as_seq(x), grad, p);
 }
 
 }  // namespace spikelite_native
@@ -296,7 +415,7 @@ TORCH_LIBRARY(spikelite_native, m) {
   m.def("lif(Tensor x, float tau, float th, float r, float alpha, bool decay_input, bool soft, bool detach, "
         "int surrogate) -> Tensor");
   m.def("lif_forward(Tensor x, float tau, float th, float r, bool decay_input, bool soft) -> (Tensor, Tensor)");
-  m.def("lif_backward(Tensor h, Tensor grad, float tau, float th, float r, float alpha, bool decay_input, "
+  m.def("lif_backward(Tensor x, Tensor grad, float tau, float th, float r, float alpha, bool decay_input, "
         "bool soft, bool detach, int surrogate) -> Tensor");
 }
 
