@@ -23,6 +23,10 @@ backward (boundary tensors + the largest segment recomputed).
 
     python benchmarks/speed.py --rounds 20 --T 1 2 4 8 --models squeezenet1_1 shufflenetv2_x0_5 --batch 32
 
+``--neuron recipe`` times the neuron ``spikelite train`` trains with (no input decay, detached reset,
+atan surrogate) instead of spikify's default (input decay, sigmoid), SpikingJelly's and snnTorch's
+neurons set to the same dynamics and surrogate.
+
 Run it on a quiet machine: figures taken while other jobs share the CPU are not results.
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 from typing import Callable
@@ -43,6 +48,7 @@ from spikelite.convert import SpikingNet, _pack_saved, spikify
 from spikelite.inference import inference_model
 from spikelite.models import create_model
 from spikelite.neuron import LIF
+from spikelite.train import RECIPE_NEURON
 from train_speed import SJLIF, SnnTorchLeaky, saved_bytes
 
 TRAIN = ("cnn", "cnn+nhwc", "spikelite", "spikelite-compiled", "spikelite-loose", "spikelite+nhwc",
@@ -92,11 +98,14 @@ def with_backend(net: nn.Module, backend: str) -> nn.Module:
     return net
 
 
-def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-    """Training and inference variants of one zoo network at T steps (same weights everywhere)."""
+def build(name: str, T: int, segments: int, neuron: str = "default") -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Training and inference variants of one zoo network at T steps (same weights everywhere).
+    ``neuron``: ``"default"`` (spikify's LIF: input decay, sigmoid surrogate) or ``"recipe"`` (spikelite
+    train's: no input decay, detached reset, atan), the peers' neurons configured alike."""
     torch.manual_seed(0)
+    recipe = neuron == "recipe"
     cnn = create_model(name, num_classes=10, image_size=32)
-    snn = spikify(cnn, T=T)
+    snn = spikify(cnn, T=T, neuron=dict(RECIPE_NEURON) if recipe else None)
     ckpt = copy.deepcopy(snn)
     ckpt.checkpoint_segments = segments
     recompute = copy.deepcopy(snn)
@@ -112,8 +121,8 @@ def build(name: str, T: int, segments: int) -> tuple[dict[str, nn.Module], dict[
         "spikelite+nhwc": copy.deepcopy(snn).to(memory_format=torch.channels_last).train(),
         "spikelite+recompute": recompute.train(),
         "spikelite+ckpt": ckpt.train(),
-        "spikingjelly": spikify(cnn, T=T, neuron=SJLIF).train(),
-        "snntorch": spikify(cnn, T=T, neuron=SnnTorchLeaky).train(),
+        "spikingjelly": spikify(cnn, T=T, neuron=functools.partial(SJLIF, recipe=recipe)).train(),
+        "snntorch": spikify(cnn, T=T, neuron=functools.partial(SnnTorchLeaky, recipe=recipe)).train(),
     }
     cnn_eval = copy.deepcopy(cnn).eval()
     snn_eval = copy.deepcopy(snn).eval()
@@ -184,7 +193,7 @@ def run(args) -> dict:
     x, y = _batch(args.batch)
     for name in args.models:
         for T in args.T:
-            train, infer = build(name, T, args.segments)
+            train, infer = build(name, T, args.segments, args.neuron)
             opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in train.items()}
             with torch.no_grad():  # the three neuron implementations agree on the same weights
                 ref = infer["spikelite"](x)
@@ -203,7 +212,7 @@ def run(args) -> dict:
                 if r >= args.warmup:
                     c["times"].setdefault(("infer", k), []).append(dt)
     print(f"spikelite speed benchmark: CPU threads {torch.get_num_threads()}, {args.rounds} interleaved rounds "
-          f"after {args.warmup} warm-up (medians), checkpoint_segments={args.segments}")
+          f"after {args.warmup} warm-up (medians), checkpoint_segments={args.segments}, neuron={args.neuron}")
     for c in configs:
         _report(c["name"], c["T"], args, c["times"], c["mem"])
         print("max |logit difference| vs spikelite (eval): "
@@ -218,7 +227,7 @@ def memory_table(args) -> dict:
     mib = 2 ** 20
     out = {}
     for name in args.models:
-        rows = {T: _memory(build(name, T, args.segments)[0], x, y, loss_fn) for T in args.T}
+        rows = {T: _memory(build(name, T, args.segments, args.neuron)[0], x, y, loss_fn) for T in args.T}
         out[name] = rows
         leaner = {T: min(m["spikingjelly"], m["snntorch"]) for T, m in rows.items()}
         print(f"\n## {name}, batch {args.batch}: MiB saved for backward (activations, weights excluded)")
@@ -238,6 +247,9 @@ def main(argv=None):
     ap.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--models", nargs="+", default=["squeezenet1_1", "shufflenetv2_x0_5"])
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--neuron", choices=("default", "recipe"), default="default",
+                    help="default: spikify's LIF (input decay, sigmoid surrogate); recipe: spikelite train's "
+                         "(RECIPE_NEURON: no input decay, detached reset, atan); the peers' neurons alike")
     ap.add_argument("--segments", type=int, default=4, help="checkpoint_segments of the +ckpt variant")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--malloc", choices=MALLOC_MODES, default="retain",

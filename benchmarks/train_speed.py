@@ -35,12 +35,16 @@ from spikelite.convert import spikify
 class SJLIF(nn.Module):
     """SpikingJelly LIFNode behind spikelite's [T, N, ...] → [T, N, ...] neuron interface."""
 
-    def __init__(self):
+    def __init__(self, recipe: bool = False):
         super().__init__()
         from spikingjelly.activation_based import neuron, surrogate
 
-        self.node = neuron.LIFNode(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
-                                   surrogate_function=surrogate.Sigmoid(), step_mode="m")
+        if recipe:  # spikelite train's neuron (RECIPE_NEURON): no input decay, detached reset, atan
+            self.node = neuron.LIFNode(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=False, detach_reset=True,
+                                       surrogate_function=surrogate.ATan(alpha=2.0), step_mode="m")
+        else:
+            self.node = neuron.LIFNode(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
+                                       surrogate_function=surrogate.Sigmoid(), step_mode="m")
 
     def forward(self, x_seq):
         out = self.node(x_seq)
@@ -54,13 +58,14 @@ class SJLIF(nn.Module):
 class SnnTorchLeaky(nn.Module):
     """snnTorch Leaky stepped over time (hard reset to zero, beta = 1 - 1/tau)."""
 
-    def __init__(self):
+    def __init__(self, recipe: bool = False):
         super().__init__()
         import snntorch as snn
         from snntorch import surrogate
 
+        # Leaky charges U = beta*U + X (no input decay) and detaches its reset; recipe: the atan surrogate
         self.node = snn.Leaky(beta=0.5, threshold=1.0, reset_mechanism="zero",
-                              spike_grad=surrogate.sigmoid(slope=4))
+                              spike_grad=surrogate.atan(alpha=2.0) if recipe else surrogate.sigmoid(slope=4))
 
     def forward(self, x_seq):
         mem = self.node.init_leaky()

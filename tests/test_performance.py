@@ -342,18 +342,25 @@ def test_speed_benchmark_runs_every_variant_and_the_peers_agree(monkeypatch, cap
     speed = __import__("speed")
     threads = torch.get_num_threads()
     try:
-        res = speed.main(["--rounds", "1", "--warmup", "0", "--T", "2", "--batch", "2",
-                          "--models", "shufflenetv2_x0_3", "--threads", "1"])
+        for neuron_kind in ("default", "recipe"):
+            res = speed.main(["--rounds", "1", "--warmup", "0", "--T", "2", "--batch", "2", "--neuron", neuron_kind,
+                              "--models", "shufflenetv2_x0_3", "--threads", "1"])
+            c = res[("shufflenetv2_x0_3", 2)]
+            assert {k for _, k in c["times"]} == set(speed.TRAIN) | set(speed.INFER)
+            assert all(v < 1e-4 for v in c["agree"].values()), (neuron_kind, c["agree"])
+            assert c["mem"]["spikelite+ckpt"] < c["mem"]["spikelite"]  # checkpointing saves less for backward
+            assert c["mem"]["spikelite+recompute"] < c["mem"]["spikelite"]  # so does recomputing the neuron layers
+            out = capsys.readouterr().out
+            assert "cnn+nhwc" in out and "spikelite-inference" in out and f"neuron={neuron_kind}" in out
+            # the peers run the same dynamics: SpikingJelly's node without input decay and with a detached
+            # reset exactly when spikelite's LIF has them
+            lif = next(m for m in c["train"]["spikelite"].modules() if isinstance(m, neuron.LIF))
+            sj = next(m.node for m in c["train"]["spikingjelly"].modules() if hasattr(m, "node"))
+            assert (lif.decay_input, lif.detach_reset) == (sj.decay_input, sj.detach_reset)
+            assert type(lif.surrogate).__name__.lower() == type(sj.surrogate_function).__name__.lower()
     finally:
         torch.set_num_threads(threads)
         sys.modules.pop("speed", None)
-    c = res[("shufflenetv2_x0_3", 2)]
-    assert {k for _, k in c["times"]} == set(speed.TRAIN) | set(speed.INFER)
-    assert all(v < 1e-4 for v in c["agree"].values()), c["agree"]
-    assert c["mem"]["spikelite+ckpt"] < c["mem"]["spikelite"]  # checkpointing saves less for backward
-    assert c["mem"]["spikelite+recompute"] < c["mem"]["spikelite"]  # so does recomputing the neuron layers
-    out = capsys.readouterr().out
-    assert "cnn+nhwc" in out and "spikelite-inference" in out
 
 
 # ----------------------------------------------------------------------------------------------
