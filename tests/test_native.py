@@ -206,3 +206,86 @@ def test_build_is_cached_and_atomic_and_a_broken_compiler_falls_back(tmp_path):
     mtime = built[0].stat().st_mtime_ns
     again = _run(probe, SPIKELITE_CACHE=str(tmp_path / "good"))
     assert "OPS True" in again.stdout and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
+
+
+def _pair_paths(net) -> tuple[list[str], list]:
+    """The backward node of every recomputed BatchNorm -> neuron pair in the net's training body."""
+    from spikelite.checkpoint import RecomputedNeuron
+
+    names: list[str] = []
+    handles = [m.register_forward_hook(lambda m, a, out: names.append(out.grad_fn.name()))
+               for m in net._training_body().modules() if isinstance(m, RecomputedNeuron)]
+    return names, handles
+
+
+@needs_native
+@pytest.mark.parametrize("case", ["default", "if-soft-float64", "momentum-none", "frozen-bn", "channels-last"])
+def test_recomputed_pairs_run_as_one_native_operator_with_identical_results(case):
+    """recompute_neurons' BatchNorm -> LIF pairs run as spikelite_native::bn_lif: the same loss, the same
+    gradients bit for bit and the same running statistics as the two layers stored as usual (the stem's
+    pair included, whose output is broadcast over T)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from spikelite import spikify
+    from spikelite.models import create_model
+
+    torch.manual_seed(0)
+    neuron = {"kind": "if", "v_reset": None, "surrogate": "triangle"} if case == "if-soft-float64" else None
+    dtype = torch.float64 if case == "if-soft-float64" else torch.float32
+    plain = spikify(create_model("squeezenet1_1", num_classes=10, image_size=32), T=3, neuron=neuron).to(dtype)
+    plain.train()
+    bns = [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if case == "momentum-none":
+        for m in bns:
+            m.momentum = None
+    if case == "frozen-bn":
+        for m in bns[::2]:
+            m.eval()
+    x, y = torch.randn(4, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (4,))
+    if case == "channels-last":
+        plain = plain.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    fast.recompute_neurons = True
+    names, handles = _pair_paths(fast)
+    for _ in range(2):  # two steps: the running statistics move twice
+        for net in (plain, fast):
+            torch.manual_seed(1)
+            net.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+    for h in handles:
+        h.remove()
+    assert names and all("NativeBNLIF" in n for n in names), names
+    for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    for (n, b), c in zip(plain.named_buffers(), fast.buffers()):
+        assert torch.equal(b, c), n
+
+
+@needs_native
+def test_recomputed_pairs_with_hooks_keep_the_python_path():
+    import copy
+
+    import torch.nn.functional as F
+
+    from spikelite import spikify
+    from spikelite.models import create_model
+
+    torch.manual_seed(0)
+    plain = spikify(create_model("squeezenet1_1", num_classes=10, image_size=32), T=2).train()
+    fast = copy.deepcopy(plain)
+    fast.recompute_neurons = True
+    seen = []
+    bn = next(m for m in fast.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    names, handles = _pair_paths(fast)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    for net in (plain, fast):
+        torch.manual_seed(1)  # the same dropout mask
+        F.cross_entropy(net(x), y).backward()
+    assert seen  # the hooked BatchNorm was called as a module
+    assert any("Recompute" in n for n in names) and any("NativeBNLIF" in n for n in names), names
+    for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.equal(p.grad, q.grad), n

@@ -473,8 +473,8 @@ def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatc
     from spikelite.checkpoint import RecomputedNeuron
 
     runs = []
-    run = RecomputedNeuron.run
-    monkeypatch.setattr(RecomputedNeuron, "run", lambda self, z: runs.append(1) or run(self, z))
+    forward = RecomputedNeuron.forward
+    monkeypatch.setattr(RecomputedNeuron, "forward", lambda self, z: runs.append(1) or forward(self, z))
     states = {}
     for rc in (False, True):
         T.train(_cfg(tmp_path, name=f"rc{rc}", mode="snn", epochs=1, recompute_neurons=rc, snn__T=2,

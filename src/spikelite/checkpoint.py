@@ -183,7 +183,49 @@ class RecomputedNeuron(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         if not (z.requires_grad or params):
             return self.run(z)
+        out = self._native(z)
+        if out is not None:
+            return out
         return _Recompute.apply(z, self, *params)
+
+    def _native(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The pair as one native operator (``spikelite_native::bn_lif``: ATen's BatchNorm and the native
+        LIF, the BatchNorm's output recomputed in C++ in backward), or None where it does not apply: a
+        neuron other than spikelite's LIF/IF on the native operator, a QCFS charge offset, a BatchNorm
+        without affine parameters, autocast, or hooks on these modules (the operator calls none)."""
+        from .convert import SpikingActivation
+        from .neuron import LIF
+
+        act, bn = self.neuron, self.bn
+        lif = getattr(act, "neuron", None)
+        if not (isinstance(act, SpikingActivation) and isinstance(lif, LIF) and not act.charge_offset
+                and type(bn) in _BN_TYPES and bn.affine and not torch.is_autocast_enabled(z.device.type)
+                and not any(_hooked(m) for m in (bn, act, lif))):
+            return None
+        args = lif.native_args(z)
+        if args is None:
+            return None
+        bn._check_input_dim(z)
+        if not act.broadcast and z.shape[0] % act.T:
+            return None  # SpikingActivation names the error
+        # nn.BatchNorm's own bookkeeping, as its forward does it
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+        keep = not bn.training or bn.track_running_stats
+        from . import _native
+
+        return _native.ops().bn_lif(z, bn.weight, bn.bias, bn.running_mean if keep else None,
+                                    bn.running_var if keep else None, use_batch, momentum, bn.eps, act.T,
+                                    act.broadcast, *args)
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+                or nn.modules.module._global_backward_hooks or nn.modules.module._global_backward_pre_hooks)
 
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

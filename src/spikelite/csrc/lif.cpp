@@ -11,6 +11,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <optional>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -377,6 +379,111 @@ class NativeLIF : public torch::autograd::Function<NativeLIF> {
   }
 };
 
+// A BatchNorm and the LIF layer it feeds, with nothing in between kept for backward (recompute_neurons):
+// the forward runs ATen's BatchNorm and the LIF and keeps only the BatchNorm's input and statistics; the
+// backward recomputes the BatchNorm's output with the same ATen call (the same values, bit for bit), runs
+// the LIF's backward on it, then ATen's BatchNorm backward. So gradients and running statistics are those
+// of the two layers run one after the other, without a Python autograd function or a second graph.
+// z holds T steps of N rows ([T*N, ...]), or N rows broadcast over the T steps ([N, ...], broadcast).
+namespace {
+std::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// [T, rows/T, ...] view of a folded [rows, ...] tensor, or the broadcast of [N, ...] over T
+at::Tensor steps_of(const at::Tensor& y, int64_t T, bool broadcast) {
+  if (broadcast) return y.unsqueeze(0).expand([&] {
+    std::vector<int64_t> sizes(y.sizes().begin(), y.sizes().end());
+    sizes.insert(sizes.begin(), T);
+    return sizes;
+  }());
+  std::vector<int64_t> sizes(y.sizes().begin(), y.sizes().end());
+  sizes[0] = y.size(0) / T;
+  sizes.insert(sizes.begin(), T);
+  return y.reshape(sizes);
+}
+
+at::Tensor folded(const at::Tensor& s) {  // [T, N, ...] -> [T*N, ...]
+  return s.flatten(0, 1);
+}
+}  // namespace
+
+class NativeBNLIF : public torch::autograd::Function<NativeBNLIF> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& running_mean, const at::Tensor& running_var,
+                            bool training, double momentum, double eps, int64_t T, bool broadcast, double tau,
+                            double th, double r, double alpha, bool decay_input, bool soft, bool detach,
+                            int64_t surrogate) {
+    Params p{tau, th, r, alpha, decay_input, soft, detach, surrogate};
+    auto bn = at::native_batch_norm(z, opt(weight), opt(bias), opt(running_mean), opt(running_var), training,
+                                    momentum, eps);
+    const at::Tensor y = std::get<0>(bn);
+    check(y);
+    auto out = run_forward(as_seq(steps_of(y, T, broadcast)), p, false);
+    // in training the statistics of the batch are used (saved), the running ones only get updated: they
+    // are not kept (a later forward changes them); in eval the running ones are the statistics
+    if (training)
+      ctx->save_for_backward({z, weight, bias, std::get<1>(bn), std::get<2>(bn)});
+    else
+      ctx->save_for_backward({z, weight, bias, std::get<1>(bn), std::get<2>(bn), running_mean, running_var});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["T"] = T;
+    ctx->saved_data["broadcast"] = broadcast;
+    ctx->saved_data["tau"] = tau;
+    ctx->saved_data["th"] = th;
+    ctx->saved_data["r"] = r;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["flags"] = int64_t(decay_input) | int64_t(soft) << 1 | int64_t(detach) << 2;
+    ctx->saved_data["surrogate"] = surrogate;
+    return folded(out.first);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &z = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3], &invstd = saved[4];
+    const bool training = ctx->saved_data["training"].toBool();
+    const at::Tensor running_mean = training ? at::Tensor() : saved[5];
+    const at::Tensor running_var = training ? at::Tensor() : saved[6];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const int64_t T = ctx->saved_data["T"].toInt();
+    const bool broadcast = ctx->saved_data["broadcast"].toBool();
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    Params p{ctx->saved_data["tau"].toDouble(), ctx->saved_data["th"].toDouble(), ctx->saved_data["r"].toDouble(),
+             ctx->saved_data["alpha"].toDouble(), bool(flags & 1), bool(flags & 2), bool(flags & 4),
+             ctx->saved_data["surrogate"].toInt()};
+    // the BatchNorm's output again: the same call on the same input (no running statistics to update)
+    const at::Tensor y = std::get<0>(at::native_batch_norm(z, opt(weight), opt(bias), opt(running_mean),
+                                                           opt(running_var), training, 0.0, eps));
+    const at::Tensor y_steps = steps_of(y, T, broadcast);
+    at::Tensor g = grads[0];
+    if (g.defined()) g = steps_of(g, T, false);
+    at::Tensor gy = run_backward(as_seq(y_steps), g, p);
+    gy = broadcast ? gy.sum(0) : folded(gy);
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
+                                   bias.defined() && ctx->needs_input_grad(2)};
+    auto gs = at::native_batch_norm_backward(gy, z, opt(weight), opt(running_mean), opt(running_var), opt(mean),
+                                             opt(invstd), training, eps, mask);
+    return {std::get<0>(gs), std::get<1>(gs), std::get<2>(gs), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor bn_lif(const at::Tensor& z, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                  const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+                  bool training, double momentum, double eps, int64_t T, bool broadcast, double tau, double th,
+                  double r, double alpha, bool decay_input, bool soft, bool detach, int64_t surrogate) {
+  TORCH_CHECK(surrogate >= 0 && surrogate <= 4, "spikelite_native::bn_lif: unknown surrogate ", surrogate);
+  TORCH_CHECK(T >= 1 && z.dim() >= 2 && (broadcast || z.size(0) % T == 0),
+              "spikelite_native::bn_lif: ", z.size(0), " rows are not T = ", T, " steps of a batch");
+  const auto get = [](const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); };
+  return NativeBNLIF::apply(z, get(weight), get(bias), get(running_mean), get(running_var), training, momentum, eps,
+                            T, broadcast, tau, th, r, alpha, decay_input, soft, detach, surrogate);
+}
+
 at::Tensor lif(const at::Tensor& x, double tau, double th, double r, double alpha, bool decay_input, bool soft,
                bool detach, int64_t surrogate) {
   TORCH_CHECK(surrogate >= 0 && surrogate <= 4, "spikelite_native::lif: unknown surrogate ", surrogate);
@@ -407,6 +514,7 @@ at::Tensor lif_backward(const at::Tensor& x, const at::Tensor& grad, double tau,
 
 }  // namespace spikelite_native
 
+using spikelite_native::bn_lif;
 using spikelite_native::lif;
 using spikelite_native::lif_backward;
 using spikelite_native::lif_forward;
@@ -414,6 +522,9 @@ using spikelite_native::lif_forward;
 TORCH_LIBRARY(spikelite_native, m) {
   m.def("lif(Tensor x, float tau, float th, float r, float alpha, bool decay_input, bool soft, bool detach, "
         "int surrogate) -> Tensor");
+  m.def("bn_lif(Tensor z, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, bool training, "
+        "float momentum, float eps, int T, bool broadcast, float tau, float th, float r, float alpha, "
+        "bool decay_input, bool soft, bool detach, int surrogate) -> Tensor");
   m.def("lif_forward(Tensor x, float tau, float th, float r, bool decay_input, bool soft) -> (Tensor, Tensor)");
   m.def("lif_backward(Tensor x, Tensor grad, float tau, float th, float r, float alpha, bool decay_input, "
         "bool soft, bool detach, int surrogate) -> Tensor");
@@ -421,6 +532,7 @@ TORCH_LIBRARY(spikelite_native, m) {
 
 TORCH_LIBRARY_IMPL(spikelite_native, CompositeImplicitAutograd, m) {
   m.impl("lif", &lif);
+  m.impl("bn_lif", &bn_lif);
 }
 
 TORCH_LIBRARY_IMPL(spikelite_native, CPU, m) {
