@@ -339,19 +339,11 @@ _NATIVE_SURROGATE = {Sigmoid: 0, ATan: 1, FastSigmoid: 2, Triangle: 3, Rectangle
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
-def lif_multistep_native(x_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate):
-    """LIF over ``x_seq`` with the native C++ operator, or None when it does not apply here (not a CPU
-    float32/float64 tensor, not a built-in surrogate, or the operator is unavailable). ``tau`` and
-    ``v_threshold`` are 0-d tensors, read as numbers only once the input is known to be on the CPU (on
-    a GPU that read would synchronise the device)."""
-    kind = _NATIVE_SURROGATE.get(type(surrogate))
-    if kind is None or x_seq.device.type != "cpu" or x_seq.dtype not in _NATIVE_DTYPES:
-        return None
+def lif_multistep_native(x_seq, args: tuple):
+    """LIF over ``x_seq`` with the native C++ operator and ``args`` from :meth:`LIF.native_args`, or None
+    when the operator is unavailable."""
     ops = _native.ops()
-    if ops is None:
-        return None
-    return ops.lif(x_seq, float(tau), float(v_threshold), 0.0 if v_reset is None else v_reset, surrogate.alpha,
-                   decay_input, v_reset is None, detach_reset, kind)
+    return None if ops is None else ops.lif(x_seq, *args)
 
 
 class LIF(nn.Module):
@@ -442,7 +434,8 @@ class LIF(nn.Module):
         """The native operator's neuron arguments ``(tau, threshold, v_reset, alpha, decay_input, soft,
         detach_reset, surrogate id)`` for an input like ``x``, or None where this layer does not run on
         it (another backend, learned τ/threshold, not a CPU float32/float64 tensor, a surrogate other than
-        the five built-in ones, under torch.compile, or no operator)."""
+        the five built-in ones, under torch.compile, or no operator). τ and the threshold are read as
+        numbers only once the input is known to be on the CPU (on a GPU that read would synchronise)."""
         kind = _NATIVE_SURROGATE.get(type(self.surrogate))
         if (self.backend not in ("auto", "native") or self.learn_tau or self.learn_threshold or kind is None
                 or x.device.type != "cpu" or x.dtype not in _NATIVE_DTYPES or torch.compiler.is_compiling()
@@ -454,14 +447,13 @@ class LIF(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 2:
             raise SpikeliteError(f"LIF expects a sequence [T, N, ...], got shape {tuple(x_seq.shape)}")
-        tau = self.tau
-        v_th = self.v_threshold
-        if self.backend in ("auto", "native") and not (tau.requires_grad or v_th.requires_grad) \
-                and not torch.compiler.is_compiling():
-            out = lif_multistep_native(x_seq, tau, v_th, self.v_reset, self.decay_input, self.detach_reset,
-                                       self.surrogate)
+        args = self.native_args(x_seq)
+        if args is not None:
+            out = lif_multistep_native(x_seq, args)
             if out is not None:
                 return out
+        tau = self.tau
+        v_th = self.v_threshold
         tau = tau.to(x_seq.dtype)
         v_th = v_th.to(x_seq.dtype)
         if self.backend in ("auto", "native", "compiled") and _compiled_ok(self.surrogate, tau, v_th) \

@@ -345,6 +345,23 @@ at::Tensor run_backward(const Seq& q, const at::Tensor& grad_in, const Params& p
   return gx;
 }
 
+// The neuron's arguments kept on an autograd node between its forward and backward.
+void save_params(torch::autograd::AutogradContext* ctx, const Params& p) {
+  ctx->saved_data["tau"] = p.tau;
+  ctx->saved_data["th"] = p.th;
+  ctx->saved_data["r"] = p.r;
+  ctx->saved_data["alpha"] = p.alpha;
+  ctx->saved_data["flags"] = int64_t(p.decay_input) | int64_t(p.soft) << 1 | int64_t(p.detach) << 2;
+  ctx->saved_data["surrogate"] = p.surrogate;
+}
+
+Params load_params(torch::autograd::AutogradContext* ctx) {
+  const int64_t flags = ctx->saved_data["flags"].toInt();
+  return Params{ctx->saved_data["tau"].toDouble(), ctx->saved_data["th"].toDouble(), ctx->saved_data["r"].toDouble(),
+                ctx->saved_data["alpha"].toDouble(), bool(flags & 1), bool(flags & 2), bool(flags & 4),
+                ctx->saved_data["surrogate"].toInt()};
+}
+
 class NativeLIF : public torch::autograd::Function<NativeLIF> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double tau, double th,
@@ -357,22 +374,14 @@ class NativeLIF : public torch::autograd::Function<NativeLIF> {
     // forward writes spikes only; a broadcast input is saved as its one step.
     ctx->save_for_backward({q.x});
     ctx->saved_data["step"] = q.step;
-    ctx->saved_data["tau"] = tau;
-    ctx->saved_data["th"] = th;
-    ctx->saved_data["r"] = r;
-    ctx->saved_data["alpha"] = alpha;
-    ctx->saved_data["flags"] = int64_t(decay_input) | int64_t(soft) << 1 | int64_t(detach) << 2;
-    ctx->saved_data["surrogate"] = surrogate;
+    save_params(ctx, p);
     return out.first;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const Seq q{ctx->get_saved_variables()[0], ctx->saved_data["step"].toInt()};
-    const int64_t flags = ctx->saved_data["flags"].toInt();
-    Params p{ctx->saved_data["tau"].toDouble(), ctx->saved_data["th"].toDouble(), ctx->saved_data["r"].toDouble(),
-             ctx->saved_data["alpha"].toDouble(), bool(flags & 1), bool(flags & 2), bool(flags & 4),
-             ctx->saved_data["surrogate"].toInt()};
+    const Params p = load_params(ctx);
     at::Tensor gx = run_backward(q, grads[0], p);
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
@@ -392,15 +401,10 @@ std::optional<at::Tensor> opt(const at::Tensor& t) {
 
 // [T, rows/T, ...] view of a folded [rows, ...] tensor, or the broadcast of [N, ...] over T
 at::Tensor steps_of(const at::Tensor& y, int64_t T, bool broadcast) {
-  if (broadcast) return y.unsqueeze(0).expand([&] {
-    std::vector<int64_t> sizes(y.sizes().begin(), y.sizes().end());
-    sizes.insert(sizes.begin(), T);
-    return sizes;
-  }());
   std::vector<int64_t> sizes(y.sizes().begin(), y.sizes().end());
-  sizes[0] = y.size(0) / T;
+  if (!broadcast) sizes[0] /= T;
   sizes.insert(sizes.begin(), T);
-  return y.reshape(sizes);
+  return broadcast ? y.unsqueeze(0).expand(sizes) : y.reshape(sizes);
 }
 
 at::Tensor folded(const at::Tensor& s) {  // [T, N, ...] -> [T*N, ...]
@@ -431,12 +435,7 @@ class NativeBNLIF : public torch::autograd::Function<NativeBNLIF> {
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["T"] = T;
     ctx->saved_data["broadcast"] = broadcast;
-    ctx->saved_data["tau"] = tau;
-    ctx->saved_data["th"] = th;
-    ctx->saved_data["r"] = r;
-    ctx->saved_data["alpha"] = alpha;
-    ctx->saved_data["flags"] = int64_t(decay_input) | int64_t(soft) << 1 | int64_t(detach) << 2;
-    ctx->saved_data["surrogate"] = surrogate;
+    save_params(ctx, p);
     return folded(out.first);
   }
 
@@ -450,10 +449,7 @@ class NativeBNLIF : public torch::autograd::Function<NativeBNLIF> {
     const double eps = ctx->saved_data["eps"].toDouble();
     const int64_t T = ctx->saved_data["T"].toInt();
     const bool broadcast = ctx->saved_data["broadcast"].toBool();
-    const int64_t flags = ctx->saved_data["flags"].toInt();
-    Params p{ctx->saved_data["tau"].toDouble(), ctx->saved_data["th"].toDouble(), ctx->saved_data["r"].toDouble(),
-             ctx->saved_data["alpha"].toDouble(), bool(flags & 1), bool(flags & 2), bool(flags & 4),
-             ctx->saved_data["surrogate"].toInt()};
+    const Params p = load_params(ctx);
     // the BatchNorm's output again: the same call on the same input (no running statistics to update)
     const at::Tensor y = std::get<0>(at::native_batch_norm(z, opt(weight), opt(bias), opt(running_mean),
                                                            opt(running_var), training, 0.0, eps));
