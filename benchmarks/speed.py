@@ -15,9 +15,11 @@ neuron layer differs (the peer wrappers come from ``train_speed.py``). For every
   mode), SpikingJelly and
   snnTorch in eval mode under ``torch.no_grad``.
 
-All of them run interleaved in one process (round-robin: one call of each per round, after warm-up
-rounds), so machine noise hits all alike; medians are reported, as a ratio to T x the plain CNN's
-median for the same task. Memory is the activation bytes autograd saves for backward in one step
+The variants of one (model, T) configuration run interleaved in one process (round-robin: one call of
+each per round, after warm-up rounds), so machine noise hits all alike; medians are reported, as a ratio
+to T x the plain CNN's median for the same task. Each configuration gets a fresh process of its own
+(``--one-process``: all configurations interleaved in this one, as before; their models and the retained
+heap then share the machine's memory). Memory is the activation bytes autograd saves for backward in one step
 (weights left out), in total and per time step; for checkpointing, also the estimated peak during
 backward (boundary tensors + the largest segment recomputed).
 
@@ -36,7 +38,10 @@ import argparse
 import copy
 import functools
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -220,6 +225,38 @@ def run(args) -> dict:
     return {(c["name"], c["T"]): c for c in configs}
 
 
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given options and their values."""
+    out, skip = [], False
+    for a in argv:
+        if a.startswith("--"):
+            skip = a.split("=", 1)[0] in options
+        if not skip:
+            out.append(a)
+    return out
+
+
+def run_isolated(args, argv: list[str]) -> dict:
+    """Run each (model, T) configuration in a fresh Python process of its own, one after another.
+
+    The ratios compare variants within one configuration, so nothing is lost by not interleaving across
+    configurations, and each is timed without the others' models and retained heap in memory: with all of
+    them in one process (``--one-process``) a sweep up to T = 8 held 22.6 GB on a 24 GB machine, and the
+    largest configurations were timed under memory pressure (docs/performance.md). Returns each
+    configuration's exit status; the first failure ends the sweep with an error."""
+    base = _without(argv, ("--models", "--T", "--one-process"))
+    status = {}
+    for name in args.models:
+        for T in args.T:
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--models", name, "--T", str(T)]
+            sys.stdout.flush()
+            rc = subprocess.run(cmd).returncode
+            status[(name, T)] = rc
+            if rc != 0:
+                raise SystemExit(f"speed.py: the configuration {name}, T={T} failed (exit status {rc})")
+    return status
+
+
 def memory_table(args) -> dict:
     """Saved-for-backward activation memory (MiB) of every training variant against T, one table per model."""
     loss_fn = nn.CrossEntropyLoss()
@@ -255,6 +292,9 @@ def main(argv=None):
     ap.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
                     help="glibc allocator setting for the whole process, every variant alike (spikelite train's "
                          "default: retain; docs/performance.md)")
+    ap.add_argument("--one-process", action="store_true",
+                    help="time every (model, T) configuration in this one process, all interleaved (default: each "
+                         "configuration in a fresh process of its own, one after another)")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the saved-for-backward memory of every training variant, per model and T (no timing: "
                          "the figures do not depend on machine load)")
@@ -263,6 +303,8 @@ def main(argv=None):
         ap.error("--rounds, --batch, --segments and every --T must be >= 1, --warmup >= 0")
     if args.memory_only:
         return memory_table(args)
+    if not args.one_process and len(args.models) * len(args.T) > 1:
+        return run_isolated(args, sys.argv[1:] if argv is None else list(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"malloc: {args.malloc} ({'applied' if apply_malloc_mode(args.malloc) else 'glibc default'})")

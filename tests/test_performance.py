@@ -363,6 +363,35 @@ def test_speed_benchmark_runs_every_variant_and_the_peers_agree(monkeypatch, cap
         sys.modules.pop("speed", None)
 
 
+def test_speed_benchmark_runs_each_configuration_in_a_process_of_its_own(tmp_path):
+    # more than one (model, T): one fresh process per configuration, every table printed, in order; the
+    # sweep's other options reach each process
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("snntorch")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    env = dict(os.environ, SPIKELITE_COMPILE="0")  # eager LIF kernels: no compile or build time here
+    out = subprocess.run([sys.executable, str(bench / "speed.py"), "--rounds", "1", "--warmup", "0", "--T", "1", "2",
+                          "--batch", "2", "--models", "shufflenetv2_x0_3", "--threads", "1", "--neuron", "recipe"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    tables = [ln for ln in out.stdout.splitlines() if ln.startswith("## ")]
+    assert tables == ["## shufflenetv2_x0_3, T=1, batch 2", "## shufflenetv2_x0_3, T=2, batch 2"]
+    assert out.stdout.count("neuron=recipe") == 2 and out.stdout.count("CPU threads 1,") == 2
+    sys.path.insert(0, str(bench))
+    try:
+        speed = __import__("speed")
+        assert speed._without(["--T", "1", "2", "--rounds", "3", "--models", "a", "b", "--one-process"],
+                              ("--models", "--T", "--one-process")) == ["--rounds", "3"]
+    finally:
+        sys.path.remove(str(bench))
+        sys.modules.pop("speed", None)
+
+
 # ----------------------------------------------------------------------------------------------
 # the allocator (spikelite.allocator)
 # ----------------------------------------------------------------------------------------------
