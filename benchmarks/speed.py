@@ -241,7 +241,7 @@ def run_isolated(args, argv: list[str]) -> dict:
 
     The ratios compare variants within one configuration, so nothing is lost by not interleaving across
     configurations, and each is timed without the others' models and retained heap in memory: with all of
-    them in one process (``--one-process``) a sweep up to T = 8 held 22.6 GB on a 24 GB machine, and the
+    them in one process (``--one-process``) a sweep up to T = 8 held 21.6 GiB on a 24 GB machine, and the
     largest configurations were timed under memory pressure (docs/performance.md). Returns each
     configuration's exit status; the first failure ends the sweep with an error."""
     base = _without(argv, ("--models", "--T", "--one-process"))
