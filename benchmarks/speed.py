@@ -236,25 +236,25 @@ def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
     return out
 
 
-def run_isolated(args, argv: list[str]) -> dict:
+def run_isolated(args, argv: list[str]) -> list[tuple[str, int]]:
     """Run each (model, T) configuration in a fresh Python process of its own, one after another.
 
     The ratios compare variants within one configuration, so nothing is lost by not interleaving across
     configurations, and each is timed without the others' models and retained heap in memory: with all of
     them in one process (``--one-process``) a sweep up to T = 8 held 21.6 GiB on a 24 GB machine, and the
-    largest configurations were timed under memory pressure (docs/performance.md). Returns each
-    configuration's exit status; the first failure ends the sweep with an error."""
+    largest configurations were timed under memory pressure (docs/performance.md). Returns the
+    configurations run; the first that fails ends the sweep with an error."""
     base = _without(argv, ("--models", "--T", "--one-process"))
-    status = {}
+    done = []
     for name in args.models:
         for T in args.T:
             cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--models", name, "--T", str(T)]
             sys.stdout.flush()
             rc = subprocess.run(cmd).returncode
-            status[(name, T)] = rc
             if rc != 0:
                 raise SystemExit(f"speed.py: the configuration {name}, T={T} failed (exit status {rc})")
-    return status
+            done.append((name, T))
+    return done
 
 
 def memory_table(args) -> dict:
