@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "spikelite.demo",
     "spikelite.models",
     "spikelite.train",
+    "spikelite.cli_convert",
     "spikelite.energy",
     "spikelite.export",
     "spikelite.prune",

@@ -40,10 +40,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import SpikeliteError
-from .neuron import IF, LIF, QCFS
+from .neuron import IF, LIF, QCFS, ConversionIF
 
 __all__ = [
     "spikify",
+    "convert",
+    "layer_errors",
     "SpikingNet",
     "SpikingActivation",
     "TimeBroadcast",
@@ -96,8 +98,11 @@ def _timm_activation_types() -> tuple[type, ...]:
     return tuple(t for t in found if isinstance(t, type))
 
 
-def _charge_offset(act: nn.Module) -> float:
-    """The constant charge (in thresholds, spread over T) the neuron replacing ``act`` gets: QCFS's shift."""
+def _charge_offset(act: nn.Module, neuron: nn.Module | None = None) -> float:
+    """The constant charge (in thresholds, spread over T) the neuron replacing ``act`` gets: QCFS's shift
+    (none for a neuron that starts from its own initial potential, :class:`ConversionIF`)."""
+    if isinstance(neuron, ConversionIF):
+        return 0.0
     return 0.5 if isinstance(act, QCFS) else 0.0
 
 
@@ -114,20 +119,24 @@ def _is_unconvertible_module(m: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+NEURON_KINDS = {"lif": LIF, "if": IF, "conversion_if": ConversionIF}
+
+
 def make_neuron(spec=None) -> Callable[[], nn.Module]:
     """Turn a neuron spec into a factory that builds one fresh neuron layer per call.
 
-    ``spec`` may be None (LIF defaults), a dict of :class:`~spikelite.neuron.LIF` arguments with an
-    optional ``kind`` (``"lif"`` or ``"if"``), a neuron class, or a zero-argument callable.
+    ``spec`` may be None (LIF defaults), a dict of neuron arguments with an optional ``kind``
+    (``"lif"``, ``"if"``, or ``"conversion_if"``: :class:`~spikelite.neuron.ConversionIF`), a neuron
+    class, or a zero-argument callable.
     """
     if spec is None:
         return LIF
     if isinstance(spec, dict):
         kw = dict(spec)
         kind = str(kw.pop("kind", "lif")).lower()
-        cls = {"lif": LIF, "if": IF}.get(kind)
+        cls = NEURON_KINDS.get(kind)
         if cls is None:
-            raise SpikeliteError(f"unknown neuron kind {kind!r}; valid: 'lif', 'if'")
+            raise SpikeliteError(f"unknown neuron kind {kind!r}; valid: {', '.join(map(repr, NEURON_KINDS))}")
         valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = sorted(set(kw) - valid)
         if unknown:
@@ -541,7 +550,10 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                     tgt = key[2]
                     source = f"F.{tgt}" if node.op == "call_function" else f"Tensor.{tgt}"
                 plan.site_names[key] = path
-                plan.modules[path] = SpikingActivation(factory(), T, broadcast=is_static, source=source,
+                neuron = factory()
+                if isinstance(neuron, ConversionIF):
+                    offset = 0.0
+                plan.modules[path] = SpikingActivation(neuron, T, broadcast=is_static, source=source,
                                                        charge_offset=offset)
             module = plan.modules[path]
             if module.broadcast != is_static:  # train and eval graphs disagree: broadcast explicitly
@@ -566,8 +578,9 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                     key = ("inner", path, 0)
                     if key not in plan.site_names:
                         plan.site_names[key] = path
-                        plan.modules[path] = SpikingActivation(factory(), T, broadcast=False, source=type(sub).__name__,
-                                                               charge_offset=_charge_offset(sub))
+                        neuron = factory()
+                        plan.modules[path] = SpikingActivation(neuron, T, broadcast=False, source=type(sub).__name__,
+                                                               charge_offset=_charge_offset(sub, neuron))
                     _set_submodule(leaf, rel, plan.modules[plan.site_names[key]])
                 site_paths[f"{node.name}:{rel}"] = path
             src = node.args[0]
@@ -662,9 +675,11 @@ def _binary_nodes(gm: fx.GraphModule, through_dropout: bool = False) -> set[fx.N
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
             # a neuron layer, or a BatchNorm whose last step is one (timm's BatchNormAct2d)
-            if isinstance(m, SpikingActivation) or (isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                    and isinstance(getattr(m, "act", None), SpikingActivation)):
-                binary.add(node)
+            act = m if isinstance(m, SpikingActivation) else getattr(m, "act", None)
+            if isinstance(act, SpikingActivation) and (isinstance(m, SpikingActivation)
+                                                       or isinstance(m, nn.modules.batchnorm._BatchNorm)):
+                if getattr(act.neuron, "binary_spikes", True):
+                    binary.add(node)
                 continue
             ok = isinstance(m, _BINARY_MODULES) or (through_dropout and isinstance(m, nn.modules.dropout._DropoutNd))
         elif through_dropout and node.op == "call_function" and node.target is F.dropout:
@@ -1064,6 +1079,19 @@ def recalibrate_bn(net: nn.Module, calibration) -> int:
     return len(bns)
 
 
+def _fixed_thresholds(gm: fx.GraphModule, sites: list[fx.Node], inner: dict[str, nn.Module]) -> dict[str, float]:
+    """Activation sites whose CNN activation has a learned clipping threshold (QCFS's λ): {site: λ}."""
+    out = {}
+    for node in sites:
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(m, QCFS):  # λ, or 1 for the fixed-scale form
+            out[node.name] = m.threshold or 1.0
+    for path, m in inner.items():
+        if isinstance(m, QCFS):
+            out[path] = m.threshold or 1.0
+    return out
+
+
 def _calibrate(model_eval_gm: fx.GraphModule, sites: list[fx.Node], inner_hooks: dict[str, nn.Module],
                x: torch.Tensor, q: float) -> dict[str, float]:
     recorder = _Recorder(model_eval_gm, {n.name for n in sites})
@@ -1137,7 +1165,7 @@ def spikify(
     if balance is not None:
         if not (0 < float(balance) <= 100):
             raise SpikeliteError(f"balance must be a percentile in (0, 100], got {balance}")
-        if calibration is None:
+        if calibration is None and balance_mode != "cnn":
             raise SpikeliteError("balance needs a calibration batch (calibration=tensor [N, C, H, W])")
         if balance_mode not in ("snn", "cnn"):
             raise SpikeliteError(f"balance_mode must be 'snn' or 'cnn', got {balance_mode!r}")
@@ -1170,7 +1198,17 @@ def spikify(
         sites, _ = _activation_sites(cal_gm)
         inner = _leaf_inner_activations(cal_gm)
         inner_mods = {p: cal_gm.get_submodule(p) for paths in inner.values() for p in paths}
-        thresholds = _calibrate(cal_gm, sites, inner_mods, calibration, float(balance))
+        fixed = _fixed_thresholds(cal_gm, sites, inner_mods)
+        if calibration is None and len(fixed) < len(sites) + len(inner_mods):
+            raise SpikeliteError("balance needs a calibration batch (calibration=tensor [N, C, H, W]): "
+                                 f"{len(sites) + len(inner_mods) - len(fixed)} activation(s) have no learned threshold")
+        thresholds = {} if calibration is None else _calibrate(cal_gm, sites, inner_mods, calibration, float(balance))
+        for key, value in fixed.items():  # a learned clipping threshold (QCFS's λ) is the threshold
+            thresholds[key] = value
+        for node in sites:  # a bounded activation clips there: ReLU6 at 6
+            m = cal_gm.get_submodule(node.target) if node.op == "call_module" else None
+            if (isinstance(m, nn.ReLU6) or node.target is F.relu6) and node.name in thresholds:
+                thresholds[node.name] = min(thresholds[node.name], 6.0)
 
     plan = _Plan()
     plan.spike_inputs = spike_inputs
@@ -1198,6 +1236,8 @@ def spikify(
     net = SpikingNet(body, eval_graph, T, encoding, out_t, out_t_eval, in_channels, input_dim, neuron_config)
     net._temporal_bns = tuple(p for p in sorted(plan.temporal_modules)
                               if isinstance(body.get_submodule(p), nn.modules.batchnorm._BatchNorm))
+    net._temporal_maxpools = tuple(p for p in sorted(plan.temporal_modules)
+                                   if isinstance(body.get_submodule(p), _MAX_POOLS))
     if hasattr(model, "spikelite_spec"):  # zoo models: keep how to rebuild the CNN
         net.spikelite_spec = copy.deepcopy(model.spikelite_spec)
     if time_bn == "per-step":
@@ -1207,6 +1247,103 @@ def spikify(
         balance_thresholds(net, calibration, float(balance))
     net.train(training)
     return net
+
+
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                       F.adaptive_max_pool3d}
+
+
+def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = None, *, percentile: float = 99.9,
+            signed: bool = True, v_init: float = 0.5, encoding: str = "direct",
+            neuron: dict | None = None) -> SpikingNet:
+    """Convert a trained CNN into a rate-coded SNN that converges to it as T grows (no training).
+
+    Every activation becomes a :class:`~spikelite.neuron.ConversionIF` layer: soft reset, membrane
+    starting at ``v_init`` × threshold, spikes that carry the threshold as their amplitude, and (``signed``)
+    negative spikes that take back an excess spike. Thresholds come from the CNN: a QCFS activation's
+    learned λ (a CNN trained to be converted), else the ``percentile`` of that activation's output on
+    ``calibration`` (ReLU6 capped at 6). BatchNorm statistics are the CNN's, untouched: the time average
+    of every layer's input is then the CNN's (clipped, quantised) activation, and as T grows the network
+    computes the CNN clipped at the thresholds (docs/conversion.md, "Conversion that converges").
+
+    Max-pooling after the first neuron is refused: the maximum of spike trains is not the spike train of
+    the maximum (build the model with average pooling, ``pool="avg"``). ``neuron``: further
+    :class:`~spikelite.neuron.ConversionIF` options for fine-tuning (``surrogate``, ``detach_reset``,
+    ``learn_threshold``).
+    """
+    if not isinstance(model, nn.Module):
+        raise SpikeliteError(f"convert expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, SpikingNet):
+        raise SpikeliteError("model is already a SpikingNet; convert takes the CNN")
+    try:
+        percentile = float(percentile)
+    except (TypeError, ValueError):
+        raise SpikeliteError(f"percentile must be a number in (0, 100], got {percentile!r}") from None
+    if not 0 < percentile <= 100:
+        raise SpikeliteError(f"percentile must be in (0, 100], got {percentile}")
+    if calibration is not None:
+        if not isinstance(calibration, torch.Tensor):
+            raise SpikeliteError(f"calibration must be a tensor [N, C, H, W], got {type(calibration).__name__}")
+        if not torch.isfinite(calibration).all():
+            raise SpikeliteError("calibration images hold NaN or infinite values")
+    extra = dict(neuron or {})
+    kind = str(extra.pop("kind", "conversion_if")).lower()
+    if kind != "conversion_if":
+        raise SpikeliteError(f"convert builds ConversionIF neurons (kind 'conversion_if'), not {kind!r}")
+    neuron = {**extra, "kind": "conversion_if", "v_init": v_init, "signed": signed}
+    net = spikify(model, T=T, neuron=neuron, encoding=encoding, balance=percentile, calibration=calibration,
+                  balance_mode="cnn")
+    pools = list(net._temporal_maxpools)
+    pools += [f"{n.target.__name__}() in {_owner_path(n) or '<root>'}" for n in net.body.graph.nodes
+              if n.op == "call_function" and n.target in _MAX_POOL_FUNCTIONS]
+    if pools:
+        raise SpikeliteError(
+            f"cannot convert max-pooling of spike trains exactly ({', '.join(pools[:3])}): the maximum of spike "
+            "trains is not the spike train of the maximum. Use average pooling (zoo models: pool=avg)")
+    return net
+
+
+def layer_errors(cnn: nn.Module, snn: SpikingNet, images: torch.Tensor) -> list[dict]:
+    """Per neuron layer, how far the SNN's time-averaged output (rate × amplitude) is from the CNN's
+    activation at the same site on ``images``: ``{"layer", "error", "cnn_mean", "snn_mean"}`` in graph
+    order, ``error = mean|SNN − CNN| / mean|CNN|``. Sites are matched by module path (a module called
+    several times: by call order); functional activations (``act_fn<k>``) are left out."""
+    cnn_out: dict[str, list[torch.Tensor]] = {}
+    snn_out: dict[str, torch.Tensor] = {}
+    handles = []
+    for path, m in cnn.named_modules():
+        if _is_activation_module(m):
+            handles.append(m.register_forward_hook(
+                lambda mod, a, out, path=path: cnn_out.setdefault(path, []).append(out.detach())))
+    layers = snn.spiking_layers()
+    for path, act in layers:
+        handles.append(act.register_forward_hook(
+            lambda mod, a, out, path=path: snn_out.__setitem__(path, out.view(mod.T, -1, *out.shape[1:]).mean(0))))
+    was_c, was_s = cnn.training, snn.training
+    cnn.eval()
+    snn.eval()
+    try:
+        with torch.no_grad():
+            cnn(images)
+            snn(images)
+    finally:
+        for h in handles:
+            h.remove()
+        cnn.train(was_c)
+        snn.train(was_s)
+    rows = []
+    for path, _ in layers:
+        base, _, k = path.partition("__")
+        calls = cnn_out.get(base)
+        idx = int(k) if k.isdigit() else 0
+        if not calls or idx >= len(calls) or path not in snn_out or calls[idx].shape != snn_out[path].shape:
+            continue
+        a, b = calls[idx].float(), snn_out[path].float()
+        denom = float(a.abs().mean())
+        rows.append({"layer": path, "error": float((b - a).abs().mean()) / denom if denom > 0 else float("nan"),
+                     "cnn_mean": float(a.mean()), "snn_mean": float(b.mean())})
+    return rows
 
 
 def respikify(model: nn.Module, config: dict) -> SpikingNet:

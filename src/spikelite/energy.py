@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .errors import SpikeliteError
-from .neuron import LIF
+from .neuron import LIF, ConversionIF
 
 __all__ = [
     "measure",
@@ -71,6 +71,7 @@ __all__ = [
     "conv_fanout",
     "synaptic_ops",
     "is_binary",
+    "is_spike_valued",
     "load_model",
     "register_cli",
 ]
@@ -332,6 +333,24 @@ def is_binary(x: torch.Tensor) -> bool:
     return bool(torch.logical_or(x == 0, x == 1).all())
 
 
+def is_spike_valued(x: torch.Tensor, amplitudes, channel_dim: int = 1) -> bool:
+    """True when ``x`` is binary, or holds spikes: every nonzero value of a channel has one magnitude, and
+    that magnitude is one of ``amplitudes`` (the thresholds of the ConversionIF layers that ran: their
+    spikes are ±θ, and a concatenation of two layers' spikes has one θ per channel group). Such an input
+    is still an event stream: the amplitude folds into the next layer's weights (per input channel), so
+    each nonzero input costs one AC per synapse, a negative spike included (a ternary event)."""
+    if is_binary(x):
+        return True
+    if not amplitudes or x.is_complex() or not x.is_floating_point() or x.dim() <= channel_dim:
+        return False
+    a = x.detach().abs().movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1)
+    peak = a.amax(dim=1, keepdim=True)
+    known = torch.tensor(sorted(amplitudes), dtype=x.dtype, device=x.device)
+    if not bool((torch.isin(peak, known) | (peak == 0)).all()):
+        return False
+    return bool(((a == 0) | (a == peak)).all())
+
+
 def _pad_index(idx: torch.Tensor, length: int, mode: str) -> torch.Tensor:
     """Map indices into the padded axis (already shifted so 0 is the first real element) to the real
     element they read, or -1 for a zero pad."""
@@ -448,7 +467,7 @@ def synaptic_ops(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[int,
 
 
 def _neuron_types() -> tuple[type, ...]:
-    types: list[type] = [LIF]
+    types: list[type] = [LIF, ConversionIF]
     try:  # peers' neurons, when those (dev) packages are installed
         from spikingjelly.activation_based.neuron import BaseNode
 
@@ -679,6 +698,7 @@ class _Counter:
         self.spiking = bool(neurons) if spiking is None else spiking
         self.time_steps = time_steps
         self.images_in_batch = 0
+        self.amplitudes: set[float] = set()
         self.layers: dict[nn.Module, _LayerStats] = {}
         self.bns: dict[nn.Module, _LayerStats] = {}
         self.neurons: dict[nn.Module, _NeuronStats] = {}
@@ -720,7 +740,7 @@ class _Counter:
         st = self.layers[m]
         with torch.no_grad():
             eff, dense = synaptic_ops(m, x, out)
-            binary = self.spiking and is_binary(x)
+            binary = self.spiking and is_spike_valued(x, self.amplitudes, x.dim() - 1 if isinstance(m, nn.Linear) else 1)
             st.calls += 1
             if binary:
                 st.ac_calls += 1
@@ -776,7 +796,9 @@ class _Counter:
         st.calls += 1
         st.updates += x.numel()
         st.spikes += int((s != 0).sum())
-        if self.time_steps is None and x.dim() >= 2 and isinstance(m, LIF):
+        if isinstance(m, ConversionIF):  # its spikes are ±θ: an input of that amplitude is spikes
+            self.amplitudes.add(float(m.v_threshold.detach().to(s.dtype)))
+        if self.time_steps is None and x.dim() >= 2 and isinstance(m, (LIF, ConversionIF)):
             self.time_steps = int(x.shape[0])  # spikelite neurons are multi-step: [T, N, ...]
 
 

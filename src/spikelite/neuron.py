@@ -45,7 +45,7 @@ from . import _native
 from .errors import SpikeliteError
 from .surrogate import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle, get_surrogate
 
-__all__ = ["LIF", "IF", "QCFS", "lif_multistep", "lif_multistep_reference"]
+__all__ = ["LIF", "IF", "ConversionIF", "QCFS", "lif_multistep", "lif_multistep_reference"]
 
 
 def _charge(x, v, tau, decay_input: bool, reset_value: float):
@@ -509,6 +509,117 @@ class IF(LIF):
         return cfg
 
 
+class ConversionIF(nn.Module):
+    """The integrate-and-fire neuron of rate-coded CNN → SNN conversion: its spikes carry its threshold.
+
+    For step t, with threshold ``θ`` (one per layer) and membrane ``V`` starting at ``v_init·θ``::
+
+        charge   H_t = V_{t-1} + X_t
+        fire     S_t = +1 if H_t >= θ;  -1 if signed, H_t < 0 and C_{t-1} > 0;  else 0
+        reset    V_t = H_t - S_t·θ                       (soft: the remainder is kept)
+        output   O_t = S_t·θ,   C_t = C_{t-1} + S_t      (C: the running spike count, never below 0)
+
+    Why each part (docs/conversion.md, "Conversion that converges"):
+
+    * **Amplitude θ.** The layer after the neuron was trained on the CNN's activations; a spike of
+      amplitude θ keeps their scale, so the time average of ``O`` approaches ``clamp(x, 0, θ)`` of the
+      time-averaged input as T grows, and every linear layer after it (conv, BatchNorm, pooling,
+      concatenation, channel shuffle, residual additions) sees the CNN's values on average. Spikes of
+      amplitude 1 lose that scale at every layer, and the conversion does not converge.
+    * **v_init = 1/2.** The count after t steps is then the *rounded* (not floored) integral
+      ``round(Σx/θ)``: the QCFS shift, and half the worst-case error of a membrane starting at 0.
+    * **Signed spikes.** Inputs reach deep layers unevenly in time; a neuron that fired early on
+      charge that later turns out negative takes the excess spike back with a −θ spike, so the count
+      tracks ``clamp(round(Σx/θ), 0, t)`` instead of overshooting it. A negative spike is an event like a
+      positive one (one AC per synapse in the energy model); hardware needs a ternary spike for it.
+
+    Surrogate gradients for fine-tuning: ``S = Θ((H - θ)/θ) - Θ(-H/θ)·[C > 0]`` with the surrogate's
+    derivative in place of Θ's. ``detach_reset`` detaches S inside the reset. ``learn_threshold`` learns
+    θ (it also scales the output). Shapes: ``[T, N, ...]`` in, ``[T, N, ...]`` out; no state survives a call.
+    """
+
+    binary_spikes = False  # outputs are 0 and ±θ: compact spike storage must not pack them as 0/1
+
+    def __init__(self, v_threshold: float = 1.0, v_init: float = 0.5, signed: bool = True,
+                 detach_reset: bool = True, surrogate="atan", surrogate_alpha: float | None = None,
+                 learn_threshold: bool = False):
+        super().__init__()
+        if not (float(v_threshold) > 0) or not math.isfinite(float(v_threshold)):
+            raise SpikeliteError(f"ConversionIF: v_threshold must be a positive number, got {v_threshold}")
+        v_init = float(v_init)
+        if not 0.0 <= v_init < 1.0:
+            raise SpikeliteError(f"ConversionIF: v_init (a fraction of the threshold) must be in [0, 1), got {v_init}")
+        self.v_init = v_init
+        self.signed = bool(signed)
+        self.detach_reset = bool(detach_reset)
+        self.surrogate = get_surrogate(surrogate, surrogate_alpha)
+        self.learn_threshold = bool(learn_threshold)
+        threshold = torch.tensor(float(v_threshold))
+        if self.learn_threshold:
+            self.v_threshold = nn.Parameter(threshold)
+        else:
+            self.register_buffer("v_threshold", threshold)
+
+    def set_threshold(self, value: float) -> None:
+        """Set the threshold (and so the spike amplitude) in place (threshold balancing)."""
+        if not value > 0 or not math.isfinite(value):
+            raise SpikeliteError(f"ConversionIF: threshold must be a positive finite number, got {value}")
+        with torch.no_grad():
+            self.v_threshold.fill_(float(value))
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if x_seq.dim() < 2:
+            raise SpikeliteError(f"ConversionIF expects a sequence [T, N, ...], got shape {tuple(x_seq.shape)}")
+        th = self.v_threshold.to(x_seq.dtype)
+        if torch.is_grad_enabled() and (x_seq.requires_grad or th.requires_grad):
+            return self._forward_autograd(x_seq, th)
+        with torch.no_grad():
+            return self._forward_fast(x_seq, th)
+
+    def _forward_fast(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
+        """In place, no graph: evaluation and calibration at any T."""
+        out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+        v = (x_seq[0] * 0).add_(th * self.v_init)
+        count = torch.zeros_like(v) if self.signed else None
+        for t in range(x_seq.shape[0]):
+            v.add_(x_seq[t])
+            s = (v >= th).to(v.dtype)
+            if self.signed:
+                s.sub_(((v < 0) & (count > 0)).to(v.dtype))
+                count.add_(s)
+            torch.mul(s, th, out=out[t])
+            v.sub_(out[t])
+        return out
+
+    def _forward_autograd(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
+        """Step by step under autograd (surrogate gradients): fine-tuning a converted network."""
+        outs = []
+        v = th * self.v_init + torch.zeros_like(x_seq[0])
+        count = torch.zeros_like(x_seq[0]) if self.signed else None
+        for t in range(x_seq.shape[0]):
+            h = v + x_seq[t]
+            s = self.surrogate((h - th) / th)
+            if self.signed:
+                s = s - (1.0 - self.surrogate(h / th)) * (count > 0).to(h.dtype)
+                count = count + s.detach()
+            r = s.detach() if self.detach_reset else s
+            v = h - r * th
+            outs.append(s * th)
+        return torch.stack(outs)
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this neuron (the thresholds live in the state_dict)."""
+        sur = self.surrogate.config() if isinstance(self.surrogate, Surrogate) else None
+        return {"kind": "conversion_if", "v_threshold": float(self.v_threshold.detach()), "v_init": self.v_init,
+                "signed": self.signed, "detach_reset": self.detach_reset, "surrogate": sur,
+                "learn_threshold": self.learn_threshold}
+
+    def extra_repr(self) -> str:
+        return (f"v_threshold={float(self.v_threshold.detach()):.4g}, v_init={self.v_init:g}, signed={self.signed}, "
+                f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}"
+                + (", learn_threshold" if self.learn_threshold else ""))
+
+
 class _QCFSFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, levels: int):
@@ -521,27 +632,66 @@ class _QCFSFunction(torch.autograd.Function):
         return grad * ((x >= 0) & (x <= 1)).to(grad.dtype), None
 
 
+class _RoundSTE(torch.autograd.Function):
+    """``floor(u·L + 1/2) / L`` forward, the identity backward (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, u, levels: int):
+        return torch.floor(u * levels + 0.5) / levels
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 class QCFS(nn.Module):
     """The CNN-side twin of a soft-reset IF neuron run for ``levels`` steps: quantise, clip, floor, shift.
 
-    ``y = clamp(floor(x·L + 1/2), 0, L) / L`` (forward), with the straight-through gradient of
-    ``clamp(x, 0, 1)`` (backward) — the "quantization clip-floor-shift" activation of Bu et al.
-    (ICLR 2022). A CNN trained with it in place of ReLU (``create_model(..., act_levels=L)``) converts
-    to an SNN whose first layer is exact at ``T = L``: an IF neuron with threshold 1 and soft reset,
-    fed a constant input ``x`` plus ``1/(2T)`` per step, fires ``clamp(floor(x·T + 1/2), 0, T)``
-    times. :func:`spikelite.spikify` adds that half-threshold charge (``SpikingActivation.charge_offset``)
-    when it replaces a QCFS. The clip at 1 loses nothing when a BatchNorm precedes the activation
-    (it learns the scale), as in every zoo model.
+    Without a threshold (``threshold=None``): ``y = clamp(floor(x·L + 1/2), 0, L) / L`` (forward), with
+    the straight-through gradient of ``clamp(x, 0, 1)`` (backward) — the "quantization clip-floor-shift"
+    activation of Bu et al. (ICLR 2022) with λ fixed at 1. A CNN trained with it in place of ReLU
+    (``create_model(..., act_levels=L)``) converts to an SNN whose first layer is exact at ``T = L``: an
+    IF neuron with threshold 1 and soft reset, fed a constant input ``x`` plus ``1/(2T)`` per step,
+    fires ``clamp(floor(x·T + 1/2), 0, T)`` times. :func:`spikelite.spikify` adds that half-threshold
+    charge (``SpikingActivation.charge_offset``) when it replaces a QCFS.
+
+    With a threshold (``threshold=λ``, a learned parameter ``lam``; ``create_model(..., act_levels=L,
+    act_threshold=λ0)``): ``y = λ·floor(clamp(x/λ, 0, 1)·L + 1/2) / L``, the rounding straight-through,
+    so λ learns the clipping point per layer (its gradient: ``y/λ - x/λ`` inside, 1 above). This is the
+    paper's form; it converts to a :class:`ConversionIF` with threshold λ, ``v_init = 1/2`` and
+    amplitude λ (``spikelite.convert.convert``), exactly at the first layer at ``T = L``.
     """
 
-    def __init__(self, levels: int = 4):
+    def __init__(self, levels: int = 4, threshold: float | None = None):
         super().__init__()
         if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
             raise SpikeliteError(f"QCFS: levels must be an integer >= 1, got {levels!r}")
         self.levels = int(levels)
+        if threshold is None:
+            self.lam = None
+        else:
+            if not (float(threshold) > 0) or not math.isfinite(float(threshold)):
+                raise SpikeliteError(f"QCFS: threshold must be a positive number, got {threshold!r}")
+            self.lam = nn.Parameter(torch.tensor(float(threshold)))
+
+    @property
+    def threshold(self) -> float | None:
+        """λ as a number (None for the fixed-scale form)."""
+        return None if self.lam is None else float(self.lam.detach())
+
+    def set_threshold(self, value: float) -> None:
+        if self.lam is None:
+            raise SpikeliteError("QCFS: this activation has no threshold (built with threshold=None)")
+        if not value > 0 or not math.isfinite(value):
+            raise SpikeliteError(f"QCFS: threshold must be a positive finite number, got {value}")
+        with torch.no_grad():
+            self.lam.fill_(float(value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _QCFSFunction.apply(x, self.levels)
+        if self.lam is None:
+            return _QCFSFunction.apply(x, self.levels)
+        lam = self.lam.to(x.dtype).abs().clamp_min(1e-4)
+        return _RoundSTE.apply(torch.clamp(x / lam, 0.0, 1.0), self.levels) * lam
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}"
+        return f"levels={self.levels}" + ("" if self.lam is None else f", threshold={self.threshold:.4g}")

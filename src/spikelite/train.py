@@ -53,7 +53,8 @@ from torch import nn
 
 from . import __version__
 from .allocator import MALLOC_MODES, apply_malloc_mode, env_malloc_mode
-from .convert import TIME_BN_MODES, SpikingNet, make_neuron, per_step_batchnorm, recalibrate_bn, respikify, spikify
+from .convert import (TIME_BN_MODES, SpikingNet, convert, make_neuron, per_step_batchnorm, recalibrate_bn, respikify,
+                      spikify)
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
 from .errors import SpikeliteError
 
@@ -675,9 +676,9 @@ _NO_DECAY_MODULES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupN
 
 
 def _is_neuron(m: nn.Module) -> bool:
-    from .neuron import LIF
+    from .neuron import LIF, QCFS, ConversionIF
 
-    return isinstance(m, LIF)
+    return isinstance(m, (LIF, ConversionIF, QCFS))
 
 
 def param_groups(model: nn.Module, weight_decay: float, neuron_weight_decay: float = 0.0) -> list[dict]:
@@ -1166,6 +1167,61 @@ def _calibration_batch(cfg: TrainConfig, train_data: ImageData, device: torch.de
     return next(iter(loader))[0]
 
 
+def _converts(cfg: TrainConfig) -> bool:
+    """The run converts with :func:`~spikelite.convert.convert` (snn.neuron.kind: conversion_if)."""
+    return str(cfg.snn.neuron.get("kind", "lif")).lower() == "conversion_if"
+
+
+def _qcfs_requested(cfg: TrainConfig, src_meta: dict) -> bool:
+    """A CNN run from a CNN checkpoint whose model options ask for QCFS activations the source lacks."""
+    opts, spec = cfg.model.options, src_meta["model_spec"]
+    return any(k in opts and opts[k] != spec.get(k) for k in ("act_levels", "act_threshold"))
+
+
+def _to_qcfs(src: nn.Module, src_meta: dict, cfg: TrainConfig, train_data: ImageData, log) -> nn.Module:
+    """``src`` (a ReLU CNN) rebuilt with QCFS activations (``model.options.act_levels`` and
+    ``act_threshold``), its weights loaded; each learned λ starts at the ``snn.balance`` percentile (99.9
+    by default) of the ReLU's output it replaces, on ``snn.calibration_size`` training images."""
+    opts = cfg.model.options
+    if "act_levels" not in opts:
+        raise SpikeliteError("model.options.act_threshold needs model.options.act_levels (the QCFS levels)")
+    spec = {**src_meta["model_spec"], "act_levels": opts["act_levels"]}
+    if "act_threshold" in opts:
+        spec["act_threshold"] = opts["act_threshold"]
+    model = rebuild_model({**src_meta, "model_spec": spec})
+    sd = src.state_dict()
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or any(not k.endswith(".lam") for k in missing):
+        raise SpikeliteError(f"init_from {cfg.init_from}: its weights do not fit the QCFS model "
+                             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    n = 0
+    if spec.get("act_threshold") is not None:
+        from .neuron import QCFS
+
+        q = cfg.snn.balance or 99.9
+        sites = {p for p, m in model.named_modules() if isinstance(m, QCFS)}
+        outs: dict[str, list[torch.Tensor]] = {}
+        handles = [m.register_forward_hook(lambda mod, a, out, p=p: outs.setdefault(p, []).append(out.detach()))
+                   for p, m in src.named_modules() if p in sites]
+        src.eval()
+        try:
+            with torch.no_grad():
+                src(_calibration_batch(cfg, train_data, torch.device("cpu")))
+        finally:
+            for h in handles:
+                h.remove()
+        for p, values in outs.items():
+            v = torch.cat([t.flatten() for t in values]).clamp_min(0)
+            if v.numel() > 4_000_000:
+                v = v[torch.randint(0, v.numel(), (4_000_000,), generator=torch.Generator().manual_seed(0))]
+            thr = float(torch.quantile(v, q / 100.0))
+            model.get_submodule(p).set_threshold(thr if thr > 0 else 1.0)
+            n += 1
+    log(f"{cfg.init_from}: ReLU activations replaced by QCFS (L={spec['act_levels']}"
+        + (f", {n} thresholds λ from the {cfg.snn.balance or 99.9} percentile of the ReLU outputs" if n else "") + ")")
+    return model
+
+
 def _spikify_cfg(cnn: nn.Module, cfg: TrainConfig, calibration: torch.Tensor | None) -> SpikingNet:
     s = cfg.snn
     net = spikify(cnn, T=s.T, neuron=recipe_neuron(s.neuron), encoding=s.encoding,
@@ -1215,6 +1271,21 @@ def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device
             raise SpikeliteError(f"init_from {cfg.init_from} was trained on classes {classes[:5]}... but "
                                  f"{train_data.name} has {train_data.classes[:5]}... (different class order)")
         src.train()
+        if src_meta["kind"] == "cnn" and cfg.mode == "snn" and _converts(cfg):
+            cal = _calibration_batch(cfg, train_data, torch.device("cpu"))
+            neuron = recipe_neuron(cfg.snn.neuron)
+            signed, v_init = neuron.pop("signed", True), neuron.pop("v_init", 0.5)
+            net = convert(src, T=cfg.snn.T, calibration=cal, percentile=cfg.snn.balance or 99.9, signed=signed,
+                          v_init=v_init, encoding=cfg.snn.encoding, neuron=neuron)
+            net.train()
+            log(f"converted CNN {cfg.init_from} to an SNN (T={cfg.snn.T}, ConversionIF neurons, thresholds from "
+                f"its QCFS thresholds or the {cfg.snn.balance or 99.9} percentile of {cal.shape[0]} training images, "
+                "BatchNorm kept)")
+            return net, src_meta
+        if src_meta["kind"] == "cnn" and cfg.mode == "cnn" and _qcfs_requested(cfg, src_meta):
+            src = _to_qcfs(src, src_meta, cfg, train_data, log)
+            src.train()
+            return src, src_meta
         if src_meta["kind"] == "cnn" and cfg.mode == "snn":
             cal = None
             if cfg.snn.balance is not None or cfg.snn.recalibrate_bn:

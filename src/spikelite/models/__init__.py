@@ -152,7 +152,9 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
             ``stem_reduction=2``; and ``keep=[...]``: the macro modules to keep, the others removed
             as :func:`spikelite.prune.apply_keep` does (a pruned architecture; docs/pruning.md);
             and ``act_levels=L``: every ReLU becomes :class:`spikelite.neuron.QCFS` with ``L`` levels,
-            a CNN that converts to an SNN at ``T = L`` with little loss (docs/recipe.md).
+            a CNN that converts to an SNN at ``T = L`` with little loss (docs/recipe.md); with
+            ``act_threshold=λ0`` each QCFS also learns its clipping threshold λ (from ``λ0``), the form
+            :func:`spikelite.convert.convert` carries into the SNN's thresholds.
 
     The returned model has ``spikelite_spec``: every argument with defaults filled in, so that
     ``create_model(**model.spikelite_spec)`` rebuilds the same architecture even if defaults change.
@@ -164,8 +166,17 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
     width = _check_width(name, width)
     keep = kw.pop("keep", None)
     act_levels = kw.pop("act_levels", None)
+    act_threshold = kw.pop("act_threshold", None)
     if act_levels is not None:
         act_levels = _check_int("act_levels", act_levels)
+    if act_threshold is not None:
+        if act_levels is None:
+            raise SpikeliteError(f"{name}: act_threshold is the learned threshold of QCFS activations; it needs "
+                                 "act_levels")
+        if isinstance(act_threshold, bool) or not isinstance(act_threshold, (int, float)) \
+                or not math.isfinite(act_threshold) or act_threshold <= 0:
+            raise SpikeliteError(f"{name}: act_threshold must be a positive number, got {act_threshold!r}")
+        act_threshold = float(act_threshold)
     opts = check_options(name, entry.options, kw)
     model, resolved = entry.build(name, num_classes, image_size, in_chans, width, opts)
     model.spikelite_spec = {
@@ -177,12 +188,14 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
 
         apply_keep(model, keep)
     if act_levels is not None:
-        _use_qcfs(model, name, act_levels)
+        _use_qcfs(model, name, act_levels, act_threshold)
         model.spikelite_spec["act_levels"] = act_levels
+        if act_threshold is not None:
+            model.spikelite_spec["act_threshold"] = act_threshold
     return model
 
 
-def _use_qcfs(model: nn.Module, name: str, levels: int) -> None:
+def _use_qcfs(model: nn.Module, name: str, levels: int, threshold: float | None = None) -> None:
     """Replace every ReLU/ReLU6 module by a QCFS activation (in place); other activations are an error."""
     from ..neuron import QCFS
 
@@ -200,7 +213,7 @@ def _use_qcfs(model: nn.Module, name: str, levels: int) -> None:
         raise SpikeliteError(f"{name}: act_levels found no ReLU activation modules to replace")
     for path in relus:
         parent, _, leaf = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, QCFS(levels))
+        setattr(model.get_submodule(parent) if parent else model, leaf, QCFS(levels, threshold))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,8 +41,13 @@ class MixNetOptions:
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     stem_reduction: int | None = None
+    # "silu": timm's MixNet (SiLU/Swish everywhere); "relu": every SiLU replaced by ReLU, squeeze-excitation
+    # gates kept as sigmoids: the variant that converts to an SNN exactly (spikelite convert)
+    act: str = "silu"
 
     def check(self, name: str) -> None:
+        if self.act not in ("silu", "relu"):
+            raise SpikeliteError(f"{name}: act must be 'silu' or 'relu', got {self.act!r}")
         self.drop_rate = check_rate(name, "drop_rate", self.drop_rate)
         self.drop_path_rate = check_rate(name, "drop_path_rate", self.drop_path_rate)
 
@@ -71,9 +76,19 @@ def build_mixnet(name: str, variant: str, num_classes: int, image_size: int, in_
     # timm handles in_chans itself; replace_first_conv is a no-op check here
     model.conv_stem = replace_first_conv(model.conv_stem, in_chans)
     init_small_classifier(model.classifier)
+    if opts.act == "relu":
+        _silu_to_relu(model)
     resolved = dataclasses.asdict(opts)
     resolved["stem_reduction"] = stem_reduction
     return model, resolved
+
+
+def _silu_to_relu(model: nn.Module) -> None:
+    """Every SiLU/Swish module (timm's own classes included) becomes a ReLU, in place."""
+    for path, m in list(model.named_modules()):
+        if isinstance(m, nn.SiLU) or type(m).__name__ in ("Swish", "SwishMe"):
+            parent, _, leaf = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, nn.ReLU(inplace=True))
 
 
 def mixnet_macro_modules(variant: str) -> list[tuple[str, str]]:

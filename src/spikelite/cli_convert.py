@@ -1,0 +1,149 @@
+"""``spikelite convert``: a trained CNN checkpoint → an SNN checkpoint, with no training.
+
+The SNN is :func:`spikelite.convert.convert`'s: ConversionIF neurons (soft reset, half-threshold initial
+potential, spikes that carry the threshold, signed spikes), thresholds from the CNN's QCFS λ or from the
+percentile of each activation on calibration images of the checkpoint's own training split, BatchNorm as
+trained. The output is an ordinary SNN checkpoint (eval, energy, prune, export, ``train --init-from``).
+With ``--check N`` it also measures the CNN and the SNN on N validation images at each ``--check-T``, and
+the per-layer error of the time-averaged spikes against the CNN's activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .convert import convert, layer_errors
+from .data import stratified_split
+from .errors import SpikeliteError
+
+__all__ = ["convert_checkpoint", "register_cli"]
+
+
+def _images(data, indices: torch.Tensor) -> torch.Tensor:
+    x = data.images[indices].float() / 255.0
+    mean = torch.tensor(data.mean, dtype=x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+    std = torch.tensor(data.std, dtype=x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+    return (x - mean) / std
+
+
+def _accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    correct = 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+    return correct / max(len(x), 1)
+
+
+def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None = None, dataset: str | None = None,
+                       calibration_size: int = 256, percentile: float = 99.9, signed: bool = True,
+                       v_init: float = 0.5, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
+                       force: bool = False, log=print) -> dict:
+    """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
+    (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
+    from .train import checkpoint_data, load_checkpoint, save_checkpoint
+
+    out_path = Path(out)
+    if out_path.exists() and not force:
+        raise SpikeliteError(f"{out_path} exists; pass --force to replace it")
+    if out_path.exists() and out_path.is_dir():
+        raise SpikeliteError(f"{out_path} is a directory; --out names the SNN checkpoint file to write")
+    if calibration_size < 1:
+        raise SpikeliteError(f"--calibration-size must be >= 1, got {calibration_size}")
+    if check < 0:
+        raise SpikeliteError(f"--check must be >= 0, got {check}")
+    cnn, meta = load_checkpoint(path)
+    if meta.get("kind") != "cnn":
+        raise SpikeliteError(f"{path} is an {meta.get('kind', '?').upper()} checkpoint; convert takes a CNN checkpoint")
+    train_data, root = checkpoint_data(meta, path, "train", data_root=data_root, dataset=dataset)
+    n_cal = min(calibration_size, len(train_data))
+    _, idx = stratified_split(train_data.labels, n_cal, seed) if n_cal < len(train_data) else (None, torch.arange(len(train_data)))
+    calibration = _images(train_data, idx)
+    t0 = time.perf_counter()
+    snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init)
+    seconds = time.perf_counter() - t0
+    thresholds = {p: float(a.neuron.v_threshold) for p, a in snn.spiking_layers()}
+    src = str(Path(path).resolve())
+    save_meta = {k: v for k, v in meta.items() if k in ("data", "config", "prune", "best", "epoch")}
+    save_meta["metrics"] = None
+    save_meta["source_checkpoint"] = {"path": src, "kind": "cnn", "metrics": meta.get("metrics")}
+    save_meta["conversion"] = {"method": "convert", "T": T, "percentile": percentile, "signed": signed,
+                               "v_init": v_init, "calibration_images": n_cal, "calibration_seed": seed,
+                               "thresholds": thresholds}
+    summary = {"checkpoint": str(out_path), "source": src, "T": T, "seconds": seconds, "thresholds": thresholds}
+    if check:
+        val, _ = checkpoint_data(meta, path, "val", data_root=root, dataset=dataset)
+        n = min(check, len(val))
+        _, vidx = stratified_split(val.labels, n, seed) if n < len(val) else (None, torch.arange(len(val)))
+        x, y = _images(val, vidx), val.labels[vidx]
+        res = {"images": n, "cnn": _accuracy(cnn, x, y, 200), "snn": {}}
+        log(f"CNN: {100 * res['cnn']:.2f}% on {n} validation images")
+        for t in check_T or (T,):
+            snn.T = t
+            t1 = time.perf_counter()
+            res["snn"][str(t)] = acc = _accuracy(snn, x, y, max(8, 1600 // t))
+            log(f"SNN T={t}: {100 * acc:.2f}% ({100 * (acc - res['cnn']):+.2f} points, {time.perf_counter() - t1:.0f} s)")
+        snn.T = T
+        res["layers"] = layer_errors(cnn, snn, x[:min(n, 200)])
+        summary["check"] = res
+        save_meta["conversion"]["check"] = {k: v for k, v in res.items() if k != "layers"}
+    save_checkpoint(out_path, snn, meta=save_meta)
+    log(f"wrote {out_path}: SNN T={T}, {len(thresholds)} ConversionIF layers (converted in {seconds:.1f} s)")
+    return summary
+
+
+def _cli(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SpikeliteError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    check_T = tuple(int(t) for t in args.check_T.split(",")) if args.check_T else ()
+    if any(t < 1 for t in check_T):
+        raise SpikeliteError(f"--check-T must be positive integers, got {args.check_T}")
+    quiet = args.json
+    summary = convert_checkpoint(
+        args.checkpoint, args.out, T=args.T, data_root=args.data, dataset=args.dataset,
+        calibration_size=args.calibration_size, percentile=args.percentile, signed=not args.unsigned,
+        v_init=args.v_init, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
+        log=(lambda *a: None) if quiet else print)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    elif args.check and args.layers:
+        print("per-layer error at T=%d (mean |SNN rate x amplitude - CNN| / mean |CNN|, 200 images):" % args.T)
+        for row in summary["check"]["layers"]:
+            print(f"  {row['layer']:<44} {row['error']:.3f}")
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a trained CNN checkpoint to an SNN checkpoint (no training)",
+                       description="Convert a CNN checkpoint into a rate-coded SNN that converges to it as T grows: "
+                                   "ConversionIF neurons with thresholds from the CNN (QCFS λ or activation "
+                                   "percentiles on calibration images), BatchNorm kept (docs/conversion.md).")
+    p.add_argument("checkpoint", help="a spikelite CNN checkpoint (.pt)")
+    p.add_argument("--out", "-o", required=True, help="the SNN checkpoint file to write")
+    p.add_argument("--T", type=int, default=4, help="time steps recorded in the SNN checkpoint (default 4)")
+    p.add_argument("--data", help="dataset folder (default: the one recorded in the checkpoint)")
+    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    p.add_argument("--calibration-size", type=int, default=256,
+                   help="training images whose activations set the thresholds (default 256)")
+    p.add_argument("--percentile", type=float, default=99.9,
+                   help="threshold = this percentile of each activation's output (default 99.9); QCFS λ wins")
+    p.add_argument("--unsigned", action="store_true", help="no negative spikes (plain soft-reset IF)")
+    p.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, a fraction of the "
+                                                             "threshold (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="which calibration / check images (default 0)")
+    p.add_argument("--check", type=int, default=0, metavar="N",
+                   help="also measure CNN and SNN on N validation images, and the per-layer error")
+    p.add_argument("--check-T", help="comma-separated T values for --check (default: --T)")
+    p.add_argument("--layers", action="store_true", help="with --check: print the per-layer error")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cli)
