@@ -365,6 +365,29 @@ def test_imported_checkpoints_are_measured_not_trained(tmp_path):
         B.build_spec(tiny_spec(tmp_path / "bad", models=[other], variants=["cnn"]))
     with pytest.raises(SpikeliteError, match="snn-p is not among the grid's variants"):
         B.build_spec(tiny_spec(tmp_path / "bad", models=[model3], variants=["cnn", "snn"]))
+    # cnn-q, the convertible CNN, is imported only, and must be a QCFS CNN
+    with pytest.raises(SpikeliteError, match="cnn-q cells are imported, not trained"):
+        B.build_spec(tiny_spec(tmp_path / "bad", variants=["cnn", "cnn-q"]))
+    relu_as_q = {**TINY_MODEL, "checkpoints": {"cnn": str(cnn_ckpt), "cnn-q": str(cnn_ckpt)}}
+    with pytest.raises(SpikeliteError, match="has no QCFS activations"):
+        B.build_spec(tiny_spec(tmp_path / "bad", models=[relu_as_q], variants=["cnn", "cnn-q"]))
+    model_q, meta_q = torch_load_cnn_as_qcfs(cnn_ckpt, tmp_path / "q.pt")
+    cells_q = B.expand_grid(B.build_spec(tiny_spec(tmp_path / "q", models=[{**TINY_MODEL, "checkpoints": {
+        "cnn": str(cnn_ckpt), "cnn-q": str(tmp_path / "q.pt")}}], variants=["cnn", "cnn-q"])))
+    assert [(c.variant, bool(c.checkpoint)) for c in cells_q] == [("cnn", True), ("cnn-q", True)]
+
+
+def torch_load_cnn_as_qcfs(src, dst):
+    """The CNN at ``src`` rebuilt with QCFS activations (learned λ), saved to ``dst``."""
+    from spikelite import train as T
+    from spikelite.models import create_model
+
+    cnn, meta = T.load_checkpoint(src)
+    spec = {**meta["model_spec"], "act_levels": 4, "act_threshold": 1.0}
+    q = create_model(**spec)
+    q.load_state_dict(cnn.state_dict(), strict=False)
+    T.save_checkpoint(dst, q, meta={k: meta[k] for k in ("data", "config") if k in meta})
+    return q, meta
 
 
 def test_failed_cell_is_recorded_and_the_others_go_on(tmp_path):

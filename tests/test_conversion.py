@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spikelite import SpikeliteError
@@ -81,17 +82,21 @@ def test_signed_spikes_take_back_an_excess_spike_and_the_count_never_goes_negati
     assert err_signed < 0.5 * err_plain, (err_signed, err_plain)
 
 
-def test_fast_and_autograd_paths_give_the_same_spikes_and_finite_surrogate_gradients():
+@pytest.mark.parametrize("burst", [1, 3])
+def test_fast_and_autograd_paths_give_the_same_spikes_and_the_rate_codes_gradient(burst):
     torch.manual_seed(2)
-    n = ConversionIF(v_threshold=0.9, signed=True, learn_threshold=True)
+    n = ConversionIF(v_threshold=0.9, signed=True, learn_threshold=True, burst=burst)
     x = torch.randn(5, 4, 6) * 0.7
     with torch.no_grad():
         fast = n(x)
     xg = x.clone().requires_grad_(True)
     slow = n(xg)
     assert torch.equal(fast, slow.detach())
-    slow.square().sum().backward()
-    assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    slow.sum().backward()
+    # d(Σ_t out_t)/dx_t is 1 while the running input keeps the count unclipped, else 0: never T-fold
+    total = x.cumsum(0)
+    inside = (total >= 0) & (total <= 0.9 * torch.arange(1, 6).view(5, 1, 1))
+    assert torch.equal(xg.grad, inside.float())
     assert n.v_threshold.grad is not None and torch.isfinite(n.v_threshold.grad)
 
 
@@ -244,3 +249,99 @@ def test_spikelite_convert_on_a_trained_digits_cnn(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "snn.pt"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "convert takes a CNN checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_bursts_make_the_snn_at_T_equal_L_the_qcfs_cnn_and_count_as_that_many_events():
+    """With bursts (up to ``burst`` spikes per step, the count never above t) every layer's count after T
+    steps is exactly clamp(round(Σx/θ), 0, T): the SNN at T = L computes its QCFS CNN exactly."""
+    torch.manual_seed(0)
+    cnn = create_model("shufflenetv2_x0_5", num_classes=10, image_size=32, width=0.25, act_levels=4,
+                       act_threshold=1.0)
+    x = torch.randn(5, 3, 32, 32)
+    _settle_bn(cnn, x)
+    for m in cnn.modules():
+        if isinstance(m, QCFS):
+            m.set_threshold(0.8 + float(torch.rand(())))
+    snn = convert(cnn, T=4, burst=4).eval()
+    with torch.no_grad():
+        assert torch.allclose(snn(x), cnn(x), atol=1e-4, rtol=1e-4)
+    assert max(r["error"] for r in layer_errors(cnn, snn, x)) < 1e-4
+    # the fine-tuning path gives the same spikes and a straight-through gradient
+    n = snn.spiking_layers()[3][1].neuron
+    seq = torch.randn(4, 2, 8, 4, 4) * 2
+    with torch.no_grad():
+        fast = n(seq)
+    seq.requires_grad_(True)
+    slow = n(seq)
+    assert torch.equal(fast, slow.detach())
+    slow.sum().backward()
+    assert seq.grad.abs().sum() > 0
+    # energy: a burst of k spikes into a conv is k events, each one AC per synapse
+    spikes = {}
+    reader = snn.body.get_submodule("stage2.0.branch2.3")  # the depthwise conv reading branch2.2's spikes
+    h = reader.register_forward_pre_hook(lambda m, a: spikes.__setitem__("x", a[0].detach().clone()))
+    report = measure(snn, x)
+    h.remove()
+    th = {float(a.neuron.v_threshold) for _, a in snn.spiking_layers()}
+    xin = spikes["x"]
+    events = None
+    for t in th:  # the producing layer's amplitude
+        k = xin.abs() / t
+        if torch.allclose(k, k.round(), atol=1e-4) and (k.round() > 1).any():
+            events = k.round()
+    assert events is not None, "expected bursts (events > 1) at this layer"
+    ones = torch.ones(reader.out_channels, 1, *reader.kernel_size)
+    expect = F.conv2d(events, ones, stride=reader.stride, padding=reader.padding, groups=reader.groups).sum()
+    row = {r.name: r for r in report.layers}["stage2.0.branch2.3"]
+    assert row.op == "AC" and row.acs * x.shape[0] == pytest.approx(float(expect))
+
+
+def test_train_converts_with_convert_and_fine_tunes_a_conversion_if_snn(tmp_path):
+    """spikelite train --init-from CNN.pt --neuron kind=conversion_if: convert() (no BatchNorm
+    re-estimation), then surrogate-gradient fine-tuning; and a ReLU CNN fine-tuned into a QCFS CNN."""
+    D.clear_memory_cache()
+    # (SqueezeNet: ShuffleNetV2 at width 0.25 has 4-channel branches whose quantised activations leave
+    # BatchNorm channels with zero variance on 8x8 digits, and its gradients explode)
+    base = {"model.name": "squeezenet1_1", "model.options.pool": "avg", "data.dataset": "digits",
+            "data.image_size": 8, "threads": 1, "quiet": True, "tensorboard": False, "batch_size": 32,
+            "optim.lr": 0.05, "data.val_subset": 96, "data.train_subset": 320}
+    T.train(T.load_config(None, {**base, "epochs": 2, "out": str(tmp_path / "cnn")}))
+    cnn_ckpt = str(tmp_path / "cnn" / "best.pt")
+    # ReLU CNN -> QCFS CNN with learned λ, started at the ReLU outputs' 99.9th percentiles
+    q = T.train(T.load_config(None, {**base, "epochs": 1, "init_from": cnn_ckpt, "model.options.act_levels": 4,
+                                     "model.options.act_threshold": 1.0, "snn.calibration_size": 64,
+                                     "optim.lr": 0.01, "out": str(tmp_path / "q")}))
+    qnet, qmeta = T.load_checkpoint(tmp_path / "q" / "best.pt")
+    assert qmeta["model_spec"]["act_levels"] == 4 and q["kind"] == "cnn"
+    lams = [m.threshold for m in qnet.modules() if isinstance(m, QCFS)]
+    assert lams and all(v > 0 for v in lams) and len(set(lams)) > 1  # per layer, from the calibration
+    # the QCFS CNN converted with bursts, then fine-tuned one epoch with surrogate gradients
+    cfg = T.load_config(None, {**base, "mode": "snn", "epochs": 1, "init_from": str(tmp_path / "q" / "best.pt"),
+                               "snn.T": 4, "snn.neuron": {"kind": "conversion_if", "burst": 4},
+                               "snn.calibration_size": 64, "optim.lr": 0.005, "out": str(tmp_path / "snn")})
+    ft = T.train(cfg)
+    snn, meta = T.load_checkpoint(tmp_path / "snn" / "last.pt")
+    assert meta["snn"]["neuron"]["kind"] == "conversion_if" and meta["snn"]["neuron"]["burst"] == 4
+    hist = meta["history"]
+    assert hist[0]["epoch"] == 0 and hist[-1]["epoch"] == 1 and ft["final"]["train_loss"] > 0
+    # epoch 0 is the converted network before fine-tuning: at T = L it is the QCFS CNN itself
+    assert hist[0]["val_acc"] == q["best"]["val_acc"]
+    ths = {float(a.neuron.v_threshold) for _, a in snn.spiking_layers()}
+    assert len(ths) > 1
+
+
+def test_calibration_never_updates_batchnorm_statistics_even_from_a_model_in_train_mode():
+    """Found by the train pipeline (which converts a model in train mode): the calibration pass ran the
+    CNN's BatchNorm layers in train mode and moved their running statistics."""
+    torch.manual_seed(0)
+    cnn = create_model("squeezenet1_1", num_classes=10, image_size=32, pool="avg")
+    x = torch.randn(4, 3, 32, 32)
+    _settle_bn(cnn, x)
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    cnn.train()
+    a = convert(cnn, T=4, calibration=torch.randn(8, 3, 32, 32) * 3).eval()
+    cnn.eval()
+    b = convert(cnn, T=4, calibration=torch.randn(8, 3, 32, 32) * 3).eval()
+    assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if "running" in k)

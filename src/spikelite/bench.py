@@ -72,7 +72,11 @@ __all__ = [
     "register_cli",
 ]
 
-VARIANTS = ("cnn", "snn", "snn-p", "cnn-p")
+VARIANTS = ("cnn", "snn", "snn-p", "cnn-p", "cnn-q")
+CNN_VARIANTS = ("cnn", "cnn-p", "cnn-q")
+# variants a spec can only import (``checkpoints``), never train in the grid: cnn-q, the convertible CNN
+# (QCFS activations; spikelite train --model-opt act_levels=L --model-opt act_threshold=λ0)
+IMPORT_ONLY = ("cnn-q",)
 DEFAULT_VARIANTS = ["cnn", "snn", "snn-p"]
 SNN_INITS = ("convert", "scratch")
 # cnn: a converted snn cell is distilled from the CNN it was converted from (docs/recipe.md); none: it is not
@@ -509,7 +513,7 @@ def _check_imports(spec: "BenchSpec", problems: list[str]) -> None:
             except SpikeliteError as exc:
                 problems.append(f"{where}: {exc}")
                 continue
-            want_kind = "cnn" if variant in ("cnn", "cnn-p") else "snn"
+            want_kind = "cnn" if variant in CNN_VARIANTS else "snn"
             pruned = variant.endswith("-p")
             if info.name != m.name:
                 problems.append(f"{where}: {path} holds a {info.name}, not a {m.name}")
@@ -519,6 +523,9 @@ def _check_imports(spec: "BenchSpec", problems: list[str]) -> None:
                 problems.append(f"{where}: {path} is a{'n' if info.kind == 'snn' else ''} {info.kind.upper()} "
                                 f"checkpoint; a {variant} cell needs a{'n' if want_kind == 'snn' else ''} "
                                 f"{want_kind.upper()} one")
+            if variant == "cnn-q" and not info.model_spec.get("act_levels"):
+                problems.append(f"{where}: {path} has no QCFS activations (its model spec has no act_levels); a "
+                                "cnn-q cell is the convertible CNN")
             if pruned and info.keep is None:
                 problems.append(f"{where}: {path} is not pruned (its model spec keeps every macro module)")
             if not pruned and info.keep is not None:
@@ -708,6 +715,11 @@ def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
     if not variants:
         problems.append("variants: the spec names no variant (cnn, snn, snn-p, cnn-p)")
     for i, m in enumerate(spec.models):
+        missing = [v for v in IMPORT_ONLY if v in m.grid_variants(spec.variants) and v not in m.checkpoints]
+        if missing:
+            problems.append(f"models[{i}] ({m.label}): {', '.join(missing)} cells are imported, not trained in the "
+                            f"grid: name the checkpoint (checkpoints: {{{missing[0]}: PATH}}) or narrow the entry's "
+                            "variants")
         outside = [v for v in m.variants if v not in spec.variants]
         if outside:
             problems.append(f"models[{i}] ({m.label}): variants {', '.join(outside)} not among the grid's variants "
@@ -982,6 +994,8 @@ def expand_grid(spec: BenchSpec) -> list[Cell]:
                     cnn_id = _cell_id(ds, m, "cnn", seed)
                     if "cnn" in want:
                         cells.append(Cell(cnn_id, "cnn", m, ds, seed, None, None, []))
+                if "cnn-q" in imp and n == 0:
+                    cells.append(imp["cnn-q"])
                 if "cnn-p" in imp:
                     if n == 0:
                         cells.append(imp["cnn-p"])
@@ -1050,7 +1064,7 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
         _set_path(raw, k, v)
     cdir = _cell_dir(run_dir, cell.id)
     ov: dict = {
-        "mode": "cnn" if cell.variant in ("cnn", "cnn-p") else "snn",
+        "mode": "cnn" if cell.variant in CNN_VARIANTS else "snn",
         "out": str(cdir),
         "seed": cell.seed,
         "model.name": cell.model.name,

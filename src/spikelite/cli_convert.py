@@ -43,7 +43,7 @@ def _accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
 
 def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None = None, dataset: str | None = None,
                        calibration_size: int = 256, percentile: float = 99.9, signed: bool = True,
-                       v_init: float = 0.5, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
+                       v_init: float = 0.5, burst: int = 1, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
                        force: bool = False, log=print) -> dict:
     """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
     (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
@@ -66,7 +66,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     _, idx = stratified_split(train_data.labels, n_cal, seed) if n_cal < len(train_data) else (None, torch.arange(len(train_data)))
     calibration = _images(train_data, idx)
     t0 = time.perf_counter()
-    snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init)
+    snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init, burst=burst)
     seconds = time.perf_counter() - t0
     thresholds = {p: float(a.neuron.v_threshold) for p, a in snn.spiking_layers()}
     src = str(Path(path).resolve())
@@ -74,7 +74,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     save_meta["metrics"] = None
     save_meta["source_checkpoint"] = {"path": src, "kind": "cnn", "metrics": meta.get("metrics")}
     save_meta["conversion"] = {"method": "convert", "T": T, "percentile": percentile, "signed": signed,
-                               "v_init": v_init, "calibration_images": n_cal, "calibration_seed": seed,
+                               "v_init": v_init, "burst": burst, "calibration_images": n_cal, "calibration_seed": seed,
                                "thresholds": thresholds}
     summary = {"checkpoint": str(out_path), "source": src, "T": T, "seconds": seconds, "thresholds": thresholds}
     if check:
@@ -110,7 +110,7 @@ def _cli(args: argparse.Namespace) -> int:
     summary = convert_checkpoint(
         args.checkpoint, args.out, T=args.T, data_root=args.data, dataset=args.dataset,
         calibration_size=args.calibration_size, percentile=args.percentile, signed=not args.unsigned,
-        v_init=args.v_init, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
+        v_init=args.v_init, burst=args.burst, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
         log=(lambda *a: None) if quiet else print)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -138,6 +138,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unsigned", action="store_true", help="no negative spikes (plain soft-reset IF)")
     p.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, a fraction of the "
                                                              "threshold (default 0.5)")
+    p.add_argument("--burst", type=int, default=1, help="spikes per step at most (default 1; with --burst >= T a "
+                                                       "QCFS CNN with T levels converts exactly)")
     p.add_argument("--seed", type=int, default=0, help="which calibration / check images (default 0)")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="also measure CNN and SNN on N validation images, and the per-layer error")

@@ -860,6 +860,18 @@ class SpikingNet(nn.Module):
             self._ckpt_body = [checkpointed_body(self.body, k) if k else recomputed_body(self.body)]
         return self._ckpt_body[0]
 
+    def train(self, mode: bool = True) -> "SpikingNet":
+        """As ``nn.Module.train``; a network of ConversionIF neurons (made by :func:`convert`) keeps its
+        BatchNorm layers in eval mode: their statistics are the CNN's, which the conversion's equivalence
+        rests on, and batch statistics of spikes (a channel that never fired has zero variance) would make
+        its gradients explode. Their affine parameters still train."""
+        super().train(mode)
+        if mode and (self.neuron_config or {}).get("kind") == "conversion_if":
+            for m in self.body.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     # -- conversion options, read off the modules (so every copy reports them) ---------------
     def _step_bns(self) -> list["StepBatchNorm"]:
         return [m for m in self.body.modules() if isinstance(m, StepBatchNorm)]
@@ -1202,7 +1214,15 @@ def spikify(
         if calibration is None and len(fixed) < len(sites) + len(inner_mods):
             raise SpikeliteError("balance needs a calibration batch (calibration=tensor [N, C, H, W]): "
                                  f"{len(sites) + len(inner_mods) - len(fixed)} activation(s) have no learned threshold")
-        thresholds = {} if calibration is None else _calibrate(cal_gm, sites, inner_mods, calibration, float(balance))
+        thresholds = {}
+        if calibration is not None:  # in eval mode: a BatchNorm in train mode would update its statistics
+            modes = {m: m.training for m in work.modules()}
+            cal_gm.eval()
+            try:
+                thresholds = _calibrate(cal_gm, sites, inner_mods, calibration, float(balance))
+            finally:
+                for m, mode in modes.items():
+                    m.training = mode
         for key, value in fixed.items():  # a learned clipping threshold (QCFS's λ) is the threshold
             thresholds[key] = value
         for node in sites:  # a bounded activation clips there: ReLU6 at 6
@@ -1256,7 +1276,7 @@ _MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_
 
 def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = None, *, percentile: float = 99.9,
             signed: bool = True, v_init: float = 0.5, encoding: str = "direct",
-            neuron: dict | None = None) -> SpikingNet:
+            neuron: dict | None = None, burst: int = 1) -> SpikingNet:
     """Convert a trained CNN into a rate-coded SNN that converges to it as T grows (no training).
 
     Every activation becomes a :class:`~spikelite.neuron.ConversionIF` layer: soft reset, membrane
@@ -1268,7 +1288,10 @@ def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = Non
     computes the CNN clipped at the thresholds (docs/conversion.md, "Conversion that converges").
 
     Max-pooling after the first neuron is refused: the maximum of spike trains is not the spike train of
-    the maximum (build the model with average pooling, ``pool="avg"``). ``neuron``: further
+    the maximum (build the model with average pooling, ``pool="avg"``). ``burst``: up to that many spikes
+    per step (a neuron that received its charge late catches up; its count never exceeds t): with
+    ``burst >= T`` every layer's count after T steps is exactly ``clamp(round(Σx/θ), 0, T)``, so a QCFS CNN
+    with L levels converts exactly at T = L. ``neuron``: further
     :class:`~spikelite.neuron.ConversionIF` options for fine-tuning (``surrogate``, ``detach_reset``,
     ``learn_threshold``).
     """
@@ -1291,7 +1314,7 @@ def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = Non
     kind = str(extra.pop("kind", "conversion_if")).lower()
     if kind != "conversion_if":
         raise SpikeliteError(f"convert builds ConversionIF neurons (kind 'conversion_if'), not {kind!r}")
-    neuron = {**extra, "kind": "conversion_if", "v_init": v_init, "signed": signed}
+    neuron = {**extra, "kind": "conversion_if", "v_init": v_init, "signed": signed, "burst": extra.get("burst", burst)}
     net = spikify(model, T=T, neuron=neuron, encoding=encoding, balance=percentile, calibration=calibration,
                   balance_mode="cnn")
     pools = list(net._temporal_maxpools)

@@ -71,7 +71,7 @@ __all__ = [
     "conv_fanout",
     "synaptic_ops",
     "is_binary",
-    "is_spike_valued",
+    "spike_events",
     "load_model",
     "register_cli",
 ]
@@ -333,22 +333,36 @@ def is_binary(x: torch.Tensor) -> bool:
     return bool(torch.logical_or(x == 0, x == 1).all())
 
 
-def is_spike_valued(x: torch.Tensor, amplitudes, channel_dim: int = 1) -> bool:
-    """True when ``x`` is binary, or holds spikes: every nonzero value of a channel has one magnitude, and
-    that magnitude is one of ``amplitudes`` (the thresholds of the ConversionIF layers that ran: their
-    spikes are ±θ, and a concatenation of two layers' spikes has one θ per channel group). Such an input
-    is still an event stream: the amplitude folds into the next layer's weights (per input channel), so
-    each nonzero input costs one AC per synapse, a negative spike included (a ternary event)."""
-    if is_binary(x):
-        return True
+def spike_events(x: torch.Tensor, amplitudes=(), channel_dim: int = 1) -> torch.Tensor | None:
+    """How many spike events each element of ``x`` carries, or None when ``x`` is not spikes.
+
+    Binary ``x``: one event per nonzero element. Otherwise ``x`` is spikes when every channel's nonzero
+    values are whole multiples (of either sign) of one of ``amplitudes`` — the thresholds of the
+    ConversionIF layers that ran: their spikes carry the threshold ±θ, a burst of k spikes is ±kθ, and a
+    concatenation of two layers' spikes has one θ per channel group. The amplitude folds into the next
+    layer's weights (per input channel), so each event costs one AC per synapse: a negative spike is one
+    event, a burst of k is k events."""
+    if x.dtype == torch.bool or is_binary(x):
+        return x != 0
     if not amplitudes or x.is_complex() or not x.is_floating_point() or x.dim() <= channel_dim:
-        return False
-    a = x.detach().abs().movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1)
-    peak = a.amax(dim=1, keepdim=True)
-    known = torch.tensor(sorted(amplitudes), dtype=x.dtype, device=x.device)
-    if not bool((torch.isin(peak, known) | (peak == 0)).all()):
-        return False
-    return bool(((a == 0) | (a == peak)).all())
+        return None
+    moved = x.detach().abs().movedim(channel_dim, 0)
+    a = moved.reshape(moved.shape[0], -1).double()
+    smallest = torch.where(a > 0, a, torch.full_like(a, math.inf)).amin(dim=1)  # [C]
+    known = torch.tensor(sorted(set(amplitudes), reverse=True), dtype=torch.float64, device=a.device)
+    ratio = smallest[:, None] / known[None, :]
+    whole = ratio.round()
+    fits = (whole >= 1) & ((ratio - whole).abs() <= 1e-4 * whole.clamp_min(1))
+    empty = torch.isinf(smallest)
+    if not bool((fits.any(dim=1) | empty).all()):
+        return None
+    amp = known[fits.to(torch.int8).argmax(dim=1)]  # the largest amplitude that fits
+    amp = torch.where(empty, torch.ones_like(amp), amp)
+    k = a / amp[:, None]
+    kr = k.round()
+    if not bool(((k - kr).abs() <= 1e-4 * kr.clamp_min(1)).all()):
+        return None
+    return kr.to(torch.int64).reshape(moved.shape).movedim(0, channel_dim)
 
 
 def _pad_index(idx: torch.Tensor, length: int, mode: str) -> torch.Tensor:
@@ -408,7 +422,8 @@ def _axis_fanout_transposed(length: int, out_len: int, kernel: int, stride: int,
     return ((pos >= 0) & (pos < out_len)).sum(1)
 
 
-def conv_fanout(m: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> int:
+def conv_fanout(m: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None,
+                events: torch.Tensor | None = None) -> int:
     """Exact number of (nonzero input element, weight) products of one call of conv ``m`` on ``x``.
 
     Every nonzero input element at spatial position ``p`` of a channel in group ``g`` is multiplied by
@@ -419,10 +434,11 @@ def conv_fanout(m: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) 
     arithmetic, where ``nnz(p)`` counts the nonzero elements at ``p`` over batch and channels. It
     equals ``sum(conv(nonzero_mask(x), all-ones kernel of the same geometry))`` (tested against that
     and against a brute-force loop). ``out`` is needed for transposed convs (their output size).
+    ``events``: events per input element (a burst of k spikes is k) in place of the nonzero mask.
     """
     nd = x.dim() - 2
     spatial = x.shape[2:]
-    nz = (x != 0).sum(dim=(0, 1))  # int64 [*spatial]
+    nz = (x != 0 if events is None else events).sum(dim=(0, 1))  # int64 [*spatial]
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
     weight = nz
     for axis in range(nd):
@@ -450,14 +466,16 @@ def _dense_macs(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     return out.numel() * (m.in_channels // m.groups) * kernel
 
 
-def synaptic_ops(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
+def synaptic_ops(m: nn.Module, x: torch.Tensor, out: torch.Tensor,
+                 events: torch.Tensor | None = None) -> tuple[int, int]:
     """``(effective, dense)`` operations of one call of a synaptic layer: effective = nonzero input
-    elements times their real fan-out (the ACs when ``x`` is binary), dense = MACs with every input
-    element used (``out_elements x in_channels/groups x kernel`` for convs)."""
+    elements (or ``events``: spike events per element) times their real fan-out (the ACs when ``x`` is
+    spikes), dense = MACs with every input element used (``out_elements x in_channels/groups x kernel``
+    for convs)."""
     if isinstance(m, nn.Linear):
-        eff = int((x != 0).sum()) * m.out_features
+        eff = int((x != 0).sum() if events is None else events.sum()) * m.out_features
     else:
-        eff = conv_fanout(m, x, out)
+        eff = conv_fanout(m, x, out, events)
     return eff, _dense_macs(m, x, out)
 
 
@@ -739,12 +757,13 @@ class _Counter:
             return
         st = self.layers[m]
         with torch.no_grad():
+            events = spike_events(x, self.amplitudes, x.dim() - 1 if isinstance(m, nn.Linear) else 1) \
+                if self.spiking else None
             eff, dense = synaptic_ops(m, x, out)
-            binary = self.spiking and is_spike_valued(x, self.amplitudes, x.dim() - 1 if isinstance(m, nn.Linear) else 1)
             st.calls += 1
-            if binary:
+            if events is not None:
                 st.ac_calls += 1
-                st.acs += eff
+                st.acs += synaptic_ops(m, x, out, events)[0] if events.dtype != torch.bool else eff
             else:
                 st.mac_calls += 1
                 st.macs += dense
@@ -795,9 +814,12 @@ class _Counter:
         st = self.neurons[m]
         st.calls += 1
         st.updates += x.numel()
-        st.spikes += int((s != 0).sum())
-        if isinstance(m, ConversionIF):  # its spikes are ±θ: an input of that amplitude is spikes
-            self.amplitudes.add(float(m.v_threshold.detach().to(s.dtype)))
+        if isinstance(m, ConversionIF):  # its spikes are ±kθ: k events each; an input of that amplitude is spikes
+            th = m.v_threshold.detach().to(s.dtype)
+            self.amplitudes.add(float(th))
+            st.spikes += int((s.abs() / th).round().sum())
+        else:
+            st.spikes += int((s != 0).sum())
         if self.time_steps is None and x.dim() >= 2 and isinstance(m, (LIF, ConversionIF)):
             self.time_steps = int(x.shape[0])  # spikelite neurons are multi-step: [T, N, ...]
 

@@ -533,17 +533,26 @@ class ConversionIF(nn.Module):
       tracks ``clamp(round(Σx/θ), 0, t)`` instead of overshooting it. A negative spike is an event like a
       positive one (one AC per synapse in the energy model); hardware needs a ternary spike for it.
 
-    Surrogate gradients for fine-tuning: ``S = Θ((H - θ)/θ) - Θ(-H/θ)·[C > 0]`` with the surrogate's
-    derivative in place of Θ's. ``detach_reset`` detaches S inside the reset. ``learn_threshold`` learns
-    θ (it also scales the output). Shapes: ``[T, N, ...]`` in, ``[T, N, ...]`` out; no state survives a call.
+    ``burst=B``: up to B spikes per step (``S_t = clamp(floor(H_t/θ), -C_{t-1} or 0, min(B, t - C_{t-1}))``),
+    the count never above t: a neuron whose charge arrived late catches up, and with ``B >= T`` the count is
+    exactly ``clamp(round(Σx/θ), 0, T)`` at every step.
+
+    Gradients for fine-tuning: the rate code's straight-through gradient, step by step — the identity from
+    a step's output to its input while the running input keeps the count unclipped, none through the
+    membrane from step to step (QCFS's gradient, which a converted network was trained with; a surrogate of
+    the spike function through time compounds T-fold per layer in a neuron without leak).
+    ``learn_threshold`` learns θ (it also scales the output). Shapes: ``[T, N, ...]`` in and out; no state
+    survives a call.
     """
 
     binary_spikes = False  # outputs are 0 and ±θ: compact spike storage must not pack them as 0/1
 
     def __init__(self, v_threshold: float = 1.0, v_init: float = 0.5, signed: bool = True,
-                 detach_reset: bool = True, surrogate="atan", surrogate_alpha: float | None = None,
-                 learn_threshold: bool = False):
+                 learn_threshold: bool = False, burst: int = 1):
         super().__init__()
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise SpikeliteError(f"ConversionIF: burst (spikes per step at most) must be an integer >= 1, got {burst!r}")
+        self.burst = burst
         if not (float(v_threshold) > 0) or not math.isfinite(float(v_threshold)):
             raise SpikeliteError(f"ConversionIF: v_threshold must be a positive number, got {v_threshold}")
         v_init = float(v_init)
@@ -551,8 +560,6 @@ class ConversionIF(nn.Module):
             raise SpikeliteError(f"ConversionIF: v_init (a fraction of the threshold) must be in [0, 1), got {v_init}")
         self.v_init = v_init
         self.signed = bool(signed)
-        self.detach_reset = bool(detach_reset)
-        self.surrogate = get_surrogate(surrogate, surrogate_alpha)
         self.learn_threshold = bool(learn_threshold)
         threshold = torch.tensor(float(v_threshold))
         if self.learn_threshold:
@@ -580,43 +587,60 @@ class ConversionIF(nn.Module):
         """In place, no graph: evaluation and calibration at any T."""
         out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
         v = (x_seq[0] * 0).add_(th * self.v_init)
-        count = torch.zeros_like(v) if self.signed else None
+        count = torch.zeros_like(v) if (self.signed or self.burst > 1) else None
         for t in range(x_seq.shape[0]):
             v.add_(x_seq[t])
-            s = (v >= th).to(v.dtype)
-            if self.signed:
-                s.sub_(((v < 0) & (count > 0)).to(v.dtype))
+            if self.burst > 1:  # as many spikes as the membrane holds thresholds, at most burst, count <= t
+                s = torch.floor(v / th)
+                lo = -count if self.signed else torch.zeros_like(count)
+                s = torch.minimum(torch.maximum(s, lo), (t + 1 - count).clamp(max=self.burst))
                 count.add_(s)
+            else:
+                s = (v >= th).to(v.dtype)
+                if self.signed:
+                    s.sub_(((v < 0) & (count > 0)).to(v.dtype))
+                    count.add_(s)
             torch.mul(s, th, out=out[t])
             v.sub_(out[t])
         return out
 
     def _forward_autograd(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
-        """Step by step under autograd (surrogate gradients): fine-tuning a converted network."""
+        """Step by step under autograd: fine-tuning a converted network, with the rate code's straight-through
+        gradient (QCFS's): each step's output passes the gradient to that step's input while the running
+        sum of the input keeps the count unclipped (``0 <= Σ_{s<=t} x_s <= (t+1)·θ``), and the membrane
+        carries none from one step to the next (through an IF neuron it would reach each input once per
+        later step: T-fold per layer, T^depth through the network)."""
         outs = []
-        v = th * self.v_init + torch.zeros_like(x_seq[0])
-        count = torch.zeros_like(x_seq[0]) if self.signed else None
+        v = (th * self.v_init + torch.zeros_like(x_seq[0])).detach()
+        total = torch.zeros_like(v)
+        count = torch.zeros_like(v) if (self.signed or self.burst > 1) else None
         for t in range(x_seq.shape[0]):
-            h = v + x_seq[t]
-            s = self.surrogate((h - th) / th)
-            if self.signed:
-                s = s - (1.0 - self.surrogate(h / th)) * (count > 0).to(h.dtype)
-                count = count + s.detach()
-            r = s.detach() if self.detach_reset else s
-            v = h - r * th
-            outs.append(s * th)
+            x = x_seq[t]
+            with torch.no_grad():
+                h = v + x
+                total = total + x
+                if self.burst > 1:
+                    lo = -count if self.signed else torch.zeros_like(count)
+                    k = torch.minimum(torch.maximum(torch.floor(h / th), lo), (t + 1 - count).clamp(max=self.burst))
+                else:
+                    k = (h >= th).to(h.dtype)
+                    if self.signed:
+                        k = k - ((h < 0) & (count > 0)).to(h.dtype)
+                if count is not None:
+                    count = count + k
+                v = h - k * th
+                inside = ((total >= 0) & (total <= (t + 1) * th)).to(x.dtype)
+            outs.append(k * th + (x - x.detach()) * inside)
         return torch.stack(outs)
 
     def config(self) -> dict:
         """Constructor arguments that rebuild this neuron (the thresholds live in the state_dict)."""
-        sur = self.surrogate.config() if isinstance(self.surrogate, Surrogate) else None
         return {"kind": "conversion_if", "v_threshold": float(self.v_threshold.detach()), "v_init": self.v_init,
-                "signed": self.signed, "detach_reset": self.detach_reset, "surrogate": sur,
-                "learn_threshold": self.learn_threshold}
+                "signed": self.signed, "learn_threshold": self.learn_threshold, "burst": self.burst}
 
     def extra_repr(self) -> str:
-        return (f"v_threshold={float(self.v_threshold.detach()):.4g}, v_init={self.v_init:g}, signed={self.signed}, "
-                f"detach_reset={self.detach_reset}, surrogate={self.surrogate!r}"
+        return (f"v_threshold={float(self.v_threshold.detach()):.4g}, v_init={self.v_init:g}, signed={self.signed}"
+                + (f", burst={self.burst}" if self.burst > 1 else "")
                 + (", learn_threshold" if self.learn_threshold else ""))
 
 

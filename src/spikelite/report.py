@@ -49,8 +49,8 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
     }
 }
 
-_VARIANT_ORDER = {"cnn": 0, "cnn-p": 1, "snn": 2, "snn-p": 3}
-_MARKERS = {"cnn": "o", "cnn-p": "s", "snn": "^", "snn-p": "v"}
+_VARIANT_ORDER = {"cnn": 0, "cnn-q": 1, "cnn-p": 2, "snn": 3, "snn-p": 4}
+_MARKERS = {"cnn": "o", "cnn-q": "D", "cnn-p": "s", "snn": "^", "snn-p": "v"}
 
 
 def _paper(dataset: str, family: str | None, variant: str) -> dict:

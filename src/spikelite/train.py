@@ -206,7 +206,10 @@ def recipe_neuron(spec: dict) -> dict:
     """``spec`` (snn.neuron) with the recipe's defaults filled in where it is silent."""
     spec = dict(spec)
     kind = str(spec.get("kind", "lif")).lower()
-    out = {k: v for k, v in RECIPE_NEURON.items() if kind == "lif" or k != "decay_input"}
+    if kind == "conversion_if":  # soft reset, no leak, its own straight-through gradient: nothing to add
+        out = {}
+    else:
+        out = {k: v for k, v in RECIPE_NEURON.items() if kind == "lif" or k != "decay_input"}
     out.update(spec)
     return out
 
