@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 from .errors import SpikeliteError  # noqa: E402
 from .neuron import IF, LIF  # noqa: E402
-from .convert import SpikingNet, convert, spikify  # noqa: E402
+from .convert import SpikingNet, spikify  # noqa: E402
 
-__all__ = ["__version__", "SpikeliteError", "LIF", "IF", "spikify", "convert", "SpikingNet"]
+__all__ = ["__version__", "SpikeliteError", "LIF", "IF", "spikify", "SpikingNet"]
