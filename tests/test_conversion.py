@@ -345,3 +345,20 @@ def test_calibration_never_updates_batchnorm_statistics_even_from_a_model_in_tra
     assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa if "running" in k)
+
+
+def test_a_converted_snn_exports_to_onnx_and_torchscript_and_nir_refuses_it_by_name(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from spikelite.export import export
+
+    torch.manual_seed(0)
+    cnn = create_model("squeezenet1_1", num_classes=10, image_size=16, pool="avg")
+    x = torch.randn(4, 3, 16, 16)
+    _settle_bn(cnn, x)
+    snn = convert(cnn, T=3, calibration=x, burst=2).eval()
+    for fmt in ("onnx", "torchscript"):  # each read back and checked against PyTorch by export itself
+        res = export(snn, tmp_path / f"s.{fmt}", format=fmt)
+        assert (tmp_path / f"s.{fmt}").stat().st_size > 0, res
+    with pytest.raises(SpikeliteError, match="ConversionIF; NIR export knows spikelite's LIF and IF"):
+        export(snn, tmp_path / "s.nir", format="nir")
+    assert not (tmp_path / "s.nir").exists()

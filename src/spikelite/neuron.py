@@ -585,7 +585,7 @@ class ConversionIF(nn.Module):
 
     def _forward_fast(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
         """In place, no graph: evaluation and calibration at any T."""
-        out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+        outs = []  # stacked at the end, not written into slices of one tensor: ONNX export traces this
         v = (x_seq[0] * 0).add_(th * self.v_init)
         count = torch.zeros_like(v) if (self.signed or self.burst > 1) else None
         for t in range(x_seq.shape[0]):
@@ -600,9 +600,10 @@ class ConversionIF(nn.Module):
                 if self.signed:
                     s.sub_(((v < 0) & (count > 0)).to(v.dtype))
                     count.add_(s)
-            torch.mul(s, th, out=out[t])
-            v.sub_(out[t])
-        return out
+            o = s * th
+            v.sub_(o)
+            outs.append(o)
+        return torch.stack(outs)
 
     def _forward_autograd(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
         """Step by step under autograd: fine-tuning a converted network, with the rate code's straight-through
