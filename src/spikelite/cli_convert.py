@@ -19,26 +19,15 @@ from pathlib import Path
 import torch
 
 from .convert import convert, layer_errors
-from .data import stratified_split
+from .data import BatchLoader, stratified_split
 from .errors import SpikeliteError
 
 __all__ = ["convert_checkpoint", "register_cli"]
 
 
-def _images(data, indices: torch.Tensor) -> torch.Tensor:
-    x = data.images[indices].float() / 255.0
-    mean = torch.tensor(data.mean, dtype=x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
-    std = torch.tensor(data.std, dtype=x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
-    return (x - mean) / std
-
-
-def _accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    correct = 0
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-    return correct / max(len(x), 1)
+def _images(data) -> torch.Tensor:
+    """All of ``data`` as one normalised float batch (the training loader's normalisation)."""
+    return next(iter(BatchLoader(data, len(data), shuffle=False, augment=None)))[0]
 
 
 def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None = None, dataset: str | None = None,
@@ -47,7 +36,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
                        force: bool = False, log=print) -> dict:
     """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
     (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
-    from .train import checkpoint_data, load_checkpoint, save_checkpoint
+    from .train import checkpoint_data, evaluate, load_checkpoint, save_checkpoint
 
     out_path = Path(out)
     if out_path.exists() and not force:
@@ -64,7 +53,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     train_data, root = checkpoint_data(meta, path, "train", data_root=data_root, dataset=dataset)
     n_cal = min(calibration_size, len(train_data))
     _, idx = stratified_split(train_data.labels, n_cal, seed) if n_cal < len(train_data) else (None, torch.arange(len(train_data)))
-    calibration = _images(train_data, idx)
+    calibration = _images(train_data.subset(idx))
     t0 = time.perf_counter()
     snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init, burst=burst)
     seconds = time.perf_counter() - t0
@@ -81,16 +70,16 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
         val, _ = checkpoint_data(meta, path, "val", data_root=root, dataset=dataset)
         n = min(check, len(val))
         _, vidx = stratified_split(val.labels, n, seed) if n < len(val) else (None, torch.arange(len(val)))
-        x, y = _images(val, vidx), val.labels[vidx]
-        res = {"images": n, "cnn": _accuracy(cnn, x, y, 200), "snn": {}}
+        val = val.subset(vidx)
+        res = {"images": n, "cnn": evaluate(cnn, val, batch_size=200)["accuracy"], "snn": {}}
         log(f"CNN: {100 * res['cnn']:.2f}% on {n} validation images")
         for t in check_T or (T,):
             snn.T = t
             t1 = time.perf_counter()
-            res["snn"][str(t)] = acc = _accuracy(snn, x, y, max(8, 1600 // t))
+            res["snn"][str(t)] = acc = evaluate(snn, val, batch_size=max(8, 1600 // t))["accuracy"]
             log(f"SNN T={t}: {100 * acc:.2f}% ({100 * (acc - res['cnn']):+.2f} points, {time.perf_counter() - t1:.0f} s)")
         snn.T = T
-        res["layers"] = layer_errors(cnn, snn, x[:min(n, 200)])
+        res["layers"] = layer_errors(cnn, snn, _images(val.subset(torch.arange(min(n, 200)))))
         summary["check"] = res
         save_meta["conversion"]["check"] = {k: v for k, v in res.items() if k != "layers"}
     save_checkpoint(out_path, snn, meta=save_meta)

@@ -59,6 +59,7 @@ __all__ = [
     "inference_model",
     "ACTIVATION_MODULES",
     "ACTIVATION_FUNCTIONS",
+    "activation_percentile",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -997,7 +998,9 @@ class _Recorder(fx.Interpreter):
         return super().run_node(n)
 
 
-def _percentile(values: Iterable[torch.Tensor], q: float) -> float:
+def activation_percentile(values: Iterable[torch.Tensor], q: float) -> float:
+    """The ``q``-th percentile of the rectified ``values`` (a 4M-element seeded sample of larger ones); the
+    maximum when that is 0, and 1 when everything is 0: a threshold that is always positive."""
     v = torch.cat([t.float().flatten() for t in values]).clamp_min(0.0)
     limit = 4_000_000
     if v.numel() > limit:
@@ -1048,7 +1051,7 @@ def balance_thresholds(net: "SpikingNet", calibration: torch.Tensor, percentile:
             neuron = act.neuron
             if getattr(neuron, "decay_input", False):
                 charge = charge / neuron.tau.detach()
-            thr = _percentile([charge], percentile)
+            thr = activation_percentile([charge], percentile)
             if hasattr(neuron, "set_threshold"):
                 neuron.set_threshold(thr)
             chosen.append(thr)
@@ -1118,8 +1121,8 @@ def _calibrate(model_eval_gm: fx.GraphModule, sites: list[fx.Node], inner_hooks:
     finally:
         for h in handles:
             h.remove()
-    out = {name: _percentile(vals, q) for name, vals in recorder.values.items()}
-    out.update({path: _percentile(vals, q) for path, vals in captured.items()})
+    out = {name: activation_percentile(vals, q) for name, vals in recorder.values.items()}
+    out.update({path: activation_percentile(vals, q) for path, vals in captured.items()})
     return out
 
 

@@ -53,8 +53,8 @@ from torch import nn
 
 from . import __version__
 from .allocator import MALLOC_MODES, apply_malloc_mode, env_malloc_mode
-from .convert import (TIME_BN_MODES, SpikingNet, convert, make_neuron, per_step_batchnorm, recalibrate_bn, respikify,
-                      spikify)
+from .convert import (TIME_BN_MODES, SpikingNet, activation_percentile, convert, make_neuron, per_step_batchnorm,
+                      recalibrate_bn, respikify, spikify)
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
 from .errors import SpikeliteError
 
@@ -1214,11 +1214,7 @@ def _to_qcfs(src: nn.Module, src_meta: dict, cfg: TrainConfig, train_data: Image
             for h in handles:
                 h.remove()
         for p, values in outs.items():
-            v = torch.cat([t.flatten() for t in values]).clamp_min(0)
-            if v.numel() > 4_000_000:
-                v = v[torch.randint(0, v.numel(), (4_000_000,), generator=torch.Generator().manual_seed(0))]
-            thr = float(torch.quantile(v, q / 100.0))
-            model.get_submodule(p).set_threshold(thr if thr > 0 else 1.0)
+            model.get_submodule(p).set_threshold(activation_percentile(values, q))
             n += 1
     log(f"{cfg.init_from}: ReLU activations replaced by QCFS (L={spec['act_levels']}"
         + (f", {n} thresholds λ from the {cfg.snn.balance or 99.9} percentile of the ReLU outputs" if n else "") + ")")
