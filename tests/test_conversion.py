@@ -362,3 +362,28 @@ def test_a_converted_snn_exports_to_onnx_and_torchscript_and_nir_refuses_it_by_n
     with pytest.raises(SpikeliteError, match="ConversionIF; NIR export knows spikelite's LIF and IF"):
         export(snn, tmp_path / "s.nir", format="nir")
     assert not (tmp_path / "s.nir").exists()
+
+
+def test_bias_correction_matches_each_layers_mean_output_to_the_cnns():
+    from spikelite.convert import correct_bias
+
+    torch.manual_seed(0)
+    cnn = create_model("shufflenetv2_x0_5", num_classes=10, image_size=32, width=0.25)
+    x = torch.randn(8, 3, 32, 32)
+    _settle_bn(cnn, x)
+    snn = convert(cnn, T=4, calibration=x).eval()
+
+    def mean_gap(net):  # per layer: |mean SNN output - mean CNN activation| averaged over channels
+        rows = layer_errors(cnn, net, x)
+        return [abs(r["snn_mean"] - r["cnn_mean"]) for r in rows]
+
+    before = mean_gap(snn)
+    with torch.no_grad():
+        ref, out0 = cnn(x), snn(x)
+    n = correct_bias(snn, cnn, x)
+    after = mean_gap(snn)
+    assert n == len(snn.spiking_layers())  # every neuron here is fed by a BatchNorm of its own
+    assert sum(after) < 0.5 * sum(before), (sum(before), sum(after))
+    with torch.no_grad():
+        out1 = snn(x)
+    assert (out1 - ref).norm() < (out0 - ref).norm()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .convert import convert, layer_errors
+from .convert import convert, correct_bias, layer_errors
 from .data import BatchLoader, stratified_split
 from .errors import SpikeliteError
 
@@ -32,7 +32,7 @@ def _images(data) -> torch.Tensor:
 
 def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None = None, dataset: str | None = None,
                        calibration_size: int = 256, percentile: float = 99.9, signed: bool = True,
-                       v_init: float = 0.5, burst: int = 1, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
+                       v_init: float = 0.5, burst: int = 1, bias_correction: bool = False, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
                        force: bool = False, log=print) -> dict:
     """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
     (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
@@ -56,6 +56,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     calibration = _images(train_data.subset(idx))
     t0 = time.perf_counter()
     snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init, burst=burst)
+    corrected = correct_bias(snn, cnn, calibration) if bias_correction else 0
     seconds = time.perf_counter() - t0
     thresholds = {p: float(a.neuron.v_threshold) for p, a in snn.spiking_layers()}
     src = str(Path(path).resolve())
@@ -63,7 +64,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     save_meta["metrics"] = None
     save_meta["source_checkpoint"] = {"path": src, "kind": "cnn", "metrics": meta.get("metrics")}
     save_meta["conversion"] = {"method": "convert", "T": T, "percentile": percentile, "signed": signed,
-                               "v_init": v_init, "burst": burst, "calibration_images": n_cal, "calibration_seed": seed,
+                               "v_init": v_init, "burst": burst, "bias_corrected_layers": corrected, "calibration_images": n_cal, "calibration_seed": seed,
                                "thresholds": thresholds}
     summary = {"checkpoint": str(out_path), "source": src, "T": T, "seconds": seconds, "thresholds": thresholds}
     if check:
@@ -99,7 +100,7 @@ def _cli(args: argparse.Namespace) -> int:
     summary = convert_checkpoint(
         args.checkpoint, args.out, T=args.T, data_root=args.data, dataset=args.dataset,
         calibration_size=args.calibration_size, percentile=args.percentile, signed=not args.unsigned,
-        v_init=args.v_init, burst=args.burst, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
+        v_init=args.v_init, burst=args.burst, bias_correction=args.bias_correction, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
         log=(lambda *a: None) if quiet else print)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -129,6 +130,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                                                              "threshold (default 0.5)")
     p.add_argument("--burst", type=int, default=1, help="spikes per step at most (default 1; with --burst >= T a "
                                                        "QCFS CNN with T levels converts exactly)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="after converting, shift each neuron's input so its mean output per channel matches the "
+                        "CNN's on the calibration images, at --T (SNN calibration)")
     p.add_argument("--seed", type=int, default=0, help="which calibration / check images (default 0)")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="also measure CNN and SNN on N validation images, and the per-layer error")

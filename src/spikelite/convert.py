@@ -46,6 +46,7 @@ __all__ = [
     "spikify",
     "convert",
     "layer_errors",
+    "correct_bias",
     "SpikingNet",
     "SpikingActivation",
     "TimeBroadcast",
@@ -1328,6 +1329,95 @@ def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = Non
             f"cannot convert max-pooling of spike trains exactly ({', '.join(pools[:3])}): the maximum of spike "
             "trains is not the spike train of the maximum. Use average pooling (zoo models: pool=avg)")
     return net
+
+
+def _cnn_activations(cnn: nn.Module, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Every activation module's outputs on ``images``, by module path, one per call (eval mode)."""
+    out: dict[str, list[torch.Tensor]] = {}
+    handles = [m.register_forward_hook(lambda mod, a, o, path=path: out.setdefault(path, []).append(o.detach()))
+               for path, m in cnn.named_modules() if _is_activation_module(m)]
+    was = cnn.training
+    cnn.eval()
+    try:
+        with torch.no_grad():
+            cnn(images)
+    finally:
+        for h in handles:
+            h.remove()
+        cnn.train(was)
+    return out
+
+
+def _site_output(calls: dict[str, list[torch.Tensor]], path: str) -> torch.Tensor | None:
+    """The CNN activation that the SNN's neuron layer at ``path`` replaced (``p__k``: the k-th call of ``p``)."""
+    base, _, k = path.partition("__")
+    found = calls.get(base) or []
+    idx = int(k) if k.isdigit() else 0
+    return found[idx] if idx < len(found) else None
+
+
+def _feeding_batchnorm(snn: SpikingNet, path: str) -> nn.Module | None:
+    """The BatchNorm whose output only the neuron layer at ``path`` reads (through a time broadcast), or None."""
+    for node in snn.body.graph.nodes:
+        if node.op == "call_module" and node.target == path and node.args and isinstance(node.args[0], fx.Node):
+            src = node.args[0]
+            if src.op == "call_module" and isinstance(snn.body.get_submodule(src.target), TimeBroadcast):
+                src = src.args[0] if isinstance(src.args[0], fx.Node) and len(src.users) == 1 else None
+            if src is None or src.op != "call_module" or len(src.users) != 1:
+                return None
+            m = snn.body.get_submodule(src.target)
+            ok = type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) and m.affine
+            return m if ok else None
+    return None
+
+
+def correct_bias(snn: SpikingNet, cnn: nn.Module, images: torch.Tensor) -> int:
+    """Bias correction after conversion (SNN calibration, Li et al. 2021), in place, layer by layer.
+
+    For each neuron layer in graph order, with the layers before it already corrected: the mean, per
+    channel, of the SNN's time-averaged output (rate × amplitude) at ``snn.T`` on ``images`` is compared
+    with the mean of the CNN's activation at that site, and the difference is added to the bias of the
+    BatchNorm that feeds the neuron (where that BatchNorm feeds it alone). It removes the systematic shift
+    that rounding and clipping leave, which compounds with depth. Returns the number of layers corrected."""
+    if not isinstance(snn, SpikingNet):
+        raise SpikeliteError(f"correct_bias expects a SpikingNet, got {type(snn).__name__}")
+    calls = _cnn_activations(cnn, images)
+    was = snn.training
+    snn.eval()
+    n = 0
+    try:
+        for path, act in snn.spiking_layers():
+            bn = _feeding_batchnorm(snn, path)
+            target = _site_output(calls, path)
+            if bn is None or target is None or target.dim() < 2 or target.shape[1] != bn.num_features:
+                continue
+            got: list[torch.Tensor] = []
+
+            def grab(m, a, out, store=got):
+                store.append(out.detach())
+                raise _StopForward
+
+            h = act.register_forward_hook(grab)
+            try:
+                with torch.no_grad():
+                    snn(images)
+            except _StopForward:
+                pass
+            finally:
+                h.remove()
+            if not got:
+                continue
+            out = got[0].view(act.T, -1, *got[0].shape[1:]).mean(0)
+            if out.shape != target.shape:
+                continue
+            dims = [0] + list(range(2, out.dim()))
+            delta = target.float().mean(dims) - out.float().mean(dims)
+            with torch.no_grad():
+                bn.bias.add_(delta.to(bn.bias.dtype))
+            n += 1
+    finally:
+        snn.train(was)
+    return n
 
 
 def layer_errors(cnn: nn.Module, snn: SpikingNet, images: torch.Tensor) -> list[dict]:
