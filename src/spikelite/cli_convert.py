@@ -56,7 +56,10 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     calibration = _images(train_data.subset(idx))
     t0 = time.perf_counter()
     snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init, burst=burst)
-    corrected = correct_bias(snn, cnn, calibration) if bias_correction else 0
+    corrected = 0
+    if bias_correction:  # on another draw of training images: on the thresholds' own images it corrected less
+        _, bidx = stratified_split(train_data.labels, n_cal, seed + 1) if n_cal < len(train_data) else (None, idx)
+        corrected = correct_bias(snn, cnn, _images(train_data.subset(bidx)))
     seconds = time.perf_counter() - t0
     thresholds = {p: float(a.neuron.v_threshold) for p, a in snn.spiking_layers()}
     src = str(Path(path).resolve())
