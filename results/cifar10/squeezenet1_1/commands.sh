@@ -111,3 +111,17 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from "$RUNS/snn-kd/b
 spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10/squeezenet1_1/snn-p-kd-pass2/best.pt \
   --data "$DATA" --out "$RUNS/snn-p-kd-pass3" --epochs 2 --seed 2 --threads 2 --save-every-steps 25 \
   --set data.eval_batch_size=64 --distill-from results/cifar10/squeezenet1_1/cnn-p/best.pt
+# 15. Session 15 (2026-12-05, code 69c27bf: the CNN path as before): a stronger CNN for the conversion route, 20 epochs
+#     of the unified recipe from scratch: 85.88 % at epoch 18 (best.pt; 85.82 % at epoch 20), against 81.30 % in 7
+#     epochs (command 1). 2 h 7 min 29 s wall, sharing the 2 cores with conversion measurements and the test suite
+#     (epochs 3-20 alone: 237-250 s each, 180-200 images/s). cnn-20ep/.
+spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --model squeezenet1_1 --model-opt pool=avg --channels-last \
+  --epochs 20 --threads 2 --out "$RUNS/sq_cnn20" --save-every-steps 100 --no-tensorboard
+# 16. The convertible CNN: command 15's CNN with QCFS activations (L = 4, a learned threshold λ per layer, each
+#     starting at the 99.9th percentile of the ReLU output it replaces), one epoch at lr 0.01 (cosine). cnn-q/.
+spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from "$RUNS/sq_cnn20/best.pt" \
+  --model-opt act_levels=4 --model-opt act_threshold=1.0 --epochs 1 --lr 0.01 --warmup-epochs 0 --channels-last \
+  --threads 2 --out "$RUNS/sq_q4" --no-tensorboard
+# 17. Its SNN, converted with no training: ConversionIF neurons with bursts (B = 4), thresholds = the learned λ, T = 4:
+#     at T = L it computes the QCFS CNN exactly. snn-q/ (the checkpoint and the check's output).
+spikelite convert "$RUNS/sq_q4/best.pt" --out "$RUNS/sq_snn_q4_b4.pt" --T 4 --burst 4 --check 1000 --check-T 4 --threads 2
