@@ -538,12 +538,11 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
             is_static = not temporal.get(src, False)
             path = plan.site_names.get(key)
             if path is None:
-                offset = 0.0
+                act = None
                 if node.op == "call_module":
                     path = node.target if key[-1] == 0 else _unique_name(gm, f"{node.target}__{key[-1]}")
                     act = gm.get_submodule(node.target)
                     source = type(act).__name__
-                    offset = _charge_offset(act)
                 else:
                     owner = key[1]
                     k = plan.fn_counter.get(owner, 0)
@@ -553,10 +552,8 @@ def _build_spiking_graph(gm: fx.GraphModule, T: int, factory, encoding: str, pla
                     source = f"F.{tgt}" if node.op == "call_function" else f"Tensor.{tgt}"
                 plan.site_names[key] = path
                 neuron = factory()
-                if isinstance(neuron, ConversionIF):
-                    offset = 0.0
                 plan.modules[path] = SpikingActivation(neuron, T, broadcast=is_static, source=source,
-                                                       charge_offset=offset)
+                                                       charge_offset=_charge_offset(act, neuron))
             module = plan.modules[path]
             if module.broadcast != is_static:  # train and eval graphs disagree: broadcast explicitly
                 if is_static:
@@ -1017,6 +1014,26 @@ class _StopForward(Exception):
     pass
 
 
+def _first_call(net: nn.Module, module: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor | None:
+    """``module``'s input (or ``output``) at its first call when ``net`` runs on ``x``; the rest of the forward
+    is skipped. None when the module is not called."""
+    got: list[torch.Tensor] = []
+
+    def grab(m, args, out=None):
+        got.append((out if output else args[0]).detach())
+        raise _StopForward
+
+    h = module.register_forward_hook(grab) if output else module.register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            net(x)
+    except _StopForward:
+        pass
+    finally:
+        h.remove()
+    return got[0] if got else None
+
+
 def balance_thresholds(net: "SpikingNet", calibration: torch.Tensor, percentile: float = 99.9) -> list[float]:
     """Spike-domain threshold balancing, layer by layer in graph order.
 
@@ -1032,23 +1049,9 @@ def balance_thresholds(net: "SpikingNet", calibration: torch.Tensor, percentile:
     chosen = []
     try:
         for _, act in layers:
-            captured: list[torch.Tensor] = []
-
-            def grab(m, args, store=captured):
-                store.append(args[0].detach())
-                raise _StopForward
-
-            h = act.register_forward_pre_hook(grab)
-            try:
-                with torch.no_grad():
-                    net(calibration)
-            except _StopForward:
-                pass
-            finally:
-                h.remove()
-            if not captured:
+            charge = _first_call(net, act, calibration, output=False)
+            if charge is None:
                 continue
-            charge = captured[0]
             neuron = act.neuron
             if getattr(neuron, "decay_input", False):
                 charge = charge / neuron.tau.detach()
@@ -1391,23 +1394,10 @@ def correct_bias(snn: SpikingNet, cnn: nn.Module, images: torch.Tensor) -> int:
             target = _site_output(calls, path)
             if bn is None or target is None or target.dim() < 2 or target.shape[1] != bn.num_features:
                 continue
-            got: list[torch.Tensor] = []
-
-            def grab(m, a, out, store=got):
-                store.append(out.detach())
-                raise _StopForward
-
-            h = act.register_forward_hook(grab)
-            try:
-                with torch.no_grad():
-                    snn(images)
-            except _StopForward:
-                pass
-            finally:
-                h.remove()
-            if not got:
+            got = _first_call(snn, act, images, output=True)
+            if got is None:
                 continue
-            out = got[0].view(act.T, -1, *got[0].shape[1:]).mean(0)
+            out = got.view(act.T, -1, *got.shape[1:]).mean(0)
             if out.shape != target.shape:
                 continue
             dims = [0] + list(range(2, out.dim()))
@@ -1425,37 +1415,27 @@ def layer_errors(cnn: nn.Module, snn: SpikingNet, images: torch.Tensor) -> list[
     activation at the same site on ``images``: ``{"layer", "error", "cnn_mean", "snn_mean"}`` in graph
     order, ``error = mean|SNN − CNN| / mean|CNN|``. Sites are matched by module path (a module called
     several times: by call order); functional activations (``act_fn<k>``) are left out."""
-    cnn_out: dict[str, list[torch.Tensor]] = {}
+    cnn_out = _cnn_activations(cnn, images)
     snn_out: dict[str, torch.Tensor] = {}
-    handles = []
-    for path, m in cnn.named_modules():
-        if _is_activation_module(m):
-            handles.append(m.register_forward_hook(
-                lambda mod, a, out, path=path: cnn_out.setdefault(path, []).append(out.detach())))
     layers = snn.spiking_layers()
-    for path, act in layers:
-        handles.append(act.register_forward_hook(
-            lambda mod, a, out, path=path: snn_out.__setitem__(path, out.view(mod.T, -1, *out.shape[1:]).mean(0))))
-    was_c, was_s = cnn.training, snn.training
-    cnn.eval()
+    handles = [act.register_forward_hook(
+        lambda mod, a, out, path=path: snn_out.__setitem__(path, out.view(mod.T, -1, *out.shape[1:]).mean(0)))
+        for path, act in layers]
+    was = snn.training
     snn.eval()
     try:
         with torch.no_grad():
-            cnn(images)
             snn(images)
     finally:
         for h in handles:
             h.remove()
-        cnn.train(was_c)
-        snn.train(was_s)
+        snn.train(was)
     rows = []
     for path, _ in layers:
-        base, _, k = path.partition("__")
-        calls = cnn_out.get(base)
-        idx = int(k) if k.isdigit() else 0
-        if not calls or idx >= len(calls) or path not in snn_out or calls[idx].shape != snn_out[path].shape:
+        target = _site_output(cnn_out, path)
+        if target is None or path not in snn_out or target.shape != snn_out[path].shape:
             continue
-        a, b = calls[idx].float(), snn_out[path].float()
+        a, b = target.float(), snn_out[path].float()
         denom = float(a.abs().mean())
         rows.append({"layer": path, "error": float((b - a).abs().mean()) / denom if denom > 0 else float("nan"),
                      "cnn_mean": float(a.mean()), "snn_mean": float(b.mean())})
