@@ -67,7 +67,7 @@ def child(args) -> dict:
 
     import torch
 
-    from spikelite.convert import spikify
+    from spikelite.snn import spikify
     from spikelite.models import create_model
 
     if os.environ.get("SPIKELITE_BENCH_RETAIN") == "1":

@@ -3,7 +3,7 @@
 Trains a small-image SqueezeNet 1.1 CNN on scikit-learn's digits (16×16, 4 epochs), converts it at
 T=4 and T=8 without fine-tuning, and prints validation accuracy for: the converted net as is, with
 spike-domain threshold balancing (99.9th percentile), and each of those with BatchNorm statistics
-re-estimated on the SNN's spikes (``spikelite.convert.recalibrate_bn``).
+re-estimated on the SNN's spikes (``spikelite.snn.recalibrate_bn``).
 
     python benchmarks/conversion_digits.py
 """
@@ -11,7 +11,7 @@ re-estimated on the SNN's spikes (``spikelite.convert.recalibrate_bn``).
 import torch
 import torch.nn.functional as F
 
-from spikelite.convert import recalibrate_bn, spikify
+from spikelite.snn import recalibrate_bn, spikify
 from spikelite.data import BatchLoader, load_split
 from spikelite.models import create_model
 

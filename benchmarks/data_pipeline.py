@@ -54,7 +54,7 @@ def epoch_time(loader: D.BatchLoader, epoch: int) -> float:
 def model_step_time(model_name: str, T: int | None, batch: int, steps: int, device: str) -> float:
     from torch import nn
 
-    from spikelite.convert import spikify
+    from spikelite.snn import spikify
     from spikelite.models import create_model
 
     torch.manual_seed(0)

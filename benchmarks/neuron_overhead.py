@@ -29,10 +29,10 @@ import time
 
 import torch
 
-from spikelite import _native
+from spikelite.snn import native as _native
 from spikelite.allocator import apply_malloc_mode
-from spikelite.neuron import LIF, _KERNELS
-from spikelite.surrogate import SURROGATES, get_surrogate
+from spikelite.snn import LIF, _KERNELS
+from spikelite.snn.surrogate import SURROGATES, get_surrogate
 
 SHAPES = [(32, 24, 16, 16), (32, 48, 8, 8), (32, 96, 4, 4), (32, 1024, 4, 4)]
 

@@ -11,7 +11,7 @@ One run per invocation; results are printed per epoch and saved as JSON under --
 import argparse, json, time, math, os, sys
 import torch, torch.nn.functional as F
 from spikelite.models import create_model
-from spikelite.convert import spikify
+from spikelite.snn import spikify
 
 def load_cifar_jpeg(root, cache):
     """Decode the CIFAR-10 JPEG ImageFolder once; validation = the last 500 files of every class."""

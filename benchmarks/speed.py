@@ -48,11 +48,11 @@ import torch
 from torch import nn
 
 from spikelite.allocator import MALLOC_MODES, apply_malloc_mode
-from spikelite.checkpoint import CheckpointSegment
-from spikelite.convert import SpikingNet, _pack_saved, spikify
-from spikelite.inference import inference_model
+from spikelite.snn.recompute import CheckpointSegment
+from spikelite.snn.layers import SpikingNet, _pack_saved, spikify
+from spikelite.snn import inference_model
 from spikelite.models import create_model
-from spikelite.neuron import LIF
+from spikelite.snn import LIF
 from spikelite.train import RECIPE_NEURON
 from train_speed import SJLIF, SnnTorchLeaky, saved_bytes
 

@@ -4,7 +4,7 @@ One CIFAR-sized spiking SqueezeNet 1.1 (spikelite's zoo model, BatchNorm on) is 
 batch 32 at T=4 on the CPU. The three SNNs share the exact same network and time folding
 (spikelite's ``spikify``); only the neuron layer differs:
 
-* ``spikelite``  — :class:`spikelite.neuron.LIF` (fused forward/backward over the sequence);
+* ``spikelite``  — :class:`spikelite.snn.LIF` (fused forward/backward over the sequence);
 * ``spikingjelly`` — ``spikingjelly.activation_based.neuron.LIFNode(step_mode="m")`` with the same
   τ, threshold, hard reset and sigmoid surrogate, reset after every call (``reset_net``);
 * ``snntorch``   — ``snntorch.Leaky(beta=1-1/τ, reset_mechanism="zero")`` stepped over T in a loop
@@ -29,7 +29,7 @@ import time
 import torch
 from torch import nn
 
-from spikelite.convert import spikify
+from spikelite.snn import spikify
 
 
 class SJLIF(nn.Module):
@@ -101,7 +101,8 @@ def saved_bytes(model, x, y, loss_fn, skip_parameters: bool = False) -> int:
     own packing function is applied inside the counting hook instead, so what is counted is
     exactly what spikelite stores.
     """
-    from spikelite.convert import SpikingNet, _pack_saved
+    from spikelite.snn import SpikingNet
+    from spikelite.snn.layers import _pack_saved
 
     storages: dict[int, int] = {}
     compact = isinstance(model, SpikingNet) and model.compact_spikes

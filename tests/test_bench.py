@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from spikelite import SpikeliteError, neuron
+from spikelite import SpikeliteError
+from spikelite.snn import neuron
 from spikelite import bench as B
 from spikelite import data as D
 from spikelite.cli import main as cli_main

@@ -1,4 +1,4 @@
-"""Conversion that converges: ConversionIF, spikelite.convert, QCFS with a learned λ, spikelite convert.
+"""Conversion that converges: ConversionIF, spikelite.snn, QCFS with a learned λ, spikelite convert.
 
 The property under test is the one a correct rate-coded conversion must have: as T grows, every neuron
 layer's time-averaged output (rate × amplitude) and the network's logits approach the CNN's, for every
@@ -15,13 +15,13 @@ from torch import nn
 
 from spikelite import SpikeliteError
 from spikelite import data as D
-from spikelite import neuron
+from spikelite.snn import neuron
 from spikelite import train as T
 from spikelite.cli import main as cli_main
-from spikelite.convert import SpikingNet, convert, layer_errors, spikify
+from spikelite.snn import SpikingNet, convert, layer_errors, spikify
 from spikelite.energy import measure
 from spikelite.models import create_model
-from spikelite.neuron import QCFS, ConversionIF
+from spikelite.snn import QCFS, ConversionIF
 
 
 @pytest.fixture(autouse=True)
@@ -365,7 +365,7 @@ def test_a_converted_snn_exports_to_onnx_and_torchscript_and_nir_refuses_it_by_n
 
 
 def test_bias_correction_matches_each_layers_mean_output_to_the_cnns():
-    from spikelite.convert import correct_bias
+    from spikelite.snn import correct_bias
 
     torch.manual_seed(0)
     cnn = create_model("shufflenetv2_x0_5", num_classes=10, image_size=32, width=0.25)

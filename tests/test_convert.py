@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 from spikelite import SpikeliteError
-from spikelite.convert import SpikingActivation, TimeBroadcast, spikify
-from spikelite.neuron import LIF
+from spikelite.snn import SpikingActivation, TimeBroadcast, spikify
+from spikelite.snn import LIF
 
 
 def _timm_mixnet():
@@ -270,7 +270,7 @@ def test_compact_spike_storage_saves_memory_and_keeps_gradients():
                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                         nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
     net = spikify(cnn, T=3)
-    from spikelite.convert import mark_spikes
+    from spikelite.snn import mark_spikes
 
     tagged = [n.args[0].target for n in net.body.graph.nodes if n.target is mark_spikes]
     assert tagged == ["2", "3", "7"]  # the pool (it keeps its input), the conv after it, the linear after the flatten
@@ -282,7 +282,7 @@ def test_compact_spike_storage_saves_memory_and_keeps_gradients():
         kinds = []
 
         def pack(t, kinds=kinds):
-            from spikelite.convert import _pack_saved
+            from spikelite.snn.layers import _pack_saved
 
             p = _pack_saved(t) if compact else t
             kinds.append((p[0] if isinstance(p, tuple) else p).dtype)
@@ -301,7 +301,7 @@ def test_compact_spike_storage_saves_memory_and_keeps_gradients():
 
 
 def test_recalibrate_bn_fits_statistics_to_spikes():
-    from spikelite.convert import recalibrate_bn
+    from spikelite.snn import recalibrate_bn
 
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4),
@@ -329,7 +329,7 @@ def test_recalibrate_bn_fits_statistics_to_spikes():
 
 
 def test_qcfs_forward_and_straight_through_gradient():
-    from spikelite.neuron import QCFS
+    from spikelite.snn import QCFS
 
     x = torch.tensor([-0.3, 0.0, 0.1, 0.124, 0.126, 0.5, 0.9, 1.0, 1.7], requires_grad=True)
     y = QCFS(4)(x)
@@ -342,7 +342,7 @@ def test_qcfs_forward_and_straight_through_gradient():
 
 @pytest.mark.parametrize("T", [2, 4, 8])
 def test_qcfs_network_converts_exactly_to_soft_reset_if_at_T_equal_levels(T):
-    from spikelite.neuron import QCFS
+    from spikelite.snn import QCFS
 
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), QCFS(T), nn.Flatten(),
@@ -364,7 +364,7 @@ def test_qcfs_network_converts_exactly_to_soft_reset_if_at_T_equal_levels(T):
 
 def test_create_model_act_levels_swaps_every_relu_and_rebuilds():
     from spikelite.models import create_model
-    from spikelite.neuron import QCFS
+    from spikelite.snn import QCFS
 
     m = create_model("squeezenet1_1", image_size=32, act_levels=4)
     assert m.spikelite_spec["act_levels"] == 4
@@ -391,7 +391,7 @@ def _tiny_squeezenet():
 
 
 def test_per_step_batchnorm_normalises_each_step_on_its_own():
-    from spikelite.convert import StepBatchNorm
+    from spikelite.snn import StepBatchNorm
 
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(3)
@@ -431,7 +431,7 @@ def test_per_step_batchnorm_normalises_each_step_on_its_own():
 
 
 def test_spikify_time_bn_per_step_replaces_the_spiking_part_only_and_round_trips():
-    from spikelite.convert import StepBatchNorm, per_step_batchnorm, recalibrate_bn
+    from spikelite.snn import StepBatchNorm, per_step_batchnorm, recalibrate_bn
     from spikelite.train import describe_model, rebuild_model
 
     cnn = _tiny_squeezenet()
@@ -475,7 +475,7 @@ def test_spikify_time_bn_per_step_replaces_the_spiking_part_only_and_round_trips
 
 
 def test_time_bn_per_step_on_timm_blocks_and_clear_errors():
-    from spikelite.convert import StepBatchNorm
+    from spikelite.snn import StepBatchNorm
     from spikelite.models import create_model
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikelite import cli
-from spikelite.convert import spikify
+from spikelite.snn import spikify
 from spikelite.energy import (
     PROFILES,
     EnergyProfile,
@@ -28,7 +28,7 @@ from spikelite.energy import (
 )
 from spikelite.errors import SpikeliteError
 from spikelite.models import create_model, model_info
-from spikelite.neuron import LIF
+from spikelite.snn import LIF
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -693,7 +693,7 @@ def test_input_repeated_over_time_counts_the_stem_every_step():
 
 def test_per_step_batchnorm_is_never_folded_one_mac_per_element():
     """A time-aware BatchNorm scales each step differently, so it cannot fold into the conv before it."""
-    from spikelite.convert import StepBatchNorm
+    from spikelite.snn import StepBatchNorm
 
     torch.manual_seed(0)
     cnn = create_model("squeezenet1_1", stem_reduction=4).eval()

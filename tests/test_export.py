@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from spikelite import cli
-from spikelite.convert import spikify
+from spikelite.snn import spikify
 from spikelite.errors import SpikeliteError
 from spikelite.models import create_model
 

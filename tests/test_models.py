@@ -69,7 +69,7 @@ def test_unknown_name_lists_valid_names():
 @pytest.mark.parametrize("image_size", [32, 64])
 @pytest.mark.parametrize("name", NAMES)
 def test_build_train_cnn_and_snn(name, image_size):
-    from spikelite.convert import spikify
+    from spikelite.snn import spikify
 
     torch.manual_seed(0)
     num_classes = 7

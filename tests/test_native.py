@@ -1,4 +1,4 @@
-"""The native C++ LIF operator (spikelite/csrc/lif.cpp): same spikes and gradients as the eager fused path,
+"""The native C++ LIF operator (spikelite/snn/csrc/lif.cpp): same spikes and gradients as the eager fused path,
 every layout, no-grad calls, and the build: cached, written atomically, and optional."""
 
 import itertools
@@ -10,8 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from spikelite import _native
-from spikelite.neuron import IF, LIF
+from spikelite.snn import native as _native
+from spikelite.snn import IF, LIF
 
 ops = _native.ops()
 needs_native = pytest.mark.skipif(ops is None, reason=f"native kernels unavailable: {_native._STATE.get('error')}")
@@ -174,8 +174,8 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 def test_build_is_cached_and_atomic_and_a_broken_compiler_falls_back(tmp_path):
     probe = """
         import warnings, torch
-        from spikelite import _native
-        from spikelite.neuron import LIF
+        from spikelite.snn import native as _native
+        from spikelite.snn import LIF
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             x = torch.rand(3, 2, 5, requires_grad=True) * 2
@@ -210,7 +210,7 @@ def test_build_is_cached_and_atomic_and_a_broken_compiler_falls_back(tmp_path):
 
 def _pair_paths(net) -> tuple[list[str], list]:
     """The backward node of every recomputed BatchNorm -> neuron pair in the net's training body."""
-    from spikelite.checkpoint import RecomputedNeuron
+    from spikelite.snn.recompute import RecomputedNeuron
 
     names: list[str] = []
     handles = [m.register_forward_hook(lambda m, a, out: names.append(out.grad_fn.name()))

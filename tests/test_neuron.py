@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from spikelite import SpikeliteError
-from spikelite.neuron import IF, LIF
-from spikelite.surrogate import SURROGATES, Surrogate, get_surrogate
+from spikelite.snn import IF, LIF
+from spikelite.snn.surrogate import SURROGATES, Surrogate, get_surrogate
 
 sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
 sj_surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
@@ -44,7 +44,7 @@ def test_matches_spikingjelly(v_reset, decay_input, detach_reset, sur, tau, back
     assert torch.equal(s, s_ref)
     assert torch.allclose(x.grad, gx_ref, atol=1e-6, rtol=0)
     # membrane: the reference path can return it; compare with SpikingJelly's v_seq
-    from spikelite.neuron import lif_multistep_reference
+    from spikelite.snn.neuron import lif_multistep_reference
 
     _, v_seq = lif_multistep_reference(x.detach(), torch.tensor(tau), torch.tensor(1.0), v_reset, decay_input,
                                        detach_reset, get_surrogate(sur), return_v=True)
@@ -52,8 +52,8 @@ def test_matches_spikingjelly(v_reset, decay_input, detach_reset, sur, tau, back
 
 
 def test_auto_backend_picks_native_then_compiled_for_fixed_and_fused_for_learnable(monkeypatch):
-    import spikelite.neuron as nmod
-    from spikelite import _native
+    import spikelite.snn.neuron as nmod
+    from spikelite.snn import native as _native
 
     x = torch.rand(3, 2, 4, requires_grad=True) * 2
     fixed = LIF()
@@ -202,7 +202,7 @@ def test_compiled_kernels_compile_once_per_T_whatever_the_layout():
     # 4-D and 5-D inputs, NCHW and channels_last, a transposed view: the compiled kernels read every
     # one as a flat [T, M] tensor in its memory order, so one compilation serves them all, the
     # output keeps the input's layout and spikes/gradients equal the eager fused path's.
-    import spikelite.neuron as nmod
+    import spikelite.snn.neuron as nmod
     from torch._dynamo.utils import counters
 
     T = 5  # a T no other test uses: its kernels are compiled here

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikelite import SpikeliteError, spikify
-from spikelite.checkpoint import CheckpointSegment, RecomputedNeuron
-from spikelite.convert import SpikingActivation, inference_model
-from spikelite.inference import InferenceModel, InferenceNet, fold_batchnorm
+from spikelite.snn.recompute import CheckpointSegment, RecomputedNeuron
+from spikelite.snn import SpikingActivation, inference_model
+from spikelite.snn import InferenceModel, InferenceNet, fold_batchnorm
 from spikelite.models import create_model
 
 
@@ -174,7 +174,7 @@ def _train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 def _saved_bytes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """Bytes autograd keeps for backward (each storage once, parameters excluded), packing as the net does."""
-    from spikelite.convert import _pack_saved
+    from spikelite.snn.layers import _pack_saved
 
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     storages: dict[int, int] = {}
@@ -293,7 +293,7 @@ def test_recomputed_neurons_save_less_for_backward_and_spikes_are_stored_compact
     recomputed = _saved_bytes(net, x, y)
     assert 0 < recomputed < 0.7 * full  # measured: 0.59 (SqueezeNet 1.1, T=4, batch 32)
     # no float tensor that holds only spikes is saved in full (max-pooling keeps its input too)
-    from spikelite.convert import _pack_saved
+    from spikelite.snn.layers import _pack_saved
 
     net.recompute_neurons = False
     loose = []
@@ -336,7 +336,7 @@ def test_speed_benchmark_runs_every_variant_and_the_peers_agree(monkeypatch, cap
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from spikelite import neuron
+    from spikelite.snn import neuron
 
     monkeypatch.setattr(neuron._KERNELS, "broken", True)  # eager LIF kernels: no compile time here
     speed = __import__("speed")

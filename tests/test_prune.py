@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikelite import data as D
-from spikelite import neuron
+from spikelite.snn import neuron
 from spikelite import prune as P
 from spikelite import train as T
 from spikelite.cli import main as cli_main
-from spikelite.convert import SpikingNet, spikify
+from spikelite.snn import SpikingNet, spikify
 from spikelite.errors import SpikeliteError
 from spikelite.models import create_model, macro_module_info, macro_modules, model_info
 

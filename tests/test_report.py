@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikelite import SpikeliteError, neuron
+from spikelite import SpikeliteError
+from spikelite.snn import neuron
 from spikelite import bench as B
 from spikelite import data as D
 from spikelite import report as R

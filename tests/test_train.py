@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from spikelite import SpikeliteError, neuron
+from spikelite import SpikeliteError
+from spikelite.snn import neuron
 from spikelite import data as D
 from spikelite import train as T
 from spikelite.cli import main as cli_main
-from spikelite.convert import SpikingNet, spikify
+from spikelite.snn import SpikingNet, spikify
 from spikelite.models import create_model
 
 # A zoo model small enough for 8x8 digits on a shared 2-core machine (~30 ms per CNN step).
@@ -386,7 +387,7 @@ def test_channels_last_trains_the_same_network(tmp_path, capsys):
 
 def test_eval_T_trains_short_and_validates_longer(tmp_path, monkeypatch):
     # train at T=1, validate and record checkpoints at T=3; resuming trains at T=1 again
-    from spikelite.convert import SpikingNet
+    from spikelite.snn import SpikingNet
 
     seen_T = []
     fwd = SpikingNet.forward_steps
@@ -421,7 +422,7 @@ def test_eval_T_trains_short_and_validates_longer(tmp_path, monkeypatch):
 
 
 def test_time_bn_per_step_converts_trains_and_reloads(tmp_path):
-    from spikelite.convert import StepBatchNorm
+    from spikelite.snn import StepBatchNorm
 
     T.train(_cfg(tmp_path, "cnn", epochs=1, data__train_subset=64, optim__warmup_epochs=0))
     cnn_ckpt = str(tmp_path / "cnn" / "last.pt")
@@ -470,7 +471,7 @@ def test_spike_inputs_from_a_cnn_or_added_to_an_snn_checkpoint(tmp_path, capsys)
 
 def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatch):
     # a memory option only: the same weights after training, bit for bit
-    from spikelite.checkpoint import RecomputedNeuron
+    from spikelite.snn.recompute import RecomputedNeuron
 
     runs = []
     forward = RecomputedNeuron.forward
@@ -496,11 +497,11 @@ def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatc
 
 def test_compact_spikes_off_trains_the_identical_snn_and_stores_floats(tmp_path, capsys, monkeypatch):
     # a speed/memory option only: the same weights after training, bit for bit; off, nothing is packed
-    from spikelite import convert
+    from spikelite.snn import net as snn_net
 
     packed = []
-    pack = convert._pack_saved
-    monkeypatch.setattr(convert, "_pack_saved", lambda t: packed.append(1) or pack(t))
+    pack = snn_net._pack_saved
+    monkeypatch.setattr(snn_net, "_pack_saved", lambda t: packed.append(1) or pack(t))
     states = {}
     for compact in (True, False):
         packed.clear()

@@ -1213,7 +1213,7 @@ def _apply_backend(model, cfg) -> None:
     backend = (cfg.snn.neuron or {}).get("backend")
     if not backend:
         return
-    from .neuron import LIF
+    from .snn import LIF
 
     for mod in model.modules():
         if isinstance(mod, LIF):
@@ -1257,7 +1257,7 @@ def _evaluate_cell(spec: BenchSpec, cell: Cell, cfg, ckpt: Path, stage: _Stage) 
     """Accuracy/F1 on the eval split and the energy report of a cell's checkpoint."""
     import torch
 
-    from .convert import SpikingNet
+    from .snn import SpikingNet
     from .energy import measure
     from .models import model_info
     from .train import evaluate, load_checkpoint

@@ -1,6 +1,6 @@
 """``spikelite convert``: a trained CNN checkpoint → an SNN checkpoint, with no training.
 
-The SNN is :func:`spikelite.convert.convert`'s: ConversionIF neurons (soft reset, half-threshold initial
+The SNN is :func:`spikelite.snn.convert`'s: ConversionIF neurons (soft reset, half-threshold initial
 potential, spikes that carry the threshold, signed spikes), thresholds from the CNN's QCFS λ or from the
 percentile of each activation on calibration images of the checkpoint's own training split, BatchNorm as
 trained. The output is an ordinary SNN checkpoint (eval, energy, prune, export, ``train --init-from``).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .convert import convert, correct_bias, layer_errors
+from .snn import convert, correct_bias, layer_errors
 from .data import BatchLoader, stratified_split
 from .errors import SpikeliteError
 

@@ -23,7 +23,7 @@ inference), averaged over the samples:
 How binary inputs are found: a forward hook on every synaptic layer checks, at run time, every value
 of the input tensor of that call (``x == 0 or x == 1``; bool tensors are binary). The check is per
 call, so a layer can be AC in one call and MAC in another (its row then says ``AC+MAC``). A model
-without spiking neurons (no :class:`~spikelite.neuron.LIF`, SpikingJelly node or snnTorch neuron) is
+without spiking neurons (no :class:`~spikelite.snn.LIF`, SpikingJelly node or snnTorch neuron) is
 a CNN: all its synaptic operations are MACs whatever their inputs.
 
 Energy: :class:`EnergyProfile` charges ``ac_pj`` per AC and ``mac_pj`` per MAC (the paper's
@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .errors import SpikeliteError
-from .neuron import LIF, ConversionIF
+from .snn import LIF, ConversionIF
 
 __all__ = [
     "measure",
@@ -680,7 +680,7 @@ class _NeuronStats:
 
 
 def _display_names(model: nn.Module) -> dict[nn.Module, str]:
-    from .convert import SpikingActivation, SpikingNet
+    from .snn import SpikingActivation, SpikingNet
 
     strip = "body." if isinstance(model, SpikingNet) else ""
     names: dict[nn.Module, str] = {}
@@ -720,7 +720,7 @@ class _Counter:
         self.layers: dict[nn.Module, _LayerStats] = {}
         self.bns: dict[nn.Module, _LayerStats] = {}
         self.neurons: dict[nn.Module, _NeuronStats] = {}
-        from .convert import StepBatchNorm
+        from .snn import StepBatchNorm
 
         for m in model.modules():
             if isinstance(m, SYNAPTIC_TYPES):
@@ -864,7 +864,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _model_name(model: nn.Module) -> str:
-    from .convert import SpikingNet
+    from .snn import SpikingNet
 
     spec = getattr(model, "spikelite_spec", None)
     if not isinstance(spec, dict) and isinstance(model, SpikingNet):
@@ -1086,8 +1086,8 @@ def measure(model: nn.Module, data, samples: int | None = None, *, profiles=None
     """Count the operations of ``model`` on real inputs and price them under energy profiles.
 
     Args:
-        model: a :class:`~spikelite.convert.SpikingNet`, any module with spiking neurons
-            (:class:`~spikelite.neuron.LIF`, SpikingJelly or snnTorch neurons), or a plain CNN (then
+        model: a :class:`~spikelite.snn.SpikingNet`, any module with spiking neurons
+            (:class:`~spikelite.snn.LIF`, SpikingJelly or snnTorch neurons), or a plain CNN (then
             every operation is a MAC).
         data: a tensor batch ``[N, C, H, W]`` (run in chunks of ``batch_size``), an
             :class:`~spikelite.data.ImageData`, or an iterable of ``(x, y)`` batches (or bare ``x``).
@@ -1112,7 +1112,7 @@ def measure(model: nn.Module, data, samples: int | None = None, *, profiles=None
     Returns an :class:`EnergyReport`. Raises :class:`SpikeliteError` for an empty ``data``, a bad
     profile, or inputs the model rejects.
     """
-    from .convert import SpikingNet
+    from .snn import SpikingNet
 
     if not isinstance(model, nn.Module):
         raise SpikeliteError(f"measure expects an nn.Module, got {type(model).__name__}")

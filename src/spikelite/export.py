@@ -1,6 +1,6 @@
 """Export trained models: NIR (spiking networks, for neuromorphic hardware), ONNX and TorchScript.
 
-``export(model, "net.nir")`` writes a :class:`~spikelite.convert.SpikingNet` as a NIR graph (the
+``export(model, "net.nir")`` writes a :class:`~spikelite.snn.SpikingNet` as a NIR graph (the
 Neuromorphic Intermediate Representation read by Lava/Loihi, SpiNNaker2, Sinabs/Rockpool, snnTorch,
 Norse and SpikingJelly); ``"net.onnx"`` and ``"net.pt"`` write ONNX and TorchScript for CNNs and SNNs.
 Every file is written to a temporary file in the target directory, read back and run on a check batch
@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import __version__
-from .convert import SpikingActivation, SpikingNet, StepBatchNorm, TimeBroadcast, mark_spikes
+from .snn import SpikingActivation, SpikingNet, StepBatchNorm, TimeBroadcast, mark_spikes
 from .errors import SpikeliteError
-from .neuron import IF, LIF
+from .snn import IF, LIF
 
 __all__ = [
     "FORMATS",
@@ -96,7 +96,7 @@ def _require(module: str, what: str):
 
 
 class _StepLIF(nn.Module):
-    """Inference-only LIF/IF with exactly :mod:`spikelite.neuron`'s discrete update, as plain ops."""
+    """Inference-only LIF/IF with exactly :mod:`spikelite.snn.neuron`'s discrete update, as plain ops."""
 
     def __init__(self, neuron: LIF):
         super().__init__()
@@ -963,7 +963,7 @@ def to_nir(model: SpikingNet, input_shape=None, dt: float = DEFAULT_DT):
     """The NIR graph (``nir.NIRGraph``) of a spiking network.
 
     Args:
-        model: a :class:`~spikelite.convert.SpikingNet` (not modified; a copy is walked in eval mode).
+        model: a :class:`~spikelite.snn.SpikingNet` (not modified; a copy is walked in eval mode).
         input_shape: ``(C, H, W)`` without the batch; default from ``model.spikelite_spec``.
         dt: the Euler step the LIF time constants are written for (``tau = τ_steps · dt``); the
             default 1e-4 s is what snnTorch's and SpikingJelly's NIR readers assume.
@@ -1115,7 +1115,7 @@ class NIRNet(nn.Module):
     ``forward_steps(x)`` feeds ``x`` (``[N, ...]``: the same input every step, direct encoding; or
     ``[T, N, ...]``: one input per step) for ``T`` steps from rest and returns ``[T, N, out]``;
     with ``record=True`` it also returns each neuron node's spikes ``{node: [T, N, ...]}``.
-    ``forward(x)`` is the mean over the steps, like :class:`~spikelite.convert.SpikingNet`.
+    ``forward(x)`` is the mean over the steps, like :class:`~spikelite.snn.SpikingNet`.
     """
 
     def __init__(self, graph_module: nn.Module, neurons: dict[str, str], input_shape: tuple[int, ...], T: int,
@@ -1465,7 +1465,7 @@ def _export_torchscript(model, tmp: Path, shape, check, check_batch, seed, resul
 def export(model: nn.Module, path: str | os.PathLike, format: str | None = None, *, input_shape=None,
            dt: float = DEFAULT_DT, opset: int | None = None, check: bool = True, check_batch: int = 3,
            seed: int = 0) -> ExportResult:
-    """Write ``model`` (a CNN or a :class:`~spikelite.convert.SpikingNet`) to ``path``.
+    """Write ``model`` (a CNN or a :class:`~spikelite.snn.SpikingNet`) to ``path``.
 
     Args:
         format: ``"nir"`` (SNNs only), ``"onnx"`` or ``"torchscript"``; default from the suffix

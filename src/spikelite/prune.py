@@ -262,7 +262,7 @@ def _check_paths(model: nn.Module, paths: Sequence[str], what: str) -> None:
 
 def _subject(model: nn.Module, modules: Sequence[str] | None = None, input_shape=None,
              implicit: Sequence[str] | None = None) -> _Subject:
-    from .convert import SpikingNet
+    from .snn import SpikingNet
 
     if not isinstance(model, nn.Module):
         raise SpikeliteError(f"expected a model (nn.Module), got {type(model).__name__}")
@@ -594,7 +594,7 @@ class _Gated:
             _set_submodule(cnn, path, _Gate(cnn.get_submodule(path), plans[n].functional()))
         prefix = ""
         if subj.is_snn:
-            from .convert import respikify
+            from .snn import respikify
 
             net = respikify(cnn, subj.snn_config)
             prefix = "body."
@@ -918,7 +918,7 @@ def prune_model(model: nn.Module, keep=None, remove=None, *, modules: Sequence[s
         spec = {k: v for k, v in subj.spec.items() if k != "keep"}
         target = create_model(**spec, keep=new_keep)
         if subj.is_snn:
-            from .convert import respikify
+            from .snn import respikify
 
             target = respikify(target, subj.snn_config)
     else:

@@ -4,7 +4,7 @@
 or for its spiking version, so the two are trained under the same setup:
 
 * ``mode: cnn`` trains a zoo CNN (:func:`spikelite.models.create_model`);
-* ``mode: snn`` trains the :func:`~spikelite.convert.spikify`-converted network with surrogate
+* ``mode: snn`` trains the :func:`~spikelite.snn.spikify`-converted network with surrogate
   gradients — from scratch, or (``init_from: CNN.ckpt``) starting from a trained CNN's weights,
   optionally with threshold balancing on a training batch; ``epochs: 0`` evaluates the converted
   network without fine-tuning.
@@ -53,7 +53,7 @@ from torch import nn
 
 from . import __version__
 from .allocator import MALLOC_MODES, apply_malloc_mode, env_malloc_mode
-from .convert import (TIME_BN_MODES, SpikingNet, activation_percentile, convert, make_neuron, per_step_batchnorm,
+from .snn import (TIME_BN_MODES, SpikingNet, activation_percentile, convert, make_neuron, per_step_batchnorm,
                       recalibrate_bn, respikify, spikify)
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
 from .errors import SpikeliteError
@@ -679,7 +679,7 @@ _NO_DECAY_MODULES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupN
 
 
 def _is_neuron(m: nn.Module) -> bool:
-    from .neuron import LIF, QCFS, ConversionIF
+    from .snn import LIF, QCFS, ConversionIF
 
     return isinstance(m, (LIF, ConversionIF, QCFS))
 
@@ -1171,7 +1171,7 @@ def _calibration_batch(cfg: TrainConfig, train_data: ImageData, device: torch.de
 
 
 def _converts(cfg: TrainConfig) -> bool:
-    """The run converts with :func:`~spikelite.convert.convert` (snn.neuron.kind: conversion_if)."""
+    """The run converts with :func:`~spikelite.snn.convert` (snn.neuron.kind: conversion_if)."""
     return str(cfg.snn.neuron.get("kind", "lif")).lower() == "conversion_if"
 
 
@@ -1199,7 +1199,7 @@ def _to_qcfs(src: nn.Module, src_meta: dict, cfg: TrainConfig, train_data: Image
                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     n = 0
     if spec.get("act_threshold") is not None:
-        from .neuron import QCFS
+        from .snn import QCFS
 
         q = cfg.snn.balance or 99.9
         sites = {p for p, m in model.named_modules() if isinstance(m, QCFS)}

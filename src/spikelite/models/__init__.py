@@ -2,7 +2,7 @@
 
 ``create_model(name, num_classes=10, image_size=32, in_chans=3, width=1.0, **options)`` builds a
 plain PyTorch CNN from torchvision's or timm's definition (module names kept), adapted to small
-images by one rule (see :mod:`spikelite.models._common`). ``spikelite.convert.spikify`` turns any of
+images by one rule (see :mod:`spikelite.models._common`). ``spikelite.snn.spikify`` turns any of
 them into a spiking network.
 
 Every model records how it was built in ``model.spikelite_spec`` (all options resolved, JSON-safe),
@@ -151,10 +151,10 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
         **kw: family options (``SqueezeNetOptions`` etc.), e.g. ``batch_norm=False``, ``pool="avg"``,
             ``stem_reduction=2``; and ``keep=[...]``: the macro modules to keep, the others removed
             as :func:`spikelite.prune.apply_keep` does (a pruned architecture; docs/pruning.md);
-            and ``act_levels=L``: every ReLU becomes :class:`spikelite.neuron.QCFS` with ``L`` levels,
+            and ``act_levels=L``: every ReLU becomes :class:`spikelite.snn.QCFS` with ``L`` levels,
             a CNN that converts to an SNN at ``T = L`` with little loss (docs/recipe.md); with
             ``act_threshold=λ0`` each QCFS also learns its clipping threshold λ (from ``λ0``), the form
-            :func:`spikelite.convert.convert` carries into the SNN's thresholds.
+            :func:`spikelite.snn.convert` carries into the SNN's thresholds.
 
     The returned model has ``spikelite_spec``: every argument with defaults filled in, so that
     ``create_model(**model.spikelite_spec)`` rebuilds the same architecture even if defaults change.
@@ -197,7 +197,7 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
 
 def _use_qcfs(model: nn.Module, name: str, levels: int, threshold: float | None = None) -> None:
     """Replace every ReLU/ReLU6 module by a QCFS activation (in place); other activations are an error."""
-    from ..neuron import QCFS
+    from .qcfs import QCFS
 
     relus, others = [], []
     for path, m in model.named_modules():
@@ -329,7 +329,7 @@ def model_info(model: nn.Module, image_size: int | None = None, in_chans: int | 
     """Parameters and dense MACs (Conv2d + Linear, hooks on one zero image) of a CNN.
 
     ``image_size`` and ``in_chans`` default to the model's ``spikelite_spec``; for other models
-    pass them. For a :class:`~spikelite.convert.SpikingNet` (pass ``image_size``) the hooks see time
+    pass them. For a :class:`~spikelite.snn.SpikingNet` (pass ``image_size``) the hooks see time
     folded into the batch, so the figure is the dense MACs of one time step, equal to the CNN's.
     """
     spec = getattr(model, "spikelite_spec", None) or {}

@@ -1,4 +1,4 @@
-"""Activation checkpointing for training a :class:`~spikelite.convert.SpikingNet` in less memory.
+"""Activation checkpointing for training a :class:`~spikelite.snn.SpikingNet` in less memory.
 
 ``net.checkpoint_segments = k`` cuts the network's (time-folded) graph into ``k`` consecutive
 segments with about the same number of neuron layers each and runs every segment under
@@ -32,7 +32,7 @@ from torch import fx, nn
 from torch.fx.passes.split_module import split_module
 from torch.utils.checkpoint import checkpoint
 
-from .errors import SpikeliteError
+from ..errors import SpikeliteError
 
 __all__ = ["check_segments", "checkpointed_body", "CheckpointSegment", "recomputed_body", "RecomputedNeuron"]
 
@@ -97,7 +97,7 @@ def _partition(body: fx.GraphModule, k: int) -> dict[fx.Node, int]:
     A segment ends right after a neuron layer (and the node that tags its spikes for compact
     storage), so the boundary tensors are mostly spikes.
     """
-    from .convert import SpikingActivation, mark_spikes
+    from .layers import SpikingActivation, mark_spikes
 
     nodes = list(body.graph.nodes)
     is_neuron = {n: n.op == "call_module" and isinstance(body.get_submodule(n.target), SpikingActivation)
@@ -193,7 +193,7 @@ class RecomputedNeuron(nn.Module):
         LIF, the BatchNorm's output recomputed in C++ in backward), or None where it does not apply: a
         neuron other than spikelite's LIF/IF on the native operator, a QCFS charge offset, a BatchNorm
         without affine parameters, autocast, or hooks on these modules (the operator calls none)."""
-        from .convert import SpikingActivation
+        from .layers import SpikingActivation
         from .neuron import LIF
 
         act, bn = self.neuron, self.bn
@@ -215,7 +215,7 @@ class RecomputedNeuron(nn.Module):
             momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
         keep = not bn.training or bn.track_running_stats
-        from . import _native
+        from . import native as _native
 
         return _native.ops().bn_lif(z, bn.weight, bn.bias, bn.running_mean if keep else None,
                                     bn.running_var if keep else None, use_batch, momentum, bn.eps, act.T,
@@ -237,7 +237,7 @@ def recomputed_body(body: fx.GraphModule) -> fx.GraphModule:
     A pair qualifies when the BatchNorm (a plain ``BatchNorm1d/2d/3d``: a subclass may compute something
     else) feeds one neuron layer and nothing else. The copy shares ``body``'s modules.
     """
-    from .convert import SpikingActivation
+    from .layers import SpikingActivation
 
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}

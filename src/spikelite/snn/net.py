@@ -29,346 +29,35 @@ Converting a trained CNN keeps its weights. Optional threshold balancing (``bala
 
 from __future__ import annotations
 
+from __future__ import annotations
+
 import copy
-import functools
-import inspect
 import operator
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import SpikeliteError
-from .neuron import IF, LIF, QCFS, ConversionIF
+from ..errors import SpikeliteError
+from .inference import InferenceModel, _cnn_copy, _EvalOnly, _freeze, _to_channels_last, fold_batchnorm
+from .layers import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, TIME_BN_MODES, UNCONVERTIBLE_FUNCTIONS,
+                     UNCONVERTIBLE_METHODS, SpikingActivation, StepBatchNorm, TimeBroadcast, _charge_offset, _check_T,
+                     _is_activation_module, _is_bn_act, _is_unconvertible_module, _pack_saved, _PLAIN_BN, _trace,
+                     _unpack_saved, make_neuron, mark_spikes)
+from .neuron import QCFS
 
 __all__ = [
     "spikify",
-    "convert",
-    "layer_errors",
-    "correct_bias",
     "SpikingNet",
-    "SpikingActivation",
-    "TimeBroadcast",
-    "StepBatchNorm",
     "per_step_batchnorm",
     "respikify",
-    "TIME_BN_MODES",
-    "make_neuron",
     "balance_thresholds",
     "recalibrate_bn",
     "inference_model",
-    "ACTIVATION_MODULES",
-    "ACTIVATION_FUNCTIONS",
+    "InferenceNet",
     "activation_percentile",
 ]
-
-# --------------------------------------------------------------------------------------------
-# What counts as an activation
-# --------------------------------------------------------------------------------------------
-
-ACTIVATION_MODULES: tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, QCFS)
-ACTIVATION_FUNCTIONS: set = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.silu, F.hardswish, F.gelu,
-}
-ACTIVATION_METHODS = {"relu", "relu_"}
-# Analog gates that are meant to stay analog (squeeze-excitation, attention gates).
-ANALOG_GATES: tuple[type, ...] = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax, nn.Identity)
-# Activations that have no spiking counterpart here: converting them silently would change the model.
-UNCONVERTIBLE_MODULES: tuple[type, ...] = (
-    nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.PReLU, nn.RReLU, nn.Softplus, nn.Hardtanh, nn.Tanhshrink,
-    nn.Softsign, nn.GLU, nn.LogSigmoid,
-)
-UNCONVERTIBLE_FUNCTIONS: set = {torch.tanh, F.tanh, F.elu, F.selu, F.celu, F.mish, F.prelu, F.softplus, F.hardtanh}
-UNCONVERTIBLE_METHODS = {"tanh", "tanh_"}
-
-
-def _timm_activation_types() -> tuple[type, ...]:
-    """timm's own activation classes (used by its model builders) that behave like the torch ones."""
-    try:
-        from timm.layers import activations as act
-    except Exception:  # pragma: no cover - timm is a dependency, but stay importable without it
-        return ()
-    names = ("Swish", "HardSwish", "GELU", "GELUTanh", "QuickGELU")
-    found = [getattr(act, n) for n in names if hasattr(act, n)]
-    try:
-        from timm.layers import activations_me as act_me
-
-        found += [getattr(act_me, n) for n in ("SwishMe", "HardSwishMe") if hasattr(act_me, n)]
-    except Exception:  # pragma: no cover
-        pass
-    return tuple(t for t in found if isinstance(t, type))
-
-
-def _charge_offset(act: nn.Module, neuron: nn.Module | None = None) -> float:
-    """The constant charge (in thresholds, spread over T) the neuron replacing ``act`` gets: QCFS's shift
-    (none for a neuron that starts from its own initial potential, :class:`ConversionIF`)."""
-    if isinstance(neuron, ConversionIF):
-        return 0.0
-    return 0.5 if isinstance(act, QCFS) else 0.0
-
-
-def _is_activation_module(m: nn.Module) -> bool:
-    return isinstance(m, ACTIVATION_MODULES + _timm_activation_types()) and not isinstance(m, SpikingActivation)
-
-
-def _is_unconvertible_module(m: nn.Module) -> bool:
-    return isinstance(m, UNCONVERTIBLE_MODULES)
-
-
-# --------------------------------------------------------------------------------------------
-# Neuron factory
-# --------------------------------------------------------------------------------------------
-
-
-NEURON_KINDS = {"lif": LIF, "if": IF, "conversion_if": ConversionIF}
-
-
-def make_neuron(spec=None) -> Callable[[], nn.Module]:
-    """Turn a neuron spec into a factory that builds one fresh neuron layer per call.
-
-    ``spec`` may be None (LIF defaults), a dict of neuron arguments with an optional ``kind``
-    (``"lif"``, ``"if"``, or ``"conversion_if"``: :class:`~spikelite.neuron.ConversionIF`), a neuron
-    class, or a zero-argument callable.
-    """
-    if spec is None:
-        return LIF
-    if isinstance(spec, dict):
-        kw = dict(spec)
-        kind = str(kw.pop("kind", "lif")).lower()
-        cls = NEURON_KINDS.get(kind)
-        if cls is None:
-            raise SpikeliteError(f"unknown neuron kind {kind!r}; valid: {', '.join(map(repr, NEURON_KINDS))}")
-        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(kw) - valid)
-        if unknown:
-            raise SpikeliteError(f"unknown neuron option(s) {unknown} for {kind}; valid: {sorted(valid)}")
-        sur = kw.get("surrogate")
-        if isinstance(sur, dict):  # {"name":..., "alpha":...} as stored in checkpoints
-            kw["surrogate"] = sur.get("name", "sigmoid")
-            kw.setdefault("surrogate_alpha", sur.get("alpha"))
-        return functools.partial(cls, **kw)
-    if callable(spec):
-        return spec
-    raise SpikeliteError(f"neuron must be None, a dict or a callable, got {type(spec).__name__}")
-
-
-# --------------------------------------------------------------------------------------------
-# Modules that live in the converted graph
-# --------------------------------------------------------------------------------------------
-
-
-class SpikingActivation(nn.Module):
-    """A neuron layer in a time-folded network: ``[T·N, …]`` (or ``[N, …]`` to broadcast) → ``[T·N, …]``.
-
-    Attributes:
-        neuron: the multi-step neuron (``[T, N, …] → [T, N, …]``).
-        T: time steps (set by :class:`SpikingNet`).
-        broadcast: the input is static (``[N, …]``, same at every step) and is broadcast over T.
-        source: what this replaced (e.g. ``"ReLU"`` or ``"F.relu"``), for reports and export.
-    """
-
-    def __init__(self, neuron: nn.Module, T: int, broadcast: bool = False, source: str = "",
-                 charge_offset: float = 0.0):
-        super().__init__()
-        self.neuron = neuron
-        self.T = int(T)
-        self.broadcast = bool(broadcast)
-        self.source = source
-        # a constant charge of charge_offset x V_th, spread evenly over the T steps (QCFS's shift)
-        self.charge_offset = float(charge_offset)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = self.T
-        if self.broadcast:
-            x_seq = x.unsqueeze(0).expand(T, *x.shape)
-        else:
-            if x.shape[0] % T:
-                raise SpikeliteError(
-                    f"SpikingActivation: batch of {x.shape[0]} is not a multiple of T={T}; "
-                    "was this layer called outside its SpikingNet?"
-                )
-            x_seq = x.view(T, x.shape[0] // T, *x.shape[1:])
-        if self.charge_offset:
-            th = getattr(self.neuron, "v_threshold", 1.0)
-            th = th.to(x_seq.dtype) if torch.is_tensor(th) else float(th)
-            x_seq = x_seq + (self.charge_offset / T) * th
-        return self.neuron(x_seq).flatten(0, 1)
-
-    def extra_repr(self) -> str:
-        return (f"T={self.T}, broadcast={self.broadcast}, source={self.source!r}"
-                + (f", charge_offset={self.charge_offset:g}" if self.charge_offset else ""))
-
-
-class TimeBroadcast(nn.Module):
-    """Repeats a static ``[N, …]`` tensor over T steps: ``[T·N, …]`` (time-major)."""
-
-    def __init__(self, T: int):
-        super().__init__()
-        self.T = int(T)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(0).expand(self.T, *x.shape).flatten(0, 1)
-
-    def extra_repr(self) -> str:
-        return f"T={self.T}"
-
-
-_PLAIN_BN = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
-
-
-def _is_bn_act(m: nn.Module) -> bool:
-    """timm's BatchNormAct2d (BatchNorm2d, then ``drop``, then ``act``), without importing timm."""
-    return (type(m).__name__ == "BatchNormAct2d" and isinstance(m, nn.BatchNorm2d)
-            and isinstance(getattr(m, "drop", None), nn.Module) and isinstance(getattr(m, "act", None), nn.Module))
-
-
-TIME_BN_MODES = ("shared", "per-step")
-
-
-class StepBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm with its own statistics and affine parameters at every time step (time-aware BN).
-
-    A plain BatchNorm in a time-folded network normalises all ``T·N`` samples with one set of
-    statistics. The membrane starts at rest, so the first steps of a spiking layer fire differently
-    from the later ones; this layer views ``[T·N, C, …]`` as ``[T, N, C, …]`` and normalises step
-    ``t`` with its own batch statistics (training) or running statistics (eval) and its own
-    ``weight[t]``, ``bias[t]`` (BNTT, Kim & Panda 2021). ``running_mean``, ``running_var``, ``weight``
-    and ``bias`` are ``[steps, C]``. Made from timm's ``BatchNormAct2d`` it keeps that module's ``drop``
-    and ``act`` (the neuron) and applies them after, under the same names. Steps beyond ``steps`` (evaluating longer than the
-    network was built for) use the last step's parameters. Made by ``spikify(..., time_bn="per-step")``
-    or :func:`per_step_batchnorm`; it is a ``_BatchNorm``, so :func:`recalibrate_bn` re-estimates it.
-    """
-
-    def __init__(self, num_features: int, steps: int, T: int | None = None, input_dims: tuple[int, ...] = (4,),
-                 eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
-        self.steps = _check_T(steps)
-        self.T = self.steps if T is None else _check_T(T)
-        self.input_dims = tuple(input_dims)
-        if affine:
-            self.weight = nn.Parameter(torch.ones(self.steps, num_features))
-            self.bias = nn.Parameter(torch.zeros(self.steps, num_features))
-        if track_running_stats:
-            self.running_mean = torch.zeros(self.steps, num_features)
-            self.running_var = torch.ones(self.steps, num_features)
-
-    @classmethod
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, steps: int, T: int | None = None) -> "StepBatchNorm":
-        """Every step starts as a copy of ``bn`` (its affine parameters and running statistics)."""
-        dims = _PLAIN_BN.get(type(bn)) or ((4,) if _is_bn_act(bn) else None)
-        if dims is None:
-            raise SpikeliteError(f"per-step BatchNorm replaces BatchNorm1d/2d/3d layers (and timm's BatchNormAct2d), "
-                                 f"not {type(bn).__name__}")
-        new = cls(bn.num_features, steps, T, dims, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        if _is_bn_act(bn):  # timm's BatchNorm + dropout + activation in one module: keep the tail (same paths)
-            new.drop, new.act = bn.drop, bn.act
-        ref = bn.weight if bn.weight is not None else bn.running_mean
-        if ref is not None:
-            new.to(device=ref.device, dtype=ref.dtype)
-        with torch.no_grad():
-            if bn.affine:
-                new.weight.copy_(bn.weight.detach().expand(new.steps, -1))
-                new.bias.copy_(bn.bias.detach().expand(new.steps, -1))
-            if bn.track_running_stats:
-                new.running_mean.copy_(bn.running_mean.expand(new.steps, -1))
-                new.running_var.copy_(bn.running_var.expand(new.steps, -1))
-                new.num_batches_tracked.copy_(bn.num_batches_tracked)
-        new.train(bn.training)
-        return new
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() not in self.input_dims:
-            raise SpikeliteError(f"StepBatchNorm expected a {' or '.join(map(str, self.input_dims))}-D input, "
-                                 f"got {x.dim()}-D")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        T = self.T
-        if x.shape[0] % T:
-            raise SpikeliteError(f"StepBatchNorm: batch of {x.shape[0]} is not a multiple of T={T}; "
-                                 "was this layer called outside its SpikingNet?")
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_batch = self.training or self.running_mean is None
-        steps = x.view(T, x.shape[0] // T, *x.shape[1:])
-        outs = []
-        for t in range(T):
-            k = min(t, self.steps - 1)
-            outs.append(F.batch_norm(
-                steps[t],
-                None if self.running_mean is None else self.running_mean[k],
-                None if self.running_var is None else self.running_var[k],
-                None if self.weight is None else self.weight[k],
-                None if self.bias is None else self.bias[k],
-                use_batch, factor, self.eps))
-        y = torch.cat(outs, 0)
-        if "act" in self._modules:  # made from a BatchNormAct2d
-            y = self.act(self.drop(y))
-        return y
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, steps={self.steps}, T={self.T}, eps={self.eps}, momentum={self.momentum}"
-
-
-def per_step_batchnorm(net: "SpikingNet", steps: int | None = None) -> int:
-    """Give every BatchNorm of ``net``'s spiking part (the layers that see ``T·N`` samples) per-step
-    statistics and affine parameters (:class:`StepBatchNorm`), in place; ``steps`` defaults to ``net.T``.
-    The stem's BatchNorm, which runs once on ``N`` samples under direct encoding, is left shared.
-    Returns the number of layers replaced; raises when there is none or one is not a plain BatchNorm."""
-    if not isinstance(net, SpikingNet):
-        raise SpikeliteError(f"per_step_batchnorm expects a SpikingNet, got {type(net).__name__}")
-    steps = net.T if steps is None else _check_T(steps)
-    if net.time_bn == "per-step":
-        raise SpikeliteError("this network's BatchNorm layers are already per-step")
-    paths = list(getattr(net, "_temporal_bns", ()))
-    bad = [f"{p} ({type(m).__name__})" for p in paths
-           if not (type(m := net.body.get_submodule(p)) in _PLAIN_BN or _is_bn_act(m))]
-    if bad:
-        raise SpikeliteError("time_bn='per-step' replaces BatchNorm1d/2d/3d and timm's BatchNormAct2d layers; "
-                             f"{len(bad)} are not: " + ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else ""))
-    if not paths:
-        raise SpikeliteError("time_bn='per-step': the network has no BatchNorm in its spiking part")
-    for p in paths:
-        _set_submodule(net.body, p, StepBatchNorm.from_batchnorm(net.body.get_submodule(p), steps, net.T))
-    net._rebuild_eval_body()
-    return len(paths)
-
-
-# --------------------------------------------------------------------------------------------
-# Tracing
-# --------------------------------------------------------------------------------------------
-
-
-class _Tracer(fx.Tracer):
-    """fx tracer that keeps activations and BatchNorm-like modules (timm's BatchNormAct2d) as leaves."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if _is_activation_module(m) or _is_unconvertible_module(m) or isinstance(m, ANALOG_GATES):
-            return True
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return True
-        if isinstance(m, (SpikingActivation, TimeBroadcast, LIF)):
-            return True
-        return super().is_leaf_module(m, qualname)
-
-
-def _trace(model: nn.Module, training: bool) -> fx.Graph:
-    was = model.training
-    model.train(training)
-    try:
-        return _Tracer().trace(model)
-    except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError …
-        raise SpikeliteError(
-            f"cannot convert {type(model).__name__}: torch.fx could not trace it ({type(exc).__name__}: {exc}). "
-            "Data-dependent Python control flow in forward() must be moved into a leaf module."
-        ) from exc
-    finally:
-        model.train(was)
-
 
 _NON_TENSOR_METHODS = {"size", "dim", "numel", "nelement", "element_size", "item", "tolist", "__len__"}
 _NON_TENSOR_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad"}
@@ -659,13 +348,6 @@ _BINARY_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "contig
 _SAVES_INPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
-def mark_spikes(x: torch.Tensor) -> torch.Tensor:
-    """Identity that tags a tensor known to hold only 0/1 values (graph node inserted by spikify)."""
-    if isinstance(x, torch.Tensor):
-        x._spikelite_binary = True
-    return x
-
-
 def _binary_nodes(gm: fx.GraphModule, through_dropout: bool = False) -> set[fx.Node]:
     """The graph's nodes whose value is, statically, a spike tensor (0/1 only). ``through_dropout``:
     also through dropout (0 or 1/(1-p) in training, the identity in eval: spikes still, scaled)."""
@@ -711,27 +393,14 @@ def _mark_binary_inputs(gm: fx.GraphModule) -> None:
             u.args = fx.node.map_arg(u.args, lambda n: tag if n is node else n)
 
 
-def _pack_saved(t: torch.Tensor):
-    if getattr(t, "_spikelite_binary", False) and t.is_floating_point():
-        packed = getattr(t, "_spikelite_packed", None)
-        if packed is None:
-            packed = (t.to(torch.bool), t.dtype)
-            t._spikelite_packed = packed
-        return packed
-    return t
-
-
-def _unpack_saved(p):
-    if isinstance(p, tuple):
-        # bool -> float read as uint8 (the same 0/1 bytes): PyTorch's uint8 conversion takes about half
-        # the time of its bool one (benchmarks/neuron_overhead.py, columns unpk bool / unpk u8)
-        return p[0].view(torch.uint8).to(p[1])
-    return p
-
-
 # --------------------------------------------------------------------------------------------
 # The spiking network
 # --------------------------------------------------------------------------------------------
+
+
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                       F.adaptive_max_pool3d}
 
 
 def _first_layer(model: nn.Module):
@@ -824,12 +493,12 @@ class SpikingNet(nn.Module):
 
     @property
     def checkpoint_segments(self) -> int:
-        """Activation checkpointing for training: 0 (off) or k ≥ 1 segments (see :mod:`spikelite.checkpoint`)."""
+        """Activation checkpointing for training: 0 (off) or k ≥ 1 segments (see :mod:`spikelite.snn.recompute`)."""
         return getattr(self, "_checkpoint_segments", 0)
 
     @checkpoint_segments.setter
     def checkpoint_segments(self, value: int) -> None:
-        from .checkpoint import check_segments
+        from .recompute import check_segments
 
         self._checkpoint_segments = check_segments(value)
         self._ckpt_body = []
@@ -837,7 +506,7 @@ class SpikingNet(nn.Module):
     @property
     def recompute_neurons(self) -> bool:
         """Training keeps only each BatchNorm → neuron pair's input and recomputes the pair in backward
-        (see :func:`spikelite.checkpoint.recomputed_body`). Ignored while ``checkpoint_segments`` is on."""
+        (see :func:`spikelite.snn.recompute.recomputed_body`). Ignored while ``checkpoint_segments`` is on."""
         return getattr(self, "_recompute_neurons", False)
 
     @recompute_neurons.setter
@@ -854,7 +523,7 @@ class SpikingNet(nn.Module):
         if not (k or self.recompute_neurons) or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self.body
         if not getattr(self, "_ckpt_body", None):
-            from .checkpoint import checkpointed_body, recomputed_body
+            from .recompute import checkpointed_body, recomputed_body
 
             self._ckpt_body = [checkpointed_body(self.body, k) if k else recomputed_body(self.body)]
         return self._ckpt_body[0]
@@ -958,24 +627,89 @@ class SpikingNet(nn.Module):
         return self.forward_steps(x).mean(0)
 
 
+class InferenceNet(_EvalOnly, SpikingNet):
+    """Eval-only copy of a :class:`SpikingNet` (see :func:`inference_model`); ``T`` can still be changed."""
+
+    channels_last: bool = False
+    folded_bn: int = 0
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if self.channels_last and isinstance(x, torch.Tensor):
+                x = _to_channels_last(x)
+            return super().forward_steps(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.forward_steps(x).mean(0)
+
+
+def _spiking_copy(net: SpikingNet) -> InferenceNet:
+    """An :class:`InferenceNet` built from ``net``'s eval graph on a deep copy of its modules."""
+    work = copy.deepcopy(net)
+    graph = work._eval_graph if work._eval_graph is not None else work.body.graph
+    body = fx.GraphModule(work.body, copy.deepcopy(graph), class_name=type(work.body).__name__)
+    body.delete_all_unused_submodules()
+    out_t = work._output_temporal[1]
+    new = InferenceNet(body, None, work.T, work.encoding, out_t, out_t, work.in_channels, work.input_dim,
+                       work.neuron_config)
+    new.compact_spikes = False
+    if hasattr(work, "spikelite_spec"):
+        new.spikelite_spec = work.spikelite_spec
+    return new
+
+
 def inference_model(model: nn.Module, channels_last: bool = False) -> nn.Module:
-    """An eval-only copy of a SpikingNet or CNN for inference: see :mod:`spikelite.inference`."""
-    from .inference import inference_model as build
+    """An eval-only, autograd-free copy of ``model`` with BatchNorm folded where that is exact.
 
-    return build(model, channels_last=channels_last)
+    Args:
+        model: a :class:`SpikingNet` or a plain CNN (anything ``torch.fx`` can trace). Not modified.
+        channels_last: store 4-D conv weights and inputs in NHWC order (a speed option; same values).
+
+    Returns:
+        an :class:`InferenceNet` (for a SpikingNet; ``T`` can still be set) or an
+        :class:`InferenceModel`, in eval mode; ``.folded_bn`` is the number of BatchNorms folded.
+    """
+    if not isinstance(model, nn.Module):
+        raise SpikeliteError(f"inference_model expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, (InferenceNet, InferenceModel)):
+        raise SpikeliteError("model is already an inference copy")
+    if not isinstance(channels_last, bool):
+        raise SpikeliteError(f"channels_last must be True or False, got {channels_last!r}")
+    new = _spiking_copy(model) if isinstance(model, SpikingNet) else _cnn_copy(model)
+    new.folded_bn = fold_batchnorm(new.body)
+    if isinstance(new, InferenceNet):
+        new._rebuild_eval_body()
+    _freeze(new)
+    nn.Module.train(new, False)
+    if channels_last:
+        new.to(memory_format=torch.channels_last)
+        new.channels_last = True
+    return new
 
 
-def _check_T(T) -> int:
-    if isinstance(T, bool) or not isinstance(T, int):
-        try:
-            if float(T) != int(T):
-                raise ValueError
-            T = int(T)
-        except (TypeError, ValueError):
-            raise SpikeliteError(f"T must be a positive integer, got {T!r}") from None
-    if T < 1:
-        raise SpikeliteError(f"T must be >= 1, got {T}")
-    return T
+def per_step_batchnorm(net: "SpikingNet", steps: int | None = None) -> int:
+    """Give every BatchNorm of ``net``'s spiking part (the layers that see ``T·N`` samples) per-step
+    statistics and affine parameters (:class:`StepBatchNorm`), in place; ``steps`` defaults to ``net.T``.
+    The stem's BatchNorm, which runs once on ``N`` samples under direct encoding, is left shared.
+    Returns the number of layers replaced; raises when there is none or one is not a plain BatchNorm."""
+    if not isinstance(net, SpikingNet):
+        raise SpikeliteError(f"per_step_batchnorm expects a SpikingNet, got {type(net).__name__}")
+    steps = net.T if steps is None else _check_T(steps)
+    if net.time_bn == "per-step":
+        raise SpikeliteError("this network's BatchNorm layers are already per-step")
+    paths = list(getattr(net, "_temporal_bns", ()))
+    bad = [f"{p} ({type(m).__name__})" for p in paths
+           if not (type(m := net.body.get_submodule(p)) in _PLAIN_BN or _is_bn_act(m))]
+    if bad:
+        raise SpikeliteError("time_bn='per-step' replaces BatchNorm1d/2d/3d and timm's BatchNormAct2d layers; "
+                             f"{len(bad)} are not: " + ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else ""))
+    if not paths:
+        raise SpikeliteError("time_bn='per-step': the network has no BatchNorm in its spiking part")
+    for p in paths:
+        _set_submodule(net.body, p, StepBatchNorm.from_batchnorm(net.body.get_submodule(p), steps, net.T))
+    net._rebuild_eval_body()
+    return len(paths)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1154,7 +888,7 @@ def spikify(
             modified.
         T: time steps (>= 1).
         neuron: neuron spec: None (LIF defaults: τ=2, V_th=1, hard reset to 0, sigmoid surrogate), a
-            dict of :class:`~spikelite.neuron.LIF` arguments (``{"kind": "if", ...}`` for IF), or a
+            dict of :class:`~spikelite.snn.LIF` arguments (``{"kind": "if", ...}`` for IF), or a
             zero-argument callable returning a neuron module.
         encoding: ``"direct"`` (the analog image at every step; the layers before the first neuron
             run once) or ``"rate"`` (Bernoulli spikes with probability = pixel value in [0, 1]).
@@ -1274,172 +1008,6 @@ def spikify(
         balance_thresholds(net, calibration, float(balance))
     net.train(training)
     return net
-
-
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-                       F.adaptive_max_pool3d}
-
-
-def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = None, *, percentile: float = 99.9,
-            signed: bool = True, v_init: float = 0.5, encoding: str = "direct",
-            neuron: dict | None = None, burst: int = 1) -> SpikingNet:
-    """Convert a trained CNN into a rate-coded SNN that converges to it as T grows (no training).
-
-    Every activation becomes a :class:`~spikelite.neuron.ConversionIF` layer: soft reset, membrane
-    starting at ``v_init`` × threshold, spikes that carry the threshold as their amplitude, and (``signed``)
-    negative spikes that take back an excess spike. Thresholds come from the CNN: a QCFS activation's
-    learned λ (a CNN trained to be converted), else the ``percentile`` of that activation's output on
-    ``calibration`` (ReLU6 capped at 6). BatchNorm statistics are the CNN's, untouched: the time average
-    of every layer's input is then the CNN's (clipped, quantised) activation, and as T grows the network
-    computes the CNN clipped at the thresholds (docs/conversion.md, "Conversion that converges").
-
-    Max-pooling after the first neuron is refused: the maximum of spike trains is not the spike train of
-    the maximum (build the model with average pooling, ``pool="avg"``). ``burst``: up to that many spikes
-    per step (a neuron that received its charge late catches up; its count never exceeds t): with
-    ``burst >= T`` every layer's count after T steps is exactly ``clamp(round(Σx/θ), 0, T)``, so a QCFS CNN
-    with L levels converts exactly at T = L. ``neuron``: further
-    :class:`~spikelite.neuron.ConversionIF` options for fine-tuning (``surrogate``, ``detach_reset``,
-    ``learn_threshold``).
-    """
-    if not isinstance(model, nn.Module):
-        raise SpikeliteError(f"convert expects an nn.Module, got {type(model).__name__}")
-    if isinstance(model, SpikingNet):
-        raise SpikeliteError("model is already a SpikingNet; convert takes the CNN")
-    try:
-        percentile = float(percentile)
-    except (TypeError, ValueError):
-        raise SpikeliteError(f"percentile must be a number in (0, 100], got {percentile!r}") from None
-    if not 0 < percentile <= 100:
-        raise SpikeliteError(f"percentile must be in (0, 100], got {percentile}")
-    if calibration is not None:
-        if not isinstance(calibration, torch.Tensor):
-            raise SpikeliteError(f"calibration must be a tensor [N, C, H, W], got {type(calibration).__name__}")
-        if not torch.isfinite(calibration).all():
-            raise SpikeliteError("calibration images hold NaN or infinite values")
-    extra = dict(neuron or {})
-    kind = str(extra.pop("kind", "conversion_if")).lower()
-    if kind != "conversion_if":
-        raise SpikeliteError(f"convert builds ConversionIF neurons (kind 'conversion_if'), not {kind!r}")
-    neuron = {**extra, "kind": "conversion_if", "v_init": v_init, "signed": signed, "burst": extra.get("burst", burst)}
-    net = spikify(model, T=T, neuron=neuron, encoding=encoding, balance=percentile, calibration=calibration,
-                  balance_mode="cnn")
-    pools = list(net._temporal_maxpools)
-    pools += [f"{n.target.__name__}() in {_owner_path(n) or '<root>'}" for n in net.body.graph.nodes
-              if n.op == "call_function" and n.target in _MAX_POOL_FUNCTIONS]
-    if pools:
-        raise SpikeliteError(
-            f"cannot convert max-pooling of spike trains exactly ({', '.join(pools[:3])}): the maximum of spike "
-            "trains is not the spike train of the maximum. Use average pooling (zoo models: pool=avg)")
-    return net
-
-
-def _cnn_activations(cnn: nn.Module, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-    """Every activation module's outputs on ``images``, by module path, one per call (eval mode)."""
-    out: dict[str, list[torch.Tensor]] = {}
-    handles = [m.register_forward_hook(lambda mod, a, o, path=path: out.setdefault(path, []).append(o.detach()))
-               for path, m in cnn.named_modules() if _is_activation_module(m)]
-    was = cnn.training
-    cnn.eval()
-    try:
-        with torch.no_grad():
-            cnn(images)
-    finally:
-        for h in handles:
-            h.remove()
-        cnn.train(was)
-    return out
-
-
-def _site_output(calls: dict[str, list[torch.Tensor]], path: str) -> torch.Tensor | None:
-    """The CNN activation that the SNN's neuron layer at ``path`` replaced (``p__k``: the k-th call of ``p``)."""
-    base, _, k = path.partition("__")
-    found = calls.get(base) or []
-    idx = int(k) if k.isdigit() else 0
-    return found[idx] if idx < len(found) else None
-
-
-def _feeding_batchnorm(snn: SpikingNet, path: str) -> nn.Module | None:
-    """The BatchNorm whose output only the neuron layer at ``path`` reads (through a time broadcast), or None."""
-    for node in snn.body.graph.nodes:
-        if node.op == "call_module" and node.target == path and node.args and isinstance(node.args[0], fx.Node):
-            src = node.args[0]
-            if src.op == "call_module" and isinstance(snn.body.get_submodule(src.target), TimeBroadcast):
-                src = src.args[0] if isinstance(src.args[0], fx.Node) and len(src.users) == 1 else None
-            if src is None or src.op != "call_module" or len(src.users) != 1:
-                return None
-            m = snn.body.get_submodule(src.target)
-            ok = type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) and m.affine
-            return m if ok else None
-    return None
-
-
-def correct_bias(snn: SpikingNet, cnn: nn.Module, images: torch.Tensor) -> int:
-    """Bias correction after conversion (SNN calibration, Li et al. 2021), in place, layer by layer.
-
-    For each neuron layer in graph order, with the layers before it already corrected: the mean, per
-    channel, of the SNN's time-averaged output (rate × amplitude) at ``snn.T`` on ``images`` is compared
-    with the mean of the CNN's activation at that site, and the difference is added to the bias of the
-    BatchNorm that feeds the neuron (where that BatchNorm feeds it alone). It removes the systematic shift
-    that rounding and clipping leave, which compounds with depth. Returns the number of layers corrected."""
-    if not isinstance(snn, SpikingNet):
-        raise SpikeliteError(f"correct_bias expects a SpikingNet, got {type(snn).__name__}")
-    calls = _cnn_activations(cnn, images)
-    was = snn.training
-    snn.eval()
-    n = 0
-    try:
-        for path, act in snn.spiking_layers():
-            bn = _feeding_batchnorm(snn, path)
-            target = _site_output(calls, path)
-            if bn is None or target is None or target.dim() < 2 or target.shape[1] != bn.num_features:
-                continue
-            got = _first_call(snn, act, images, output=True)
-            if got is None:
-                continue
-            out = got.view(act.T, -1, *got.shape[1:]).mean(0)
-            if out.shape != target.shape:
-                continue
-            dims = [0] + list(range(2, out.dim()))
-            delta = target.float().mean(dims) - out.float().mean(dims)
-            with torch.no_grad():
-                bn.bias.add_(delta.to(bn.bias.dtype))
-            n += 1
-    finally:
-        snn.train(was)
-    return n
-
-
-def layer_errors(cnn: nn.Module, snn: SpikingNet, images: torch.Tensor) -> list[dict]:
-    """Per neuron layer, how far the SNN's time-averaged output (rate × amplitude) is from the CNN's
-    activation at the same site on ``images``: ``{"layer", "error", "cnn_mean", "snn_mean"}`` in graph
-    order, ``error = mean|SNN − CNN| / mean|CNN|``. Sites are matched by module path (a module called
-    several times: by call order); functional activations (``act_fn<k>``) are left out."""
-    cnn_out = _cnn_activations(cnn, images)
-    snn_out: dict[str, torch.Tensor] = {}
-    layers = snn.spiking_layers()
-    handles = [act.register_forward_hook(
-        lambda mod, a, out, path=path: snn_out.__setitem__(path, out.view(mod.T, -1, *out.shape[1:]).mean(0)))
-        for path, act in layers]
-    was = snn.training
-    snn.eval()
-    try:
-        with torch.no_grad():
-            snn(images)
-    finally:
-        for h in handles:
-            h.remove()
-        snn.train(was)
-    rows = []
-    for path, _ in layers:
-        target = _site_output(cnn_out, path)
-        if target is None or path not in snn_out or target.shape != snn_out[path].shape:
-            continue
-        a, b = target.float(), snn_out[path].float()
-        denom = float(a.abs().mean())
-        rows.append({"layer": path, "error": float((b - a).abs().mean()) / denom if denom > 0 else float("nan"),
-                     "cnn_mean": float(a.mean()), "snn_mean": float(b.mean())})
-    return rows
 
 
 def respikify(model: nn.Module, config: dict) -> SpikingNet:

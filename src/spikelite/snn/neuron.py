@@ -17,7 +17,7 @@ For soft reset the charge uses 0 in place of V_reset. ``detach_reset`` detaches 
 Four implementations compute the same thing:
 
 * ``backend="native"`` (what ``"auto"`` picks on CPU for fixed τ and threshold and a built-in surrogate):
-  a C++ operator (``csrc/lif.cpp``, built on first use, see :mod:`spikelite._native`) that runs the
+  a C++ operator (``csrc/lif.cpp``, built on first use, see :mod:`spikelite.snn.native`) that runs the
   whole sequence forward and backward through time in one call each, with its autograd node in C++.
   It saves only its input (H is recomputed in backward, so the forward writes spikes only). Without a
   C++ compiler it is skipped (one warning) and the compiled path is used.
@@ -41,8 +41,9 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from . import _native
-from .errors import SpikeliteError
+from . import native as _native
+from ..errors import SpikeliteError
+from ..models.qcfs import QCFS  # noqa: F401  (re-exported: the CNN-side twin of ConversionIF)
 from .surrogate import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle, get_surrogate
 
 __all__ = ["LIF", "IF", "ConversionIF", "QCFS", "lif_multistep", "lif_multistep_reference"]
@@ -356,7 +357,7 @@ class LIF(nn.Module):
         decay_input: whether the input is divided by ``tau`` as well.
         detach_reset: detach the spike inside the reset from the graph.
         surrogate: a name (``sigmoid``, ``atan``, ``fast_sigmoid``, ``triangle``, ``rectangle``),
-            a :class:`~spikelite.surrogate.Surrogate`, or a callable spike function.
+            a :class:`~spikelite.snn.surrogate.Surrogate`, or a callable spike function.
         surrogate_alpha: sharpness of a named surrogate (its own default when None).
         learn_tau: learn τ per layer, parametrised PLIF-style as ``1/τ = sigmoid(w)``.
         learn_threshold: learn the threshold per layer.
@@ -643,80 +644,3 @@ class ConversionIF(nn.Module):
         return (f"v_threshold={float(self.v_threshold.detach()):.4g}, v_init={self.v_init:g}, signed={self.signed}"
                 + (f", burst={self.burst}" if self.burst > 1 else "")
                 + (", learn_threshold" if self.learn_threshold else ""))
-
-
-class _QCFSFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, levels: int):
-        ctx.save_for_backward(x)
-        return torch.clamp(torch.floor(x * levels + 0.5), 0, levels) / levels
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * ((x >= 0) & (x <= 1)).to(grad.dtype), None
-
-
-class _RoundSTE(torch.autograd.Function):
-    """``floor(u·L + 1/2) / L`` forward, the identity backward (straight-through)."""
-
-    @staticmethod
-    def forward(ctx, u, levels: int):
-        return torch.floor(u * levels + 0.5) / levels
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class QCFS(nn.Module):
-    """The CNN-side twin of a soft-reset IF neuron run for ``levels`` steps: quantise, clip, floor, shift.
-
-    Without a threshold (``threshold=None``): ``y = clamp(floor(x·L + 1/2), 0, L) / L`` (forward), with
-    the straight-through gradient of ``clamp(x, 0, 1)`` (backward) — the "quantization clip-floor-shift"
-    activation of Bu et al. (ICLR 2022) with λ fixed at 1. A CNN trained with it in place of ReLU
-    (``create_model(..., act_levels=L)``) converts to an SNN whose first layer is exact at ``T = L``: an
-    IF neuron with threshold 1 and soft reset, fed a constant input ``x`` plus ``1/(2T)`` per step,
-    fires ``clamp(floor(x·T + 1/2), 0, T)`` times. :func:`spikelite.spikify` adds that half-threshold
-    charge (``SpikingActivation.charge_offset``) when it replaces a QCFS.
-
-    With a threshold (``threshold=λ``, a learned parameter ``lam``; ``create_model(..., act_levels=L,
-    act_threshold=λ0)``): ``y = λ·floor(clamp(x/λ, 0, 1)·L + 1/2) / L``, the rounding straight-through,
-    so λ learns the clipping point per layer (its gradient: ``y/λ - x/λ`` inside, 1 above). This is the
-    paper's form; it converts to a :class:`ConversionIF` with threshold λ, ``v_init = 1/2`` and
-    amplitude λ (``spikelite.convert.convert``), exactly at the first layer at ``T = L``.
-    """
-
-    def __init__(self, levels: int = 4, threshold: float | None = None):
-        super().__init__()
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-            raise SpikeliteError(f"QCFS: levels must be an integer >= 1, got {levels!r}")
-        self.levels = int(levels)
-        if threshold is None:
-            self.lam = None
-        else:
-            if not (float(threshold) > 0) or not math.isfinite(float(threshold)):
-                raise SpikeliteError(f"QCFS: threshold must be a positive number, got {threshold!r}")
-            self.lam = nn.Parameter(torch.tensor(float(threshold)))
-
-    @property
-    def threshold(self) -> float | None:
-        """λ as a number (None for the fixed-scale form)."""
-        return None if self.lam is None else float(self.lam.detach())
-
-    def set_threshold(self, value: float) -> None:
-        if self.lam is None:
-            raise SpikeliteError("QCFS: this activation has no threshold (built with threshold=None)")
-        if not value > 0 or not math.isfinite(value):
-            raise SpikeliteError(f"QCFS: threshold must be a positive finite number, got {value}")
-        with torch.no_grad():
-            self.lam.fill_(float(value))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lam is None:
-            return _QCFSFunction.apply(x, self.levels)
-        lam = self.lam.to(x.dtype).abs().clamp_min(1e-4)
-        return _RoundSTE.apply(torch.clamp(x / lam, 0.0, 1.0), self.levels) * lam
-
-    def extra_repr(self) -> str:
-        return f"levels={self.levels}" + ("" if self.lam is None else f", threshold={self.threshold:.4g}")

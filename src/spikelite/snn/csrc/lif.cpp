@@ -1,6 +1,6 @@
 // spikelite native LIF kernels: the whole sequence forward and backward through time, one call each,
 // registered as the operator spikelite_native::lif with its autograd in C++ (no Python on the step's
-// backward). Same dynamics as spikelite.neuron (SpikingJelly's conventions):
+// backward). Same dynamics as spikelite.snn.neuron (SpikingJelly's conventions):
 //   charge  H_t = V + (X_t - (V - r)) / tau       (decay_input)    H_t = V - (V - r) / tau + X_t
 //   fire    S_t = [H_t >= th]
 //   reset   V = S_t ? r : H_t                     (hard)           V = H_t - S_t * th       (soft, r = 0)

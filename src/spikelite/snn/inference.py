@@ -1,7 +1,8 @@
 """Inference copies: eval-only, no autograd state, BatchNorm folded into the conv before it.
 
-``inference_model(net)`` (also :meth:`spikelite.convert.SpikingNet.inference`) returns a new module
-that computes what ``net.eval()`` computes, only cheaper:
+:func:`spikelite.snn.inference_model` (also :meth:`spikelite.snn.SpikingNet.inference`) returns a new
+module that computes what ``net.eval()`` computes, only cheaper; this module holds the parts that do not
+depend on :class:`~spikelite.snn.SpikingNet` (BatchNorm folding, the eval-only mixin, the CNN copy):
 
 * a deep copy, parameters frozen (``requires_grad=False``), always in eval mode — ``.train()`` is an
   error rather than a silent switch back to batch statistics;
@@ -13,7 +14,7 @@ that computes what ``net.eval()`` computes, only cheaper:
 * ``channels_last=True`` stores 4-D convolution weights and 4-D inputs in NHWC order, which lets
   oneDNN (CPU) and cuDNN (tensor cores) pick faster kernels for many networks; it changes no value.
 
-Works for a :class:`~spikelite.convert.SpikingNet` (its eval graph is used) and for plain CNNs
+Works for a :class:`~spikelite.snn.SpikingNet` (its eval graph is used) and for plain CNNs
 (traced with ``torch.fx`` in eval mode, e.g. :func:`spikelite.models.create_model` models).
 """
 
@@ -26,10 +27,10 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .convert import SpikingNet, _trace
-from .errors import SpikeliteError
+from ..errors import SpikeliteError
+from .layers import _trace
 
-__all__ = ["inference_model", "fold_batchnorm", "InferenceNet", "InferenceModel"]
+__all__ = ["fold_batchnorm", "InferenceModel"]
 
 _BN_FOR_CONV: dict[type, type] = {
     nn.Conv1d: nn.BatchNorm1d,
@@ -124,23 +125,6 @@ class _EvalOnly:
         return super().train(False)
 
 
-class InferenceNet(_EvalOnly, SpikingNet):
-    """Eval-only copy of a :class:`SpikingNet` (see :func:`inference_model`); ``T`` can still be changed."""
-
-    channels_last: bool = False
-    folded_bn: int = 0
-
-    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            if self.channels_last and isinstance(x, torch.Tensor):
-                x = _to_channels_last(x)
-            return super().forward_steps(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.forward_steps(x).mean(0)
-
-
 class InferenceModel(_EvalOnly, nn.Module):
     """Eval-only copy of a plain CNN (see :func:`inference_model`): a folded fx graph of it."""
 
@@ -157,21 +141,6 @@ class InferenceModel(_EvalOnly, nn.Module):
             return self.body(x)
 
 
-def _spiking_copy(net: SpikingNet) -> InferenceNet:
-    """An :class:`InferenceNet` built from ``net``'s eval graph on a deep copy of its modules."""
-    work = copy.deepcopy(net)
-    graph = work._eval_graph if work._eval_graph is not None else work.body.graph
-    body = fx.GraphModule(work.body, copy.deepcopy(graph), class_name=type(work.body).__name__)
-    body.delete_all_unused_submodules()
-    out_t = work._output_temporal[1]
-    new = InferenceNet(body, None, work.T, work.encoding, out_t, out_t, work.in_channels, work.input_dim,
-                       work.neuron_config)
-    new.compact_spikes = False
-    if hasattr(work, "spikelite_spec"):
-        new.spikelite_spec = work.spikelite_spec
-    return new
-
-
 def _cnn_copy(model: nn.Module) -> InferenceModel:
     work = copy.deepcopy(model)
     graph = _trace(work, False)
@@ -180,33 +149,4 @@ def _cnn_copy(model: nn.Module) -> InferenceModel:
     new = InferenceModel(body, False, 0)
     if hasattr(model, "spikelite_spec"):
         new.spikelite_spec = copy.deepcopy(model.spikelite_spec)
-    return new
-
-
-def inference_model(model: nn.Module, channels_last: bool = False) -> nn.Module:
-    """An eval-only, autograd-free copy of ``model`` with BatchNorm folded where that is exact.
-
-    Args:
-        model: a :class:`SpikingNet` or a plain CNN (anything ``torch.fx`` can trace). Not modified.
-        channels_last: store 4-D conv weights and inputs in NHWC order (a speed option; same values).
-
-    Returns:
-        an :class:`InferenceNet` (for a SpikingNet; ``T`` can still be set) or an
-        :class:`InferenceModel`, in eval mode; ``.folded_bn`` is the number of BatchNorms folded.
-    """
-    if not isinstance(model, nn.Module):
-        raise SpikeliteError(f"inference_model expects an nn.Module, got {type(model).__name__}")
-    if isinstance(model, (InferenceNet, InferenceModel)):
-        raise SpikeliteError("model is already an inference copy")
-    if not isinstance(channels_last, bool):
-        raise SpikeliteError(f"channels_last must be True or False, got {channels_last!r}")
-    new = _spiking_copy(model) if isinstance(model, SpikingNet) else _cnn_copy(model)
-    new.folded_bn = fold_batchnorm(new.body)
-    if isinstance(new, InferenceNet):
-        new._rebuild_eval_body()
-    _freeze(new)
-    nn.Module.train(new, False)
-    if channels_last:
-        new.to(memory_format=torch.channels_last)
-        new.channels_last = True
     return new

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .errors import SpikeliteError
+from ..errors import SpikeliteError
 
 __all__ = [
     "Surrogate",
