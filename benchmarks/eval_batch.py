@@ -40,7 +40,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     apply_malloc_mode(args.malloc)
     try:
-        model, meta = T.load_checkpoint(args.checkpoint)
+        model, meta = T.load_model(args.checkpoint)
         data, _ = T.checkpoint_data(meta, args.checkpoint, args.split, data_root=args.data)
     except SpikeliteError as exc:
         sys.exit(f"eval_batch.py: error: {exc}")

@@ -140,9 +140,9 @@ def command(row: str, data: str, runs: Path, threads: int | None, epochs: int = 
 def firing_rate(ckpt: Path) -> float | None:
     from spikelite.data import load_split
     from spikelite.energy import measure
-    from spikelite.train import load_checkpoint
+    from spikelite.checkpoint import load_model
 
-    model, meta = load_checkpoint(ckpt)
+    model, meta = load_model(ckpt)
     if meta.get("kind") != "snn":
         return None
     d = meta["data"]

@@ -380,14 +380,14 @@ def test_imported_checkpoints_are_measured_not_trained(tmp_path):
 
 def torch_load_cnn_as_qcfs(src, dst):
     """The CNN at ``src`` rebuilt with QCFS activations (learned λ), saved to ``dst``."""
-    from spikelite import train as T
+    from spikelite import checkpoint as C
     from spikelite.models import create_model
 
-    cnn, meta = T.load_checkpoint(src)
+    cnn, meta = C.load_model(src)
     spec = {**meta["model_spec"], "act_levels": 4, "act_threshold": 1.0}
     q = create_model(**spec)
     q.load_state_dict(cnn.state_dict(), strict=False)
-    T.save_checkpoint(dst, q, meta={k: meta[k] for k in ("data", "config") if k in meta})
+    C.save_checkpoint(dst, q, meta={k: meta[k] for k in ("data", "config") if k in meta})
     return q, meta
 
 

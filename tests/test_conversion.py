@@ -16,6 +16,7 @@ from torch import nn
 from spikelite import SpikeliteError
 from spikelite import data as D
 from spikelite.snn import neuron
+from spikelite import checkpoint as C
 from spikelite import train as T
 from spikelite.cli import main as cli_main
 from spikelite.snn import SpikingNet, convert, layer_errors, spikify
@@ -213,8 +214,8 @@ def test_spikify_with_a_conversion_neuron_is_rebuilt_from_its_checkpoint(tmp_pat
     x = torch.randn(3, 3, 32, 32)
     _settle_bn(cnn, x)
     snn = convert(cnn, T=4, calibration=x).eval()
-    T.save_checkpoint(tmp_path / "s.pt", snn)
-    back, meta = T.load_checkpoint(tmp_path / "s.pt")
+    C.save_checkpoint(tmp_path / "s.pt", snn)
+    back, meta = C.load_model(tmp_path / "s.pt")
     assert meta["snn"]["neuron"]["kind"] == "conversion_if" and isinstance(back, SpikingNet)
     with torch.no_grad():
         assert torch.equal(back(x), snn(x))
@@ -237,7 +238,7 @@ def test_spikelite_convert_on_a_trained_digits_cnn(tmp_path, capsys):
     assert res["cnn"] > 0.5  # it learned (10 classes)
     assert res["snn"]["32"] >= res["cnn"] - 0.05, res  # within 5 points at T = 32, 200 images
     assert res["snn"]["32"] >= res["snn"]["4"] - 0.02, res
-    model, meta = T.load_checkpoint(tmp_path / "snn.pt")
+    model, meta = C.load_model(tmp_path / "snn.pt")
     assert isinstance(model, SpikingNet) and model.T == 4 and meta["source_checkpoint"]["kind"] == "cnn"
     assert meta["conversion"]["percentile"] == 99.9 and len(meta["conversion"]["thresholds"]) == 25
     # the output checkpoint is an ordinary SNN checkpoint: eval reads it
@@ -311,7 +312,7 @@ def test_train_converts_with_convert_and_fine_tunes_a_conversion_if_snn(tmp_path
     q = T.train(T.load_config(None, {**base, "epochs": 1, "init_from": cnn_ckpt, "model.options.act_levels": 4,
                                      "model.options.act_threshold": 1.0, "snn.calibration_size": 64,
                                      "optim.lr": 0.01, "out": str(tmp_path / "q")}))
-    qnet, qmeta = T.load_checkpoint(tmp_path / "q" / "best.pt")
+    qnet, qmeta = C.load_model(tmp_path / "q" / "best.pt")
     assert qmeta["model_spec"]["act_levels"] == 4 and q["kind"] == "cnn"
     lams = [m.threshold for m in qnet.modules() if isinstance(m, QCFS)]
     assert lams and all(v > 0 for v in lams) and len(set(lams)) > 1  # per layer, from the calibration
@@ -320,7 +321,7 @@ def test_train_converts_with_convert_and_fine_tunes_a_conversion_if_snn(tmp_path
                                "snn.T": 4, "snn.neuron": {"kind": "conversion_if", "burst": 4},
                                "snn.calibration_size": 64, "optim.lr": 0.005, "out": str(tmp_path / "snn")})
     ft = T.train(cfg)
-    snn, meta = T.load_checkpoint(tmp_path / "snn" / "last.pt")
+    snn, meta = C.load_model(tmp_path / "snn" / "last.pt")
     assert meta["snn"]["neuron"]["kind"] == "conversion_if" and meta["snn"]["neuron"]["burst"] == 4
     hist = meta["history"]
     assert hist[0]["epoch"] == 0 and hist[-1]["epoch"] == 1 and ft["final"]["train_loss"] > 0

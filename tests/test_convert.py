@@ -432,7 +432,7 @@ def test_per_step_batchnorm_normalises_each_step_on_its_own():
 
 def test_spikify_time_bn_per_step_replaces_the_spiking_part_only_and_round_trips():
     from spikelite.snn import StepBatchNorm, per_step_batchnorm, recalibrate_bn
-    from spikelite.train import describe_model, rebuild_model
+    from spikelite.checkpoint import describe_model, rebuild_model
 
     cnn = _tiny_squeezenet()
     shared = spikify(cnn, T=3)
@@ -514,7 +514,7 @@ def test_time_bn_per_step_on_timm_blocks_and_clear_errors():
 def test_spike_inputs_make_every_conv_but_the_stem_read_spikes(name, width):
     from spikelite.energy import measure
     from spikelite.models import create_model
-    from spikelite.train import describe_model, rebuild_model
+    from spikelite.checkpoint import describe_model, rebuild_model
 
     torch.manual_seed(0)
     cnn = create_model(name, width=width).eval()

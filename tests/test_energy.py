@@ -588,7 +588,7 @@ def test_model_mode_and_rng_are_restored():
 
 
 def _write_checkpoint(path, model, meta):
-    from spikelite.train import save_checkpoint
+    from spikelite.checkpoint import save_checkpoint
 
     save_checkpoint(path, model, meta=meta)
 
@@ -598,7 +598,7 @@ def digits_ckpts(tmp_path_factory):
     from spikelite.data import load_split
 
     pytest.importorskip("spikelite.train")
-    from spikelite.train import save_checkpoint
+    from spikelite.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("ckpt")
     val = load_split("digits", None, "val", cache_dir="off")

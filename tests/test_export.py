@@ -371,7 +371,7 @@ def test_torchscript_export_matches_pytorch(tmp_path, kind):
 
 
 def test_cli_exports_a_checkpoint(tmp_path, capsys):
-    from spikelite.train import save_checkpoint
+    from spikelite.checkpoint import save_checkpoint
 
     net = _snn("shufflenetv2_x0_3", 8, width=0.25)
     ckpt = save_checkpoint(tmp_path / "snn.pt", net)

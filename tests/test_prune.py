@@ -14,6 +14,7 @@ from torch import nn
 from spikelite import data as D
 from spikelite.snn import neuron
 from spikelite import prune as P
+from spikelite import checkpoint as C
 from spikelite import train as T
 from spikelite.cli import main as cli_main
 from spikelite.snn import SpikingNet, spikify
@@ -201,18 +202,18 @@ def test_spec_round_trips_through_a_checkpoint(tmp_path):
     base = _lively(create_model("xception_mini", width=0.1, image_size=16))
     x, y = _batch(16)
     pruned = P.prune_model(base, keep=["entry2", "middle2", "exit2"], calibration=(x, y)).eval()
-    path = T.save_checkpoint(tmp_path / "p.pt", pruned, meta={"prune": {"keep": pruned.spikelite_spec["keep"]}})
-    again, meta = T.load_checkpoint(path)
+    path = C.save_checkpoint(tmp_path / "p.pt", pruned, meta={"prune": {"keep": pruned.spikelite_spec["keep"]}})
+    again, meta = C.load_model(path)
     assert meta["model_spec"]["keep"] == ["entry2", "middle2", "exit2"]
     torch.testing.assert_close(again(x), pruned(x))
     # the training module's rebuild hook passes prune["keep"] on when an older spec lacks it
     spec = {k: v for k, v in meta["model_spec"].items() if k != "keep"}
-    rebuilt = T.rebuild_model({"kind": "cnn", "model_spec": spec, "prune": {"keep": meta["model_spec"]["keep"]}})
+    rebuilt = C.rebuild_model({"kind": "cnn", "model_spec": spec, "prune": {"keep": meta["model_spec"]["keep"]}})
     rebuilt.load_state_dict(again.state_dict())
     # an SNN checkpoint of a pruned model rebuilds too
     snn = spikify(pruned, T=2).eval()
-    spath = T.save_checkpoint(tmp_path / "s.pt", snn)
-    snn2, smeta = T.load_checkpoint(spath)
+    spath = C.save_checkpoint(tmp_path / "s.pt", snn)
+    snn2, smeta = C.load_model(spath)
     assert smeta["kind"] == "snn" and smeta["model_spec"]["keep"] == pruned.spikelite_spec["keep"]
     torch.testing.assert_close(snn2(x), snn(x))
 
@@ -469,7 +470,7 @@ def test_greedy_prunes_a_checkpoint_to_an_energy_budget(digits_ckpt, tmp_path):
     assert "energy budget met" in res.stop_reason
     for c in accepted:  # each was fine-tuned by spikelite.train (its run directory holds the log)
         assert c.checkpoint and (tmp_path / "g.runs").exists()
-    model, meta = T.load_checkpoint(tmp_path / "g.pt")
+    model, meta = C.load_model(tmp_path / "g.pt")
     assert meta["model_spec"]["keep"] == res.chosen.kept == meta["prune"]["keep"]
     table = (tmp_path / "g.table.md").read_text()
     assert "| unpruned |" in table and "Spearman" not in table.split("## Module importance")[0]
@@ -486,7 +487,7 @@ def test_cli_keep_and_paper_schedules(digits_ckpt, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| keep | F4, F6, F8, F9 |" in printed and "chosen" in printed
-    model, meta = T.load_checkpoint(out)
+    model, meta = C.load_model(out)
     assert meta["model_spec"]["keep"] == ["fire4", "fire6", "fire8", "fire9"]
     assert meta["prune"]["removed"] == ["fire2", "fire3", "fire5", "fire7"]
     assert meta["prune"]["params"] < meta["prune"]["source_params"]
@@ -534,11 +535,11 @@ def test_cli_bad_input_exits_2_and_writes_nothing(digits_ckpt, tmp_path, capsys)
         assert cli_main(["prune", *common, *extra]) == 2
         assert message in capsys.readouterr().err
     # a non-SqueezeNet checkpoint refuses the paper's schedules; a one-module model has nothing to remove
-    shuf = T.save_checkpoint(tmp_path / "shuf.pt", create_model("shufflenetv2_x0_3", width=0.25, image_size=8),
+    shuf = C.save_checkpoint(tmp_path / "shuf.pt", create_model("shufflenetv2_x0_3", width=0.25, image_size=8),
                              meta={"data": {"dataset": "digits", "image_size": 8}})
     assert cli_main(["prune", str(shuf), "--strategy", "ref-1", "-o", str(out)]) == 2
     assert "keep SqueezeNet fire modules; shufflenetv2_x0_3 is a shufflenetv2" in capsys.readouterr().err
-    one = T.save_checkpoint(tmp_path / "one.pt", create_model("squeezenet1_1", image_size=8, keep=["fire9"]),
+    one = C.save_checkpoint(tmp_path / "one.pt", create_model("squeezenet1_1", image_size=8, keep=["fire9"]),
                             meta={"data": {"dataset": "digits", "image_size": 8}})
     assert cli_main(["prune", str(one), "--strategy", "greedy", "--max-drop", "1", "-o", str(out)]) == 2
     assert "nothing removable: only fire9 is left" in capsys.readouterr().err

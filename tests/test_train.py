@@ -16,6 +16,7 @@ import yaml
 from spikelite import SpikeliteError
 from spikelite.snn import neuron
 from spikelite import data as D
+from spikelite import checkpoint as C
 from spikelite import train as T
 from spikelite.cli import main as cli_main
 from spikelite.snn import SpikingNet, spikify
@@ -221,18 +222,18 @@ def test_checkpoints_rebuild_cnn_and_snn_from_the_file_alone(tmp_path):
     net = spikify(cnn, T=3, neuron={"tau": 1.5, "surrogate": "atan", "v_reset": None}, balance=99.0,
                   calibration=x).eval()
     for model, name in ((cnn, "cnn.pt"), (net, "snn.pt")):
-        path = T.save_checkpoint(tmp_path / name, model, meta={"data": {"dataset": "digits"}, "note": [1, 2.5]})
+        path = C.save_checkpoint(tmp_path / name, model, meta={"data": {"dataset": "digits"}, "note": [1, 2.5]})
         assert not list(tmp_path.glob(".*.tmp"))  # written via a temp file + os.replace
-        loaded, meta = T.load_checkpoint(path)
+        loaded, meta = C.load_model(path)
         assert type(loaded) is type(model) and not loaded.training
         assert meta["kind"] == ("snn" if model is net else "cnn") and meta["note"] == [1, 2.5]
         assert "state_dict" not in meta and meta["model_spec"] == cnn.spikelite_spec
         with torch.no_grad():
             assert torch.equal(loaded(x), model(x))
-    _, meta = T.load_checkpoint(tmp_path / "snn.pt")
+    _, meta = C.load_model(tmp_path / "snn.pt")
     assert meta["snn"]["T"] == 3 and meta["snn"]["neuron"]["v_reset"] is None
     # balanced thresholds are state, not config: they come back from the state_dict
-    thresholds = [float(a.neuron.v_threshold) for _, a in T.load_checkpoint(tmp_path / "snn.pt")[0].spiking_layers()]
+    thresholds = [float(a.neuron.v_threshold) for _, a in C.load_model(tmp_path / "snn.pt")[0].spiking_layers()]
     assert thresholds == [float(a.neuron.v_threshold) for _, a in net.spiking_layers()] and len(set(thresholds)) > 1
 
 
@@ -244,13 +245,13 @@ def test_checkpoints_keep_module_versions_mnasnet_cnn_and_snn(tmp_path, legacy):
     cnn = create_model("mnasnet0_5", num_classes=10, image_size=32, width=0.25).eval()
     x = torch.randn(2, 3, 32, 32)
     for model, name in ((cnn, "cnn.pt"), (spikify(cnn, T=2).eval(), "snn.pt")):
-        path = T.save_checkpoint(tmp_path / name, model)
+        path = C.save_checkpoint(tmp_path / name, model)
         raw = torch.load(path, weights_only=True)
         assert raw["state_dict_metadata"][""] is not None
         if legacy:
             del raw["state_dict_metadata"]
             torch.save(raw, path)
-        loaded, meta = T.load_checkpoint(path)
+        loaded, meta = C.load_model(path)
         assert "state_dict_metadata" not in meta
         with torch.no_grad():
             assert torch.equal(loaded(x), model(x))
@@ -258,7 +259,7 @@ def test_checkpoints_keep_module_versions_mnasnet_cnn_and_snn(tmp_path, legacy):
 
 def test_bad_checkpoints_are_one_clear_error(tmp_path):
     cnn = create_model("shufflenetv2_x0_3", num_classes=10, image_size=8, width=0.25)
-    good = T.save_checkpoint(tmp_path / "good.pt", cnn)
+    good = C.save_checkpoint(tmp_path / "good.pt", cnn)
     raw = good.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
@@ -268,21 +269,21 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
         def __reduce__(self):
             return (os.system, ("echo pwned",))
 
-    torch.save({"format": T.CHECKPOINT_FORMAT, "x": Evil()}, tmp_path / "evil.pt")
+    torch.save({"format": C.CHECKPOINT_FORMAT, "x": Evil()}, tmp_path / "evil.pt")
     cases = {"truncated.pt": "corrupt or truncated", "garbage.pt": "corrupt or truncated",
              "bare.pt": "not a spikelite checkpoint", "evil.pt": "never run code", "missing.pt": "does not exist"}
     for name, msg in cases.items():
         with pytest.raises(SpikeliteError, match=msg):
-            T.load_checkpoint(tmp_path / name)
-    wrong = T.read_checkpoint(good)
+            C.load_model(tmp_path / name)
+    wrong = C.read_checkpoint(good)
     wrong["model_spec"] = {**wrong["model_spec"], "num_classes": 7}
     torch.save(wrong, tmp_path / "wrong.pt")
     with pytest.raises(SpikeliteError, match="weights do not fit"):
-        T.load_checkpoint(tmp_path / "wrong.pt")
+        C.load_model(tmp_path / "wrong.pt")
     import numpy as np
 
     with pytest.raises(SpikeliteError, match="holds a ndarray"):
-        T.save_checkpoint(tmp_path / "np.pt", cnn, meta={"extra": np.zeros(2)})
+        C.save_checkpoint(tmp_path / "np.pt", cnn, meta={"extra": np.zeros(2)})
     assert not (tmp_path / "np.pt").exists()
 
 
@@ -296,7 +297,7 @@ def test_rebuild_hook_passes_a_prune_keep_list_to_create_model(monkeypatch):
     import spikelite.models as M
 
     monkeypatch.setattr(M, "create_model", fake_create_model)
-    T.rebuild_model({"kind": "cnn", "model_spec": {"name": "squeezenet1_1"}, "prune": {"keep": ["fire2", "fire4"]}})
+    C.rebuild_model({"kind": "cnn", "model_spec": {"name": "squeezenet1_1"}, "prune": {"keep": ["fire2", "fire4"]}})
     assert seen == {"name": "squeezenet1_1", "keep": ["fire2", "fire4"]}
 
 
@@ -328,21 +329,21 @@ def test_cnn_to_snn_pipeline_on_digits(tmp_path, capsys):
     conv = T.train(_cfg(tmp_path, "conv", mode="snn", init_from=str(run / "last.pt"), epochs=0, snn__T=2,
                         snn__balance=99.9, snn__calibration_size=64))
     assert conv["kind"] == "snn" and conv["steps"] == 0 and conv["final"]["epoch"] == 0
-    model, meta = T.load_checkpoint(tmp_path / "conv" / "last.pt")
+    model, meta = C.load_model(tmp_path / "conv" / "last.pt")
     assert isinstance(model, SpikingNet) and model.T == 2 and meta["source_checkpoint"]["kind"] == "cnn"
     assert meta["metrics"]["val_acc"] == conv["final"]["val_acc"]
 
     # a pruned structure recorded in the source checkpoint is carried into the converted one
-    src = T.read_checkpoint(run / "last.pt")
+    src = C.read_checkpoint(run / "last.pt")
     src["prune"] = {"keep": None, "method": "test"}
     torch.save(src, tmp_path / "pruned.pt")
     T.train(_cfg(tmp_path, "conv_pruned", mode="snn", init_from=str(tmp_path / "pruned.pt"), epochs=0, snn__T=2))
-    assert T.load_checkpoint(tmp_path / "conv_pruned" / "last.pt")[1]["prune"] == {"keep": None, "method": "test"}
+    assert C.load_model(tmp_path / "conv_pruned" / "last.pt")[1]["prune"] == {"keep": None, "method": "test"}
 
     # converted and fine-tuned with surrogate gradients and the TET loss
     ft = T.train(_cfg(tmp_path, "ft", mode="snn", init_from=str(run / "last.pt"), epochs=1, snn__T=2, snn__tet=True,
                       data__train_subset=128, optim__lr=0.01))
-    assert [r["epoch"] for r in T.read_checkpoint(tmp_path / "ft" / "last.pt")["history"]] == [0, 1]
+    assert [r["epoch"] for r in C.read_checkpoint(tmp_path / "ft" / "last.pt")["history"]] == [0, 1]
     assert ft["final"]["train_loss"] > 0
 
     # the checkpoint evaluates from the file alone, on the test split
@@ -367,14 +368,14 @@ def test_channels_last_trains_the_same_network(tmp_path, capsys):
     for cl in (False, True):
         T.train(_cfg(tmp_path, name=f"cl{cl}", epochs=1, channels_last=cl, data__train_subset=32,
                      data__image_size=16, optim__warmup_epochs=0))  # one SGD step: the tiny net is chaotic
-        raw = T.read_checkpoint(tmp_path / f"cl{cl}" / "last.pt")
+        raw = C.read_checkpoint(tmp_path / f"cl{cl}" / "last.pt")
         assert raw["config"]["channels_last"] is cl
         runs[cl] = raw["state_dict"]
     # kernels whose NCHW and NHWC layouts differ (not 1x1, more than one input channel)
     convs = [k for k, v in runs[True].items() if v.dim() == 4 and v.shape[1] > 1 and v.shape[2] * v.shape[3] > 1]
     assert convs and all(runs[True][k].is_contiguous(memory_format=torch.channels_last) for k in convs)
     assert not any(runs[False][k].is_contiguous(memory_format=torch.channels_last) for k in convs)
-    model, _ = T.load_checkpoint(tmp_path / "clTrue" / "last.pt")  # loads like any other checkpoint
+    model, _ = C.load_model(tmp_path / "clTrue" / "last.pt")  # loads like any other checkpoint
     assert torch.equal(model.state_dict()[convs[0]], runs[True][convs[0]])
     # Same math (float64 gradients agree to 1e-14), but fp32 BatchNorm training kernels round differently in
     # NHWC (docs/performance.md), so one SGD step from the same start lands close, not bit-identical.
@@ -409,14 +410,14 @@ def test_eval_T_trains_short_and_validates_longer(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg)
     assert {t for training, t in seen_T if training} == {1} and {t for training, t in seen_T if not training} == {3}
-    model, meta = T.load_checkpoint(run / "last.pt")
+    model, meta = C.load_model(run / "last.pt")
     assert isinstance(model, SpikingNet) and model.T == 3 and meta["config"]["snn"]["eval_T"] == 3
     res = T.evaluate_checkpoint(run / "best.pt", split="val")  # spikelite eval's default: the recorded T
-    assert res["T"] == 3 and abs(res["accuracy"] - T.read_checkpoint(run / "best.pt")["best"]["val_acc"]) < 1e-9
+    assert res["T"] == 3 and abs(res["accuracy"] - C.read_checkpoint(run / "best.pt")["best"]["val_acc"]) < 1e-9
     seen_T.clear()
     T.train(cfg, resume=True)  # the resumed run trains at T=1 again, though last.pt recorded T=3
     assert len(calls) == 3 and {t for training, t in seen_T if training} == {1}
-    assert T.load_checkpoint(run / "last.pt")[0].T == 3
+    assert C.load_model(run / "last.pt")[0].T == 3
     with pytest.raises(SpikeliteError, match="snn.eval_T must be >= 1"):
         _cfg(tmp_path, mode="snn", snn__eval_T=0)
 
@@ -429,7 +430,7 @@ def test_time_bn_per_step_converts_trains_and_reloads(tmp_path):
     # a CNN converted straight to per-step BatchNorm, statistics recalibrated per step, then fine-tuned
     T.train(_cfg(tmp_path, "tbn", mode="snn", init_from=cnn_ckpt, epochs=1, snn__T=2, snn__time_bn="per-step",
                  data__train_subset=64, optim__warmup_epochs=0))
-    model, meta = T.load_checkpoint(tmp_path / "tbn" / "last.pt")
+    model, meta = C.load_model(tmp_path / "tbn" / "last.pt")
     layers = [m for m in model.modules() if isinstance(m, StepBatchNorm)]
     assert layers and meta["snn"]["time_bn"] == "per-step" and meta["snn"]["time_bn_steps"] == 2
     assert not torch.allclose(layers[0].running_var[0], layers[0].running_var[1])
@@ -439,7 +440,7 @@ def test_time_bn_per_step_converts_trains_and_reloads(tmp_path):
     T.train(_cfg(tmp_path, "shared", mode="snn", init_from=cnn_ckpt, epochs=0, snn__T=2))
     T.train(_cfg(tmp_path, "later", mode="snn", init_from=str(tmp_path / "shared" / "last.pt"), epochs=1,
                  snn__T=2, snn__time_bn="per-step", data__train_subset=32, optim__warmup_epochs=0))
-    assert T.load_checkpoint(tmp_path / "later" / "last.pt")[1]["snn"]["time_bn_steps"] == 2
+    assert C.load_model(tmp_path / "later" / "last.pt")[1]["snn"]["time_bn_steps"] == 2
     with pytest.raises(SpikeliteError, match="has per-step BatchNorm; this run asks for snn.time_bn: shared"):
         T.train(_cfg(tmp_path, "back", mode="snn", init_from=str(tmp_path / "tbn" / "last.pt"), epochs=1, snn__T=2))
     with pytest.raises(SpikeliteError, match="snn.time_bn"):
@@ -451,7 +452,7 @@ def test_spike_inputs_from_a_cnn_or_added_to_an_snn_checkpoint(tmp_path, capsys)
     cnn_ckpt = str(tmp_path / "cnn" / "last.pt")
     T.train(_cfg(tmp_path, "direct", mode="snn", init_from=cnn_ckpt, epochs=1, snn__T=2, snn__spike_inputs=True,
                  data__train_subset=32, optim__warmup_epochs=0))
-    model, meta = T.load_checkpoint(tmp_path / "direct" / "last.pt")
+    model, meta = C.load_model(tmp_path / "direct" / "last.pt")
     added = [p for p, _ in model.spiking_layers() if p.endswith("_input_spike")]
     assert added and meta["snn"]["spike_inputs"] is True
     # an SNN checkpoint without them: the layers are added, BatchNorm recalibrated, the rest of the weights kept
@@ -461,8 +462,8 @@ def test_spike_inputs_from_a_cnn_or_added_to_an_snn_checkpoint(tmp_path, capsys)
                  snn__spike_inputs=True, quiet=False))
     out = capsys.readouterr().out
     assert f"{len(added)} input neuron layers added" in out and "BatchNorm layers recalibrated on spikes" in out
-    later, _ = T.load_checkpoint(tmp_path / "later" / "last.pt")
-    plain, _ = T.load_checkpoint(tmp_path / "plain" / "last.pt")
+    later, _ = C.load_model(tmp_path / "later" / "last.pt")
+    plain, _ = C.load_model(tmp_path / "plain" / "last.pt")
     conv = next(n for n, m in plain.named_modules() if isinstance(m, torch.nn.Conv2d))
     assert torch.equal(later.get_submodule(conv).weight, plain.get_submodule(conv).weight)
     with pytest.raises(SpikeliteError, match="snn.spike_inputs: false"):
@@ -481,7 +482,7 @@ def test_recompute_neurons_trains_the_identical_snn(tmp_path, capsys, monkeypatc
         T.train(_cfg(tmp_path, name=f"rc{rc}", mode="snn", epochs=1, recompute_neurons=rc, snn__T=2,
                      data__train_subset=32, data__image_size=16, optim__warmup_epochs=0))
         assert bool(runs) is rc  # the recomputed graph is used when asked for, and only then
-        raw = T.read_checkpoint(tmp_path / f"rc{rc}" / "last.pt")
+        raw = C.read_checkpoint(tmp_path / f"rc{rc}" / "last.pt")
         assert raw["config"]["recompute_neurons"] is rc
         states[rc] = raw["state_dict"]
     assert states[True].keys() == states[False].keys()
@@ -508,7 +509,7 @@ def test_compact_spikes_off_trains_the_identical_snn_and_stores_floats(tmp_path,
         T.train(_cfg(tmp_path, name=f"cs{compact}", mode="snn", epochs=1, compact_spikes=compact, snn__T=2,
                      data__train_subset=32, data__image_size=16, optim__warmup_epochs=0))
         assert bool(packed) is compact  # the saved-tensor hooks run when asked for, and only then
-        raw = T.read_checkpoint(tmp_path / f"cs{compact}" / "last.pt")
+        raw = C.read_checkpoint(tmp_path / f"cs{compact}" / "last.pt")
         assert raw["config"]["compact_spikes"] is compact
         states[compact] = raw["state_dict"]
     for k, v in states[True].items():
@@ -535,14 +536,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     cfg = _cfg(tmp_path, epochs=3, data__train_subset=256)
     with pytest.raises(SpikeliteError, match=r"loss became NaN/inf in epoch 2 \(step 13\).*last good checkpoint is "):
         T.train(cfg)
-    ckpt = T.read_checkpoint(Path(cfg.out) / "last.pt")
+    ckpt = C.read_checkpoint(Path(cfg.out) / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["train_state"]["step"] == 8
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
 def test_bad_input_gives_one_clear_error_and_exit_2(tmp_path, capsys):
     cnn = create_model("shufflenetv2_x0_3", num_classes=10, image_size=8, width=0.25)
-    ckpt = T.save_checkpoint(tmp_path / "c.pt", cnn, meta={"data": {"dataset": "digits", "image_size": 8}})
+    ckpt = C.save_checkpoint(tmp_path / "c.pt", cnn, meta={"data": {"dataset": "digits", "image_size": 8}})
     cases = [
         (["train", "--dataset", "imagefolder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
          "does not exist"),
@@ -610,7 +611,7 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    state = T.read_checkpoint(killed / "last.pt")["train_state"]
+    state = C.read_checkpoint(killed / "last.pt")["train_state"]
     assert state["epoch"] < 3 and state["batch"] > 0, state  # killed mid-epoch, mid-run
 
     resumed = subprocess.run([sys.executable, "-m", "spikelite", "train", "--out", str(killed), "--resume",
@@ -621,8 +622,8 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
     ov = {"mode": "snn", "snn.T": 2, "snn.encoding": "rate", "epochs": 3, "data.train_subset": 320,
           "optim.warmup_epochs": 1, "optim.label_smoothing": 0.1, "save_every_steps": 3}
     T.train(T.load_config(None, {**TINY, **ov, "out": str(tmp_path / "ref")}))
-    a = T.read_checkpoint(killed / "last.pt")
-    b = T.read_checkpoint(tmp_path / "ref" / "last.pt")
+    a = C.read_checkpoint(killed / "last.pt")
+    b = C.read_checkpoint(tmp_path / "ref" / "last.pt")
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
@@ -644,12 +645,12 @@ def test_ddp_two_cpu_processes_with_torchrun(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2 * 8  # 256 images, global batch 32
-    ckpt = T.read_checkpoint(out / "last.pt")
+    ckpt = C.read_checkpoint(out / "last.pt")
     assert ckpt["train_state"]["world_size"] == 2 and len(ckpt["train_state"]["rng"]["torch"]) == 2
     assert [r["train_samples"] for r in ckpt["history"]] == [256, 256]  # the two shards cover the data once
     assert len((out / "log.csv").read_text().splitlines()) == 3
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.csv", "summary.json"]
-    model, meta = T.load_checkpoint(out / "last.pt")
+    model, meta = C.load_model(out / "last.pt")
     assert isinstance(model, SpikingNet) and meta["config"]["snn"]["tet"]
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
 
@@ -692,14 +693,14 @@ def test_distillation_recipe_keys_are_checked(tmp_path, capsys):
 def test_distilling_from_a_teacher_changes_training_and_pulls_the_student_to_it(tmp_path):
     T.train(_cfg(tmp_path, "teacher", epochs=2, data__train_subset=256, optim__warmup_epochs=0))
     teacher_ckpt = str(tmp_path / "teacher" / "last.pt")
-    teacher, _ = T.load_checkpoint(teacher_ckpt)
+    teacher, _ = C.load_model(teacher_ckpt)
     common = dict(epochs=2, data__train_subset=128, optim__warmup_epochs=0, seed=3, model__width=0.5)
     T.train(_cfg(tmp_path, "plain", **common))
     T.train(_cfg(tmp_path, "w0", distill__teacher=teacher_ckpt, distill__weight=0.0, **common))
     T.train(_cfg(tmp_path, "w1", distill__teacher=teacher_ckpt, distill__weight=1.0, **common))
-    plain, _ = T.load_checkpoint(tmp_path / "plain" / "last.pt")
-    w0, _ = T.load_checkpoint(tmp_path / "w0" / "last.pt")
-    w1, meta = T.load_checkpoint(tmp_path / "w1" / "last.pt")
+    plain, _ = C.load_model(tmp_path / "plain" / "last.pt")
+    w0, _ = C.load_model(tmp_path / "w0" / "last.pt")
+    w1, meta = C.load_model(tmp_path / "w1" / "last.pt")
     # weight 0: the teacher runs but the loss is the task loss alone, so the very same weights
     for (k, a), b in zip(plain.state_dict().items(), w0.state_dict().values()):
         assert torch.equal(a, b), k
@@ -720,7 +721,7 @@ def test_distilling_from_the_source_cnn_follows_the_checkpoint_lineage(tmp_path,
     snn = dict(mode="snn", epochs=1, snn__T=2, data__train_subset=32, optim__warmup_epochs=0)
     # converted from the CNN: the source is the CNN itself
     T.train(_cfg(tmp_path, "snn", init_from=cnn_ckpt, distill__teacher="source", **snn))
-    first = T.read_checkpoint(tmp_path / "snn" / "last.pt")
+    first = C.read_checkpoint(tmp_path / "snn" / "last.pt")
     assert first["teacher_checkpoint"]["path"] == cnn_ckpt and first["config"]["distill"]["teacher"] == "source"
     # a second pass from that SNN: one link further up, still the CNN; stopped after its first epoch
     pass2 = _cfg(tmp_path, "pass2", init_from=str(tmp_path / "snn" / "last.pt"), distill__teacher="source",
@@ -737,13 +738,13 @@ def test_distilling_from_the_source_cnn_follows_the_checkpoint_lineage(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         T.train(pass2)
     monkeypatch.undo()
-    second = T.read_checkpoint(tmp_path / "pass2" / "last.pt")
+    second = C.read_checkpoint(tmp_path / "pass2" / "last.pt")
     assert second["epoch"] == 1 and second["teacher_checkpoint"]["path"] == cnn_ckpt
     assert second["source_checkpoint"]["path"] == str(tmp_path / "snn" / "last.pt")
     assert T.source_cnn(tmp_path / "pass2" / "last.pt") == cnn_ckpt
     # the resumed run keeps its source record (and so its lineage)
     T.train(pass2, resume=True)
-    resumed = T.read_checkpoint(tmp_path / "pass2" / "last.pt")
+    resumed = C.read_checkpoint(tmp_path / "pass2" / "last.pt")
     assert resumed["epoch"] == 2 and resumed["source_checkpoint"]["path"] == str(tmp_path / "snn" / "last.pt")
     assert resumed["teacher_checkpoint"]["path"] == cnn_ckpt
     # the lineage broken (the CNN moved away), or no lineage at all: one error each, naming the link
@@ -765,17 +766,17 @@ def test_distilling_an_snn_from_its_cnn_and_a_mismatched_teacher(tmp_path):
     cnn_ckpt = str(tmp_path / "cnn" / "last.pt")
     T.train(_cfg(tmp_path, "snn", mode="snn", init_from=cnn_ckpt, epochs=1, snn__T=2, data__train_subset=32,
                  distill__teacher=cnn_ckpt, optim__warmup_epochs=0))
-    _, meta = T.load_checkpoint(tmp_path / "snn" / "last.pt")
+    _, meta = C.load_model(tmp_path / "snn" / "last.pt")
     assert meta["teacher_checkpoint"]["kind"] == "cnn" and meta["history"][-1]["train_loss"] > 0
     # the SNN as the teacher of another run works too (its time-averaged output)
     T.train(_cfg(tmp_path, "from-snn", epochs=1, data__train_subset=32, distill__teacher=str(tmp_path / "snn" / "last.pt"),
                  optim__warmup_epochs=0))
     # a teacher for other classes, or the same classes in another order, is refused by name
     five = create_model("shufflenetv2_x0_3", num_classes=5, width=0.25, in_chans=1)
-    T.save_checkpoint(tmp_path / "five.pt", five)
+    C.save_checkpoint(tmp_path / "five.pt", five)
     with pytest.raises(SpikeliteError, match="distill.teacher .*five.pt: the model does not fit the data: 5 classes"):
         T.train(_cfg(tmp_path, "bad", epochs=1, distill__teacher=str(tmp_path / "five.pt")))
-    ckpt = T.read_checkpoint(cnn_ckpt)
+    ckpt = C.read_checkpoint(cnn_ckpt)
     ckpt["data"]["classes"] = list(reversed(ckpt["data"]["classes"]))
     torch.save(ckpt, tmp_path / "reordered.pt")
     with pytest.raises(SpikeliteError, match="other classes \\(or another class order\\)"):

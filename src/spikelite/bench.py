@@ -40,7 +40,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -48,6 +47,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from ._io import atomic_write, parse_value, read_json, set_dotted, write_json
 from .errors import SpikeliteError
 
 __all__ = [
@@ -104,31 +104,6 @@ def _safe(text: str) -> str:
     return _ID_SAFE.sub("_", text.replace("%", "pct").replace("@", "-w"))
 
 
-def _parse_value(text: str):
-    """A flag value as YAML reads it ('null' -> None, '2' -> 2, '[1,2]' -> [1, 2])."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _set_path(d: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    if not all(parts):
-        raise SpikeliteError(f"bad key {dotted!r}: expected names joined by dots, e.g. eval.energy_samples")
-    node = d
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        elif not isinstance(nxt, dict):
-            raise SpikeliteError(f"cannot set {dotted!r}: {p!r} is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -138,54 +113,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
-
-
-def _file_mode() -> int:
-    """rw for everyone the umask allows (mkstemp's temporary files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and move it into place (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _dump_json(path: Path, obj) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,7 +391,7 @@ _IMPORT_CACHE: dict = {}
 
 def imported_checkpoint(path: str | os.PathLike) -> ImportedCheckpoint:
     """Read (once per file version) the facts of a checkpoint a spec imports; a SpikeliteError if unreadable."""
-    from .train import read_checkpoint
+    from .checkpoint import read_checkpoint
 
     p = Path(path)
     try:
@@ -908,10 +835,10 @@ def load_spec(path: str | os.PathLike | None = None, *, overrides: dict | list |
             if "=" not in str(item):
                 raise SpikeliteError(f"override {item!r} must look like key=value (e.g. recipe.epochs=1)")
             k, v = str(item).split("=", 1)
-            pairs[k.strip()] = _parse_value(v.strip())
+            pairs[k.strip()] = parse_value(v.strip())
         overrides = pairs
     for k, v in (overrides or {}).items():
-        _set_path(raw, k, v)
+        set_dotted(raw, k, v, example="eval.energy_samples")
     return build_spec(raw, roots=roots, check_paths=check_paths)
 
 
@@ -1059,9 +986,9 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
 
     raw: dict = copy.deepcopy(BENCH_RECIPE_DEFAULTS)
     for k, v in _flatten(spec.recipe).items():
-        _set_path(raw, k, v)
+        set_dotted(raw, k, v, example="eval.energy_samples")
     for k, v in _flatten(spec.variant_recipes.get(cell.variant, {})).items():
-        _set_path(raw, k, v)
+        set_dotted(raw, k, v, example="eval.energy_samples")
     cdir = _cell_dir(run_dir, cell.id)
     ov: dict = {
         "mode": "cnn" if cell.variant in CNN_VARIANTS else "snn",
@@ -1084,7 +1011,7 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
     elif cell.variant in ("snn-p", "cnn-p"):
         ov["init_from"] = str(cdir / "pruned_init.pt")
     for k, v in ov.items():
-        _set_path(raw, k, v)
+        set_dotted(raw, k, v, example="eval.energy_samples")
     return load_config(None, None, base=raw)
 
 
@@ -1223,16 +1150,16 @@ def _apply_backend(model, cfg) -> None:
 def _prepare_pruned(spec: BenchSpec, cell: Cell, cfg, run_dir: Path, stage: _Stage) -> dict:
     """Write ``<cell>/pruned_init.pt``: the source cell's model with the schedule's modules removed."""
     from .prune import prune_model
-    from .train import load_checkpoint, save_checkpoint
+    from .checkpoint import load_model, save_checkpoint
 
     cdir = _cell_dir(run_dir, cell.id)
     init = cdir / "pruned_init.pt"
     info_path = cdir / "prune.json"
     if init.exists() and info_path.exists():
-        return _read_json(info_path) or {}
+        return read_json(info_path) or {}
     stage("prune")
     src_path = _source_checkpoint(spec, run_dir, cell.deps[0], spec.eval.checkpoint)
-    model, meta = load_checkpoint(src_path)
+    model, meta = load_model(src_path)
     _apply_backend(model, cfg)
     cal = _calibration_data(cfg, spec.prune.calibration_size, cell.seed)
     keep, importance = _keep_for_schedule(model, cell.schedule, cal, cell.seed)
@@ -1249,7 +1176,7 @@ def _prepare_pruned(spec: BenchSpec, cell: Cell, cfg, run_dir: Path, stage: _Sta
     save_meta["source_checkpoint"] = {"path": str(src_path), "kind": meta.get("kind"), "metrics": meta.get("metrics")}
     save_checkpoint(init, pruned.cpu(), meta=save_meta)
     info = {**entry, "importance": importance}
-    _dump_json(info_path, info)
+    write_json(info_path, info)
     return info
 
 
@@ -1260,13 +1187,14 @@ def _evaluate_cell(spec: BenchSpec, cell: Cell, cfg, ckpt: Path, stage: _Stage) 
     from .snn import SpikingNet
     from .energy import measure
     from .models import model_info
-    from .train import evaluate, load_checkpoint
+    from .checkpoint import load_model
+    from .train import evaluate
 
     dev = cfg.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     stage("evaluate")
-    model, meta = load_checkpoint(ckpt, device=dev)
+    model, meta = load_model(ckpt, device=dev)
     _apply_backend(model, cfg)
     data = _load_split_for(meta, cfg.data.root, spec.eval.split, spec.eval.subset, cell.seed)
     res = evaluate(model, data, batch_size=spec.eval.batch_size, device=dev, seed=cell.seed)
@@ -1295,7 +1223,7 @@ def _evaluate_cell(spec: BenchSpec, cell: Cell, cfg, ckpt: Path, stage: _Stage) 
 
 def _imported_result(cell: Cell) -> dict:
     """The training facts an imported checkpoint records about itself (its history rows, best epoch, prune entry)."""
-    from .train import read_checkpoint
+    from .checkpoint import read_checkpoint
 
     info = imported_checkpoint(cell.checkpoint)
     obj = read_checkpoint(cell.checkpoint)
@@ -1316,7 +1244,7 @@ def _imported_result(cell: Cell) -> dict:
 
 def _trained(cdir: Path, cfg) -> dict | None:
     """The train summary if the cell's training has completed all its epochs."""
-    s = _read_json(cdir / "summary.json")
+    s = read_json(cdir / "summary.json")
     if s is None or not (cdir / "last.pt").exists():
         return None
     if int(s.get("epochs", -1)) != int(cfg.epochs):
@@ -1348,7 +1276,7 @@ def run_cell(spec: BenchSpec, cell: Cell, run_dir: str | os.PathLike, *, dep_fps
             cfg.threads = int(threads)
         train_fp, eval_fp, hashed = _fingerprints(spec, cell, cfg, dep_fps or {})
         result.update(train_fp=train_fp, eval_fp=eval_fp)
-        _dump_json(cdir / "cell.json", {**cell.to_dict(), "train_fp": train_fp, "eval_fp": eval_fp,
+        write_json(cdir / "cell.json", {**cell.to_dict(), "train_fp": train_fp, "eval_fp": eval_fp,
                                         "fingerprint_of": hashed})
         with contextlib.suppress(OSError):
             (cdir / "error.txt").unlink()
@@ -1358,7 +1286,7 @@ def run_cell(spec: BenchSpec, cell: Cell, run_dir: str | os.PathLike, *, dep_fps
             result.update(_imported_result(cell))
             ckpt = Path(cell.checkpoint)
             metrics, energy = _evaluate_cell(spec, cell, cfg, ckpt, stage)
-            _dump_json(cdir / "energy.json", energy)
+            write_json(cdir / "energy.json", energy)
             result.update(status="ok", checkpoint=str(ckpt), metrics=metrics)
         else:
             prune_info = None
@@ -1366,7 +1294,7 @@ def run_cell(spec: BenchSpec, cell: Cell, run_dir: str | os.PathLike, *, dep_fps
                 if not (cdir / "last.pt").exists() or not (cdir / "prune.json").exists():
                     prune_info = _prepare_pruned(spec, cell, cfg, run_dir, stage)
                 else:
-                    prune_info = _read_json(cdir / "prune.json")
+                    prune_info = read_json(cdir / "prune.json")
             summary = _trained(cdir, cfg)
             if summary is None:
                 stage("train", epochs=cfg.epochs, log=str(cdir / "log.csv"))
@@ -1374,7 +1302,7 @@ def run_cell(spec: BenchSpec, cell: Cell, run_dir: str | os.PathLike, *, dep_fps
             ckpt = (cdir / "best.pt" if spec.eval.checkpoint == "best" and (cdir / "best.pt").exists()
                     else cdir / "last.pt")
             metrics, energy = _evaluate_cell(spec, cell, cfg, ckpt, stage)
-            _dump_json(cdir / "energy.json", energy)
+            write_json(cdir / "energy.json", energy)
             history = summary.get("final") and _read_history(cdir)
             start = next((r for r in (history or []) if r.get("epoch") == 0), None)
             result.update(
@@ -1396,13 +1324,13 @@ def run_cell(spec: BenchSpec, cell: Cell, run_dir: str | os.PathLike, *, dep_fps
             msg = f"{type(exc).__name__}: {msg}"
         result.update(status="failed", error=msg)
         with contextlib.suppress(OSError):
-            _atomic_write_text(cdir / "error.txt", traceback.format_exc())
+            atomic_write(cdir / "error.txt", traceback.format_exc())
     finally:
         torch.set_num_threads(prev_threads)
     result["seconds"] = time.perf_counter() - t0
     result["machine"] = _machine()
     result["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    _dump_json(cdir / "result.json", result)
+    write_json(cdir / "result.json", result)
     return result
 
 
@@ -1446,7 +1374,7 @@ def _num(v):
 def _skipped_result(cell: Cell, run_dir: Path, reason: str) -> dict:
     result = {"id": cell.id, "cell": cell.to_dict(), "status": "skipped", "error": reason, "seconds": 0.0,
               "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    _dump_json(_cell_dir(run_dir, cell.id) / "result.json", result)
+    write_json(_cell_dir(run_dir, cell.id) / "result.json", result)
     return result
 
 
@@ -1713,8 +1641,8 @@ def collect_results(run_dir: str | os.PathLike, order: list[str] | None = None) 
     run_dir = Path(run_dir)
     results, cells, energies = {}, {}, {}
     for cdir in _cells_in(run_dir):
-        res = _read_json(cdir / "result.json")
-        cdef = _read_json(cdir / "cell.json")
+        res = read_json(cdir / "result.json")
+        cdef = read_json(cdir / "cell.json")
         if res is None and cdef is None:
             continue
         if res is None:
@@ -1725,7 +1653,7 @@ def collect_results(run_dir: str | os.PathLike, order: list[str] | None = None) 
             continue
         results[cell.id] = res
         cells[cell.id] = cell
-        energies[cell.id] = _read_json(cdir / "energy.json") if res.get("status") == "ok" else None
+        energies[cell.id] = read_json(cdir / "energy.json") if res.get("status") == "ok" else None
     variant_rank = {v: i for i, v in enumerate(VARIANTS)}
     ids = sorted(cells, key=lambda c: (cells[c].dataset.label, cells[c].model.label, cells[c].seed,
                                        cells[c].T or 0, variant_rank.get(cells[c].variant, 9),
@@ -1832,7 +1760,7 @@ def write_results(run_dir: str | os.PathLike, rows: list[dict] | None = None) ->
         w.writerow(["" if r.get(c) is None else (f"{r[c]:.6g}" if isinstance(r.get(c), float) else r[c])
                     for c in cols])
     csv_path = run_dir / "results.csv"
-    _atomic_write_text(csv_path, buf.getvalue())
+    atomic_write(csv_path, buf.getvalue())
     out = {"csv": str(csv_path), "parquet": None, "note": None}
     try:
         import pyarrow as pa
@@ -1853,7 +1781,7 @@ def write_results(run_dir: str | os.PathLike, rows: list[dict] | None = None) ->
     pq_buf = pa.BufferOutputStream()
     pq.write_table(table, pq_buf)
     pq_path = run_dir / "results.parquet"
-    _atomic_write_bytes(pq_path, pq_buf.getvalue().to_pybytes())
+    atomic_write(pq_path, pq_buf.getvalue().to_pybytes())
     out["parquet"] = str(pq_path)
     return out
 
@@ -1864,7 +1792,7 @@ def write_results(run_dir: str | os.PathLike, rows: list[dict] | None = None) ->
 
 
 def _finished(run_dir: Path, cell: Cell, train_fp: str, eval_fp: str) -> dict | None:
-    res = _read_json(_cell_dir(run_dir, cell.id) / "result.json")
+    res = read_json(_cell_dir(run_dir, cell.id) / "result.json")
     if res and res.get("status") == "ok" and res.get("train_fp") == train_fp and res.get("eval_fp") == eval_fp:
         return res
     return None
@@ -1880,7 +1808,7 @@ def _plan(spec: BenchSpec, cells: list[Cell], run_dir: Path) -> tuple[dict, list
         tfp, efp, hashed = _fingerprints(spec, cell, cfg, fps)
         fps[cell.id], evfps[cell.id] = tfp, efp
         cdir = _cell_dir(run_dir, cell.id)
-        old = _read_json(cdir / "cell.json")
+        old = read_json(cdir / "cell.json")
         if old is not None and old.get("train_fp") != tfp and ((cdir / "last.pt").exists()
                                                                 or (cdir / "pruned_init.pt").exists()):
             before = _flatten((old.get("fingerprint_of") or {}).get("train") or {})
@@ -1908,7 +1836,7 @@ def run_bench(spec: BenchSpec, *, progress: bool | None = None, quiet: bool = Fa
     run_dir.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    _atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    atomic_write(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     stream = out or sys.stdout
     if progress is None:
         progress = (not quiet) and sys.stderr.isatty()
@@ -1979,7 +1907,7 @@ def run_bench(spec: BenchSpec, *, progress: bool | None = None, quiet: bool = Fa
 
 
 def _energy_of(run_dir: Path, cell_id: str, profile: str) -> float | None:
-    e = _read_json(_cell_dir(run_dir, cell_id) / "energy.json")
+    e = read_json(_cell_dir(run_dir, cell_id) / "energy.json")
     if not e:
         return None
     for b in e.get("energy") or []:
@@ -2085,7 +2013,7 @@ def spec_from_args(args: argparse.Namespace, base: dict | None = None) -> BenchS
         if "=" not in item:
             raise SpikeliteError(f"--set {item!r} must look like key=value (e.g. eval.energy_samples=64)")
         k, v = item.split("=", 1)
-        _set_path(raw, k.strip(), _parse_value(v.strip()))
+        set_dotted(raw, k.strip(), parse_value(v.strip()), example="eval.energy_samples")
     roots = {}
     for item in getattr(args, "data_root", None) or []:
         if "=" not in item:

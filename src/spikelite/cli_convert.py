@@ -36,7 +36,8 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
                        force: bool = False, log=print) -> dict:
     """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
     (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
-    from .train import checkpoint_data, evaluate, load_checkpoint, save_checkpoint
+    from .checkpoint import checkpoint_data, load_model, save_checkpoint
+    from .train import evaluate
 
     out_path = Path(out)
     if out_path.exists() and not force:
@@ -47,7 +48,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
         raise SpikeliteError(f"--calibration-size must be >= 1, got {calibration_size}")
     if check < 0:
         raise SpikeliteError(f"--check must be >= 0, got {check}")
-    cnn, meta = load_checkpoint(path)
+    cnn, meta = load_model(path)
     if meta.get("kind") != "cnn":
         raise SpikeliteError(f"{path} is an {meta.get('kind', '?').upper()} checkpoint; convert takes a CNN checkpoint")
     train_data, root = checkpoint_data(meta, path, "train", data_root=data_root, dataset=dataset)

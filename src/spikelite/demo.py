@@ -60,12 +60,13 @@ QUICK_OVERRIDES: dict = {
 
 def demo_spec(quick: bool = False, out: str | None = None):
     """The demo's :class:`spikelite.bench.BenchSpec` (``quick``: the smoke-run version)."""
-    from .bench import _set_path, build_spec
+    from ._io import set_dotted
+    from .bench import build_spec
 
     raw = copy.deepcopy(DEMO_SPEC)
     if quick:
         for k, v in QUICK_OVERRIDES.items():
-            _set_path(raw, k, copy.deepcopy(v))
+            set_dotted(raw, k, copy.deepcopy(v))
     if out:
         raw["out"] = out
     return build_spec(raw)

@@ -44,13 +44,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
+from ._io import atomic_write
 from .errors import SpikeliteError
 from .snn import LIF, ConversionIF
 
@@ -1325,27 +1325,14 @@ def _render_table(r: EnergyReport, layers: bool) -> str:
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """``(model, meta)`` from a spikelite checkpoint (the training module's ``load_checkpoint``)."""
+    """``(model, meta)`` from a spikelite checkpoint (the training module's ``load_model``)."""
     try:
-        from .train import load_checkpoint
+        from .checkpoint import load_model
     except ImportError as exc:  # pragma: no cover - the training module ships with the package
         raise SpikeliteError(f"cannot read checkpoints: spikelite.train is unavailable ({exc})") from None
     if not Path(path).is_file():
         raise SpikeliteError(f"checkpoint {str(path)!r} does not exist")
-    return load_checkpoint(path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    return load_model(path)
 
 
 def _load_eval_data(meta: dict, args):
@@ -1404,7 +1391,7 @@ def _cli(args: argparse.Namespace) -> int:
     report.notes.append(f"data: {data.name} {args.split} split, {report.samples} images")
     text = report.to_json() if args.format == "json" else report.table(layers=args.layers)
     if args.output:
-        _atomic_write(Path(args.output), report.to_json() + "\n")
+        atomic_write(Path(args.output), report.to_json() + "\n")
     sys.stdout.write(text + "\n")
     return 0
 

@@ -1522,15 +1522,15 @@ def export(model: nn.Module, path: str | os.PathLike, format: str | None = None,
 
 def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str | None = None, *,
                       T: int | None = None, image_size: int | None = None, **kwargs) -> ExportResult:
-    """:func:`export` for a spikelite checkpoint file (``spikelite.train.load_checkpoint``)."""
+    """:func:`export` for a spikelite checkpoint file (``spikelite.train.load_model``)."""
     out = Path(path)
     fmt = _resolve_format(out, format)  # fail on a bad format before loading anything
     _check_output_path(out)
     if not Path(checkpoint).is_file():
         raise SpikeliteError(f"checkpoint {str(checkpoint)!r} does not exist")
-    from .train import load_checkpoint
+    from .checkpoint import load_model
 
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_model(checkpoint)
     if T is not None:
         if not isinstance(model, SpikingNet):
             raise SpikeliteError("T applies to SNN checkpoints only")

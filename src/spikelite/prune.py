@@ -47,7 +47,6 @@ See docs/pruning.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -58,9 +57,7 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -68,7 +65,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._io import atomic_write
 from .errors import SpikeliteError
+from .models.surgery import (FAMILY_RULES, ChannelAdapt, Projection, Replacement, apply_keep, probe_modules,
+                             replacement_plan, resolve_modules, set_submodule)
 
 __all__ = [
     "PAPER_SCHEDULES",
@@ -104,99 +104,6 @@ PAPER_SCHEDULES: dict[str, tuple[str, ...]] = {
     "ref-1": ("fire4", "fire6", "fire8", "fire9"),
     "ref-2": ("fire2", "fire4", "fire5", "fire6", "fire8", "fire9"),
 }
-
-# One rule per family for modules that change shape (shape-preserving ones become identities, ShuffleNetV2's
-# stride-1 units their channel shuffle).
-FAMILY_RULES: dict[str, str] = {
-    "squeezenet": "rebuild the next kept fire's squeeze conv (or the classifier conv) for the new channel "
-                  "count, keeping the overlapping input-channel weights",
-    "shufflenetv2": "1x1 projection with the unit's stride + BatchNorm + ReLU (units end in ReLU); a stride-1 unit "
-                    "becomes its skip path, a 2-group channel shuffle",
-    "mnasnet": "1x1 projection with the block's stride + BatchNorm (linear bottleneck output)",
-    "mixnet": "1x1 projection with the block's stride + BatchNorm (linear bottleneck output)",
-    "xception": "1x1 projection with the block's stride + BatchNorm (+ ReLU for exit2, which ends in ReLU)",
-    "custom": "1x1 projection with the block's stride + BatchNorm (+ ReLU when the block's output is rectified)",
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Replacement modules
-# ----------------------------------------------------------------------------------------------
-
-
-class Projection(nn.Sequential):
-    """The minimal stand-in for a removed block that changes shape: ``conv`` (1x1, ``stride``, no
-    bias, c_in -> c_out), ``bn`` (BatchNorm2d) and, when the block's output was rectified, ``act``
-    (ReLU; a spiking layer after ``spikify``)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: bool = False):
-        layers: OrderedDict[str, nn.Module] = OrderedDict(
-            conv=nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-            bn=nn.BatchNorm2d(out_channels),
-        )
-        if act:
-            layers["act"] = nn.ReLU()
-        super().__init__(layers)
-
-
-class ChannelAdapt(nn.Module):
-    """Zero-pads (or truncates) the channel dimension to ``out_channels``: what the next layer of a
-    SqueezeNet whose fire was removed sees once its input conv keeps only the overlapping weights.
-    Used inside importance gates; a pruned SqueezeNet holds an ``nn.Identity`` in its place."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.out_channels >= self.in_channels:
-            return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
-        return x[:, : self.out_channels]
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels} -> {self.out_channels}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Replacement:
-    """What removing one module leaves in its place.
-
-    ``kind``: ``identity`` (shape kept), ``shuffle`` (a ShuffleNetV2 stride-1 unit: its skip path,
-    ``nn.ChannelShuffle(2)``), ``channels`` (SqueezeNet: identity here, the next input conv rebuilt)
-    or ``projection`` (:class:`Projection` with ``stride`` and ``act``).
-    """
-
-    kind: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    stride: int = 1
-    act: bool = False
-
-    def describe(self) -> str:
-        if self.kind == "identity":
-            return "identity"
-        if self.kind == "shuffle":
-            return "channel shuffle (the unit's skip path)"
-        if self.kind == "channels":
-            return f"identity, next input conv {self.out_shape[0]} -> {self.in_shape[0]} channels"
-        s = f", stride {self.stride}" if self.stride != 1 else ""
-        return f"projection {self.in_shape[0]} -> {self.out_shape[0]}{s}" + (" + ReLU" if self.act else "")
-
-    def structural(self) -> nn.Module:
-        """The module the pruned network holds at the removed module's path."""
-        if self.kind == "projection":
-            return Projection(self.in_shape[0], self.out_shape[0], self.stride, self.act)
-        if self.kind == "shuffle":
-            return nn.ChannelShuffle(2)
-        return nn.Identity()
-
-    def functional(self) -> nn.Module:
-        """The module that computes the replacement's output from the block's input (for gates)."""
-        if self.kind == "channels":
-            return ChannelAdapt(self.in_shape[0], self.out_shape[0])
-        return self.structural()
-
 
 # ----------------------------------------------------------------------------------------------
 # Which model, which modules
@@ -286,7 +193,7 @@ def _subject(model: nn.Module, modules: Sequence[str] | None = None, input_shape
             raise SpikeliteError(f"{spec['name']}: spec keeps unknown module(s) {', '.join(unknown)}")
         kept = [n for n in names if n in set(kept)]
         if modules is not None:
-            chosen = _resolve(modules, macro, family, spec["name"])
+            chosen = resolve_modules(modules, macro, family, spec["name"])
             macro = [(n, p) for n, p in macro if n in set(chosen)]
         return _Subject(model, is_snn, copy.deepcopy(spec), family, macro, kept,
                         (int(spec["in_chans"]), int(spec["image_size"]), int(spec["image_size"])), snn_config)
@@ -308,31 +215,6 @@ def _subject(model: nn.Module, modules: Sequence[str] | None = None, input_shape
                     explicit_modules=explicit)
 
 
-def _resolve(tokens, macro: list[tuple[str, str]], family: str, label: str) -> list[str]:
-    """Stable names for user tokens: names, module paths, any case; SqueezeNet also takes F2 ... F9."""
-    if isinstance(tokens, str):
-        tokens = [t for t in re.split(r"[,\s]+", tokens) if t]
-    names = [n for n, _ in macro]
-    by_key = {n.lower(): n for n in names}
-    by_key.update({p.lower(): n for n, p in macro})
-    out, bad = [], []
-    for t in tokens:
-        if not isinstance(t, str):
-            raise SpikeliteError(f"module names must be strings, got {t!r}")
-        key = t.strip().lower()
-        m = re.fullmatch(r"f(\d+)", key)
-        if family == "squeezenet" and m:
-            key = f"fire{m.group(1)}"
-        if key in by_key:
-            out.append(by_key[key])
-        else:
-            bad.append(t)
-    if bad:
-        raise SpikeliteError(f"unknown module(s) {', '.join(repr(b) for b in bad)} in {label}; valid names: "
-                             f"{', '.join(names)}")
-    return list(dict.fromkeys(out))
-
-
 def removable_modules(model: nn.Module) -> list[tuple[str, str]]:
     """``(name, path)`` of the macro modules still present in a zoo model (or a SpikingNet made from
     one), in forward order; paths are relative to the model (``body.`` for a SpikingNet)."""
@@ -342,175 +224,14 @@ def removable_modules(model: nn.Module) -> list[tuple[str, str]]:
     return [(n, prefix + p) for n, p in subj.macro if n in kept]
 
 
-# ----------------------------------------------------------------------------------------------
-# Shapes and the replacement rule
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Probe:
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    nonneg: bool
-    order: int
-
-
-def _probe(cnn: nn.Module, paths: Sequence[str], input_shape: tuple[int, ...]) -> dict[str, _Probe]:
-    """In/out shapes (batch left out), whether the output is >= 0 everywhere, and call order of each
-    module, from one eval-mode forward pass on a fixed random batch of 2."""
-    try:
-        param = next(cnn.parameters())
-        device, dtype = param.device, param.dtype
-    except StopIteration:
-        device, dtype = torch.device("cpu"), torch.float32
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn((2, *input_shape), generator=gen).to(device=device, dtype=dtype)
-    found: dict[str, list] = {}
-
-    def hook_for(path):
-        def hook(m, args, out):
-            if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
-                raise SpikeliteError(f"module {path!r} does not map one tensor to one tensor; it cannot be replaced")
-            found.setdefault(path, []).append((tuple(args[0].shape[1:]), tuple(out.shape[1:]),
-                                               bool((out >= 0).all()), len(found)))
-        return hook
-
-    handles = [cnn.get_submodule(p).register_forward_hook(hook_for(p)) for p in paths]
-    modes = {m: m.training for m in cnn.modules()}
-    cnn.eval()
-    try:
-        with torch.no_grad():
-            cnn(x)
-    except SpikeliteError:
-        raise
-    except Exception as exc:
-        raise SpikeliteError(f"{type(cnn).__name__} failed on an input of shape {(2, *input_shape)}: "
-                             f"{type(exc).__name__}: {exc}") from None
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    out = {}
-    for p in paths:
-        calls = found.get(p, [])
-        if len(calls) != 1:
-            what = "never called" if not calls else f"called {len(calls)} times"
-            raise SpikeliteError(f"module {p!r} is {what} in one forward pass; only a block that runs once can be "
-                                 "removed")
-        i, o, nonneg, order = calls[0]
-        out[p] = _Probe(i, o, nonneg, order)
-    return out
-
-
-def replacement_plan(family: str, probe: _Probe, name: str = "") -> Replacement:
-    """The rule: identity for shape-preserving blocks; SqueezeNet's channel rule or a projection."""
-    i, o = probe.in_shape, probe.out_shape
-    if i == o:
-        # A ShuffleNetV2 stride-1 unit passes half its channels through untouched but interleaves them
-        # with the branch's output (channel_shuffle, 2 groups): its skip path is that permutation, and
-        # an identity would hand every later unit its channels in the wrong places.
-        return Replacement("shuffle" if family == "shufflenetv2" else "identity", i, o)
-    if family == "squeezenet":
-        if i[1:] != o[1:]:  # pragma: no cover - fire modules never change resolution
-            raise SpikeliteError(f"{name}: a fire module that changes resolution ({i} -> {o}) has no rule")
-        return Replacement("channels", i, o)
-    if len(i) != 3 or len(o) != 3:
-        raise SpikeliteError(f"{name or 'module'} changes its shape {i} -> {o}; only convolutional blocks "
-                             "([C, H, W] in and out) can be replaced by a projection")
-    stride = max(1, math.ceil(i[1] / o[1]))
-    if math.ceil(i[1] / stride) != o[1] or math.ceil(i[2] / stride) != o[2]:
-        raise SpikeliteError(f"{name or 'module'} maps {i} -> {o}: the resolution change is not a stride of a 1x1 "
-                             "convolution, so no projection can replace it")
-    return Replacement("projection", i, o, stride, probe.nonneg)
-
-
 def _plans(subj: _Subject, names: Sequence[str]) -> tuple[dict[str, Replacement], list[str]]:
     """Replacement plans for ``names`` on the subject's current structure, and the names in forward order."""
     cnn = subj.skeleton() if subj.spec is not None else subj.model
     paths = [subj.path(n) for n in names]
-    probes = _probe(cnn, paths, subj.input_shape)
+    probes = probe_modules(cnn, paths, subj.input_shape)
     plans = {n: replacement_plan(subj.family, probes[subj.path(n)], n) for n in names}
     order = sorted(names, key=lambda n: probes[subj.path(n)].order)
     return plans, order
-
-
-# ----------------------------------------------------------------------------------------------
-# Structure surgery
-# ----------------------------------------------------------------------------------------------
-
-
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    *parents, leaf = path.split(".")
-    owner = root.get_submodule(".".join(parents)) if parents else root
-    setattr(owner, leaf, module)
-
-
-def _resize_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """A conv like ``conv`` for ``in_channels`` inputs, with the weights of the channels both have
-    (the first ``min(old, new)``) and zeros for any new ones."""
-    if conv.groups != 1:  # pragma: no cover - SqueezeNet's convs are dense
-        raise SpikeliteError("cannot resize a grouped convolution's input")
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    1, conv.bias is not None, conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        new.weight.zero_()
-        k = min(in_channels, conv.in_channels)
-        new.weight[:, :k] = conv.weight[:, :k]
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
-def _squeezenet_consumers(model: nn.Module) -> None:
-    """Give every kept fire's squeeze conv, and the classifier conv, the channel count that reaches it."""
-    from torchvision.models.squeezenet import Fire
-
-    c = None
-    for m in model.features:
-        conv = m if isinstance(m, nn.Conv2d) else getattr(m, "conv", None) if isinstance(m, nn.Sequential) else None
-        if isinstance(conv, nn.Conv2d):
-            c = conv.out_channels
-        elif isinstance(m, Fire):
-            if m.squeeze.in_channels != c:
-                m.squeeze = _resize_in_channels(m.squeeze, c)
-                m.inplanes = c
-            c = m.expand1x1.out_channels + m.expand3x3.out_channels
-    cls = model.classifier[1]
-    if cls.in_channels != c:
-        model.classifier[1] = _resize_in_channels(cls, c)
-
-
-def apply_keep(model: nn.Module, keep) -> nn.Module:
-    """Remove, in place, every macro module of a fresh zoo CNN that ``keep`` does not name.
-
-    ``create_model(..., keep=[...])`` calls this; it records the kept names (forward order) as
-    ``spikelite_spec["keep"]`` so the spec rebuilds the pruned architecture. Weights of new layers
-    are freshly initialised (a rebuilt SqueezeNet input conv keeps its overlapping weights).
-    """
-    spec = _spec_of(model)
-    if spec is None:
-        raise SpikeliteError("apply_keep works on zoo models (create_model); use prune_model for other models")
-    if spec.get("keep") is not None:
-        raise SpikeliteError(f"{spec['name']} is already pruned (keeps {spec['keep']}); prune with prune_model")
-    if isinstance(keep, str) or not isinstance(keep, (list, tuple)):
-        raise SpikeliteError(f"keep must be a list of macro-module names, got {keep!r}")
-    subj = _subject(model)
-    kept_set = set(_resolve(list(keep), subj.macro, subj.family, subj.label))
-    kept = [n for n, _ in subj.macro if n in kept_set]
-    if not kept:
-        raise SpikeliteError(f"{subj.label}: keep names no module; removing every macro module leaves no network "
-                             f"(modules: {', '.join(n for n, _ in subj.macro)})")
-    removed = [n for n, _ in subj.macro if n not in kept_set]
-    if removed:
-        probes = _probe(model, [subj.path(n) for n in removed], subj.input_shape)
-        for n in removed:
-            plan = replacement_plan(subj.family, probes[subj.path(n)], n)
-            _set_submodule(model, subj.path(n), plan.structural())
-        if subj.family == "squeezenet":
-            _squeezenet_consumers(model)
-        model.spikelite_spec["keep"] = kept
-    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,7 +312,7 @@ class _Gated:
             cnn = copy.deepcopy(subj.model)
         for n in self.names:
             path = subj.path(n)
-            _set_submodule(cnn, path, _Gate(cnn.get_submodule(path), plans[n].functional()))
+            set_submodule(cnn, path, _Gate(cnn.get_submodule(path), plans[n].functional()))
         prefix = ""
         if subj.is_snn:
             from .snn import respikify
@@ -881,12 +602,12 @@ def prune_model(model: nn.Module, keep=None, remove=None, *, modules: Sequence[s
     subj = _subject(model, None if zoo else modules, input_shape, implicit=implicit)
     scope = [n for n, _ in subj.macro]
     if zoo and modules is not None:  # keep= refers to these modules only; the others stay
-        scope = _resolve(modules, subj.macro, subj.family, subj.label)
+        scope = resolve_modules(modules, subj.macro, subj.family, subj.label)
     present = set(subj.kept)
     tokens = keep if keep is not None else remove
     if isinstance(tokens, str):
         tokens = [t for t in re.split(r"[,\s]+", tokens) if t]
-    named = set(_resolve(tokens, subj.macro, subj.family, subj.label))
+    named = set(resolve_modules(tokens, subj.macro, subj.family, subj.label))
     gone = sorted(n for n in named if n not in present)
     if gone:
         raise SpikeliteError(f"{subj.label}: {', '.join(gone)} already removed; present: {', '.join(subj.kept)}")
@@ -924,7 +645,7 @@ def prune_model(model: nn.Module, keep=None, remove=None, *, modules: Sequence[s
     else:
         target = copy.deepcopy(model)
         for n in removed:
-            _set_submodule(target, subj.path(n), plans[n].structural())
+            set_submodule(target, subj.path(n), plans[n].structural())
     target.to(_device_of(model))
     _transfer(target, src)
     target.train(model.training)
@@ -1459,7 +1180,8 @@ class _Pipeline:
 
     def finetune(self, model: nn.Module, label: str, prune_entry: dict) -> tuple[nn.Module, dict, float, str | None]:
         """Fine-tune ``model`` with the checkpoint's recipe for ``finetune_epochs`` via spikelite.train.train."""
-        from .train import load_checkpoint, load_config, save_checkpoint, train
+        from .checkpoint import load_model, save_checkpoint
+        from .train import load_config, train
 
         if self.cfg.finetune_epochs == 0:
             return model, self.meta, 0.0, None
@@ -1480,7 +1202,7 @@ class _Pipeline:
         t0 = time.perf_counter()
         train(tc)
         seconds = time.perf_counter() - t0
-        ft_model, ft_meta = load_checkpoint(run / "last.pt", device=self.device)
+        ft_model, ft_meta = load_model(run / "last.pt", device=self.device)
         return ft_model, ft_meta, seconds, str(run / "last.pt")
 
     def candidate(self, start: nn.Module, label: str, keep=None, remove=None) -> tuple[nn.Module, Candidate, dict]:
@@ -1529,19 +1251,6 @@ def _output_paths(out: str | os.PathLike) -> dict[str, Path]:
             "json": Path(f"{stem}.json"), "runs": Path(f"{stem}.runs")}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | os.PathLike, *,
                 data_root: str | None = None, dataset: str | None = None, overwrite: bool = False) -> PruneResult:
     """Prune a checkpoint's model with ``config.strategy`` and write the results.
@@ -1551,7 +1260,7 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
     the paper's Table 3), ``<out stem>.json`` (everything, with the importance report) and the
     fine-tuning runs under ``<out stem>.runs/``. ``strategy="importance"`` writes only the reports.
     """
-    from .train import load_checkpoint, save_checkpoint
+    from .checkpoint import load_model, save_checkpoint
 
     if not isinstance(config, PruneConfig):
         raise SpikeliteError(f"run_pruning takes a PruneConfig, got {type(config).__name__}")
@@ -1562,7 +1271,7 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
         if not overwrite:
             raise SpikeliteError(f"{paths['runs']} already holds fine-tuning runs from an earlier prune; pass "
                                  "--overwrite or choose another -o")
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_model(checkpoint)
     subj = _subject(model)
     family = subj.family
     present = list(subj.kept)
@@ -1579,7 +1288,7 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
             schedule_keep = list(PAPER_SCHEDULES[cfg.strategy])
     if cfg.strategy == "keep":
         if cfg.keep is not None:
-            want = set(_resolve(cfg.keep, subj.macro, family, subj.label))
+            want = set(resolve_modules(cfg.keep, subj.macro, family, subj.label))
             gone = [n for n in want if n not in present]
             if gone:
                 raise SpikeliteError(f"{', '.join(sorted(gone))} already removed in {checkpoint}; present: "
@@ -1587,7 +1296,7 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
             if not [n for n in present if n in want]:
                 raise SpikeliteError("keep names no present module: removing every module leaves no network")
         else:
-            rm = set(_resolve(cfg.remove, subj.macro, family, subj.label))
+            rm = set(resolve_modules(cfg.remove, subj.macro, family, subj.label))
             if not [n for n in present if n not in rm]:
                 raise SpikeliteError(f"removing {', '.join(sorted(rm))} would remove every macro module of "
                                      f"{subj.label}; keep at least one")
@@ -1702,9 +1411,9 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
               f"{min(cfg.energy_samples, len(pipe.val_data))} of them.", "",
               candidate_table(result), f"Stop: {result.stop_reason}.", "", "## Module importance", "",
               importance.table(), ""]
-        _atomic_text(paths["markdown"], "\n".join(md))
-        _atomic_text(paths["csv"], candidate_table(result, "csv"))
-        _atomic_text(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic_write(paths["markdown"], "\n".join(md))
+        atomic_write(paths["csv"], candidate_table(result, "csv"))
+        atomic_write(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
         return result
     finally:
         torch.set_num_threads(prev_threads)

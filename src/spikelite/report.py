@@ -27,6 +27,7 @@ import os
 import statistics
 from pathlib import Path
 
+from ._io import atomic_write, read_json
 from .errors import SpikeliteError
 
 __all__ = ["PAPER", "PAPER_SOURCE", "build_report", "pareto_front", "register_cli"]
@@ -122,7 +123,6 @@ def _group(rows: list[dict]) -> list[dict]:
 
 def _profiles(rows: list[dict], run_dir: Path) -> tuple[str | None, str | None]:
     """(compute-only profile, memory-aware profile) among the measured ones."""
-    from .bench import _read_json
 
     measured = []
     for r in rows:
@@ -130,7 +130,7 @@ def _profiles(rows: list[dict], run_dir: Path) -> tuple[str | None, str | None]:
     measured = list(dict.fromkeys(measured))
     memory = {}
     for cdir in sorted((run_dir / "cells").glob("*/energy.json")):
-        e = _read_json(cdir) or {}
+        e = read_json(cdir) or {}
         for p in e.get("profiles") or []:
             memory[p.get("name")] = p.get("memory") is not None
         if memory:
@@ -519,7 +519,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     ``out`` defaults to the run directory. Returns ``{"markdown", "html", "figures": [...]}``.
     """
-    from .bench import _read_json, collect_results
+    from .bench import collect_results
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -543,8 +543,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     energies = {}
     for r in rows:
         if r["status"] == "ok":
-            energies[r["id"]] = _read_json(run_dir / "cells" / r["id"] / "energy.json")
-    results = {r["id"]: _read_json(run_dir / "cells" / r["id"] / "result.json") or {} for r in rows}
+            energies[r["id"]] = read_json(run_dir / "cells" / r["id"] / "energy.json")
+    results = {r["id"]: read_json(run_dir / "cells" / r["id"] / "result.json") or {} for r in rows}
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     compute, memory = _profiles(rows, run_dir)
     profiles = [p for p in (compute, memory) if p]
@@ -738,17 +738,16 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
           "`metrics` in `result.json` and the full energy report (`energy.json`, per layer).")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    from .bench import _atomic_write_bytes, _atomic_write_text
 
     fig_dir = out_dir / "figures"
     written = []
     for name, data in fig_names:
         path = fig_dir / f"{name}.png"
-        _atomic_write_bytes(path, data)
+        atomic_write(path, data)
         written.append(str(path))
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    _atomic_write_text(md_path, doc.markdown())
-    _atomic_write_text(html_path, doc.html(title))
+    atomic_write(md_path, doc.markdown())
+    atomic_write(html_path, doc.html(title))
     return {"markdown": str(md_path), "html": str(html_path), "figures": written}
 
 

@@ -17,7 +17,7 @@ all part of the recipe.
 Checkpoints (``last.pt`` at the end of every epoch and optionally every N steps, ``best.pt``) are
 plain dictionaries of tensors and Python containers, written atomically and read with
 ``torch.load(weights_only=True)``; they record the model spec, the SNN settings, the data
-normalisation and classes, so :func:`load_checkpoint` rebuilds the exact model from the file alone.
+normalisation and classes, so :func:`load_model` rebuilds the exact model from the file alone.
 A run killed at any moment resumes (``--resume``) from ``last.pt`` to the same final weights as an
 uninterrupted run on CPU: the data order and augmentation of an epoch are a function of
 ``(seed, epoch, rank)``, the global RNG is reseeded from them at every epoch start, and mid-epoch
@@ -28,7 +28,6 @@ checkpoints also store the RNG states. Under ``torchrun`` the run is data-parall
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import copy
 import csv
@@ -39,23 +38,23 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import types
 import typing
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
 from .allocator import MALLOC_MODES, apply_malloc_mode, env_malloc_mode
 from .snn import (TIME_BN_MODES, SpikingNet, activation_percentile, convert, make_neuron, per_step_batchnorm,
-                      recalibrate_bn, respikify, spikify)
+                      recalibrate_bn, spikify)
 from .data import DATASETS, Augment, BatchLoader, ImageData, default_augment, load_split, stratified_split
+from ._io import atomic_write, parse_value, plain, set_dotted
+from .checkpoint import (_model_from_checkpoint, checkpoint_data, describe_model, load_model, read_checkpoint,
+                         rebuild_model, save_checkpoint, unwrap)
 from .errors import SpikeliteError
 
 __all__ = [
@@ -70,24 +69,14 @@ __all__ = [
     "train",
     "evaluate",
     "evaluate_checkpoint",
-    "checkpoint_data",
-    "save_checkpoint",
-    "load_checkpoint",
-    "read_checkpoint",
-    "rebuild_model",
-    "describe_model",
     "confusion_matrix",
     "macro_f1",
     "distillation_loss",
     "lr_at",
     "param_groups",
     "register_cli",
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
 ]
 
-CHECKPOINT_FORMAT = "spikelite-checkpoint"
-CHECKPOINT_VERSION = 1
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
@@ -344,7 +333,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain, YAML/JSON/checkpoint-safe dict (lists, no tuples or dataclasses)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "snn": SNNConfig,
@@ -485,50 +474,6 @@ def _from_dict(cls, d, section: str):
     return cls(**d)
 
 
-def _plain(obj):
-    """Dataclasses, tuples and paths turned into dicts, lists and strings (checkpoint- and YAML-safe)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _plain(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-def _parse_value(text: str):
-    """A flag value as YAML reads it: 'null' -> None, 'true' -> True, '2' -> 2, '5e-4' -> 0.0005."""
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") and not value.isalpha() else value
-        except ValueError:
-            return value
-    return value
-
-
-def _set_path(d: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    if not all(parts):
-        raise SpikeliteError(f"bad key {dotted!r}: expected names joined by dots, e.g. optim.lr")
-    node = d
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        elif not isinstance(nxt, dict):
-            raise SpikeliteError(f"cannot set {dotted!r}: {p!r} is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -563,17 +508,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | list | 
         if not isinstance(loaded, dict):
             raise SpikeliteError(f"recipe file {p} must hold a mapping of options, got {type(loaded).__name__}")
         for k, v in _flatten(loaded).items():
-            _set_path(raw, k, v)
+            set_dotted(raw, k, v)
     if isinstance(overrides, (list, tuple)):
         pairs = {}
         for item in overrides:
             if "=" not in str(item):
                 raise SpikeliteError(f"override {item!r} must look like key=value (e.g. optim.lr=0.05)")
             k, v = str(item).split("=", 1)
-            pairs[k.strip()] = _parse_value(v.strip())
+            pairs[k.strip()] = parse_value(v.strip())
         overrides = pairs
     for k, v in (overrides or {}).items():
-        _set_path(raw, k, v)
+        set_dotted(raw, k, v)
     return TrainConfig.from_dict(raw)
 
 
@@ -634,7 +579,7 @@ def evaluate(model: nn.Module, data: ImageData, *, batch_size: int = 256, device
     ``world_size``-th image and the sums are all-reduced, so every image counts once.
     """
     device = torch.device(device)
-    model = _unwrap(model)
+    model = unwrap(model)
     num_classes = len(data.classes)
     if world_size > 1:
         data = data.subset(torch.arange(rank, len(data), world_size))
@@ -691,7 +636,7 @@ def param_groups(model: nn.Module, weight_decay: float, neuron_weight_decay: flo
     (PLIF's τ parametrisation ``w`` with ``1/τ = sigmoid(w)``, thresholds) form a third group decayed by
     that amount: towards 0, i.e. τ towards 2 and the threshold towards 0. Each group also carries
     ``names`` (the parameters' names)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     no_decay_ids, neuron_ids = set(), set()
     for m in model.modules():
         if neuron_weight_decay and _is_neuron(m):
@@ -745,225 +690,6 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig, warmup_steps: int) -> f
 # ----------------------------------------------------------------------------------------------
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(model, _TrainForward):
-            model = model.net
-        else:
-            return model
-
-
-def describe_model(model: nn.Module) -> dict:
-    """``{"kind", "model_spec", "snn"}`` for a zoo CNN or a SpikingNet made from one."""
-    model = _unwrap(model)
-    if isinstance(model, SpikingNet):
-        spec = getattr(model, "spikelite_spec", None) or getattr(model.body, "spikelite_spec", None)
-        snn = model.config()
-        if snn.get("neuron") is None:
-            raise SpikeliteError("this SpikingNet's neurons have no config() (a custom neuron factory), so a "
-                                 "checkpoint could not rebuild it; use a neuron dict with spikify")
-        kind = "snn"
-    else:
-        spec, snn, kind = getattr(model, "spikelite_spec", None), None, "cnn"
-    if not isinstance(spec, dict):
-        raise SpikeliteError(f"{type(model).__name__} has no spikelite_spec (it was not built by "
-                             "spikelite.models.create_model), so a checkpoint could not rebuild it")
-    return {"kind": kind, "model_spec": _plain(copy.deepcopy(spec)), "snn": _plain(copy.deepcopy(snn))}
-
-
-_PLAIN_SCALARS = (str, int, float, bool, type(None))
-
-
-def _check_plain(obj, where: str = "checkpoint") -> None:
-    """Refuse anything ``torch.load(weights_only=True)`` would not read back (dataclasses, numpy …)."""
-    if isinstance(obj, _PLAIN_SCALARS) or isinstance(obj, torch.Tensor):
-        return
-    if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
-        return
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)):
-                raise SpikeliteError(f"{where}: key {k!r} is not a string or an integer")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    raise SpikeliteError(f"{where} holds a {type(obj).__name__}; checkpoints hold only tensors and plain "
-                         "Python containers, strings and numbers")
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, meta: dict | None = None,
-                    train_state: dict | None = None) -> Path:
-    """Write a self-describing checkpoint of ``model`` (a zoo CNN or a SpikingNet) atomically.
-
-    The file is a dict: ``format``/``format_version``/``spikelite_version``, ``kind`` (cnn|snn),
-    ``model_spec`` (``create_model`` kwargs), ``snn`` (``{"T", "encoding", "neuron"}`` or None),
-    ``prune`` (None, or e.g. ``{"keep": [...]}`` for :func:`rebuild_model`), whatever ``meta`` adds
-    (``data``, ``config``, ``metrics``, ``history`` …), ``state_dict`` (CPU tensors) and
-    ``train_state`` (what resuming needs; None in model-only checkpoints). ``meta`` may override
-    ``model_spec``/``prune``. Only tensors and plain containers are allowed (checked).
-    """
-    path = Path(path)
-    desc = describe_model(model)
-    ckpt: dict = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "spikelite_version": __version__,
-        **desc,
-        "prune": None,
-    }
-    for k, v in (meta or {}).items():
-        if k in ("format", "format_version", "spikelite_version", "kind", "snn", "state_dict", "state_dict_metadata",
-                 "train_state"):
-            continue
-        ckpt[k] = _plain(v)
-    sd = _unwrap(model).state_dict()
-    ckpt["state_dict"] = {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
-    # module versions (e.g. torchvision's MNASNet refuses a state_dict without its version entry)
-    ckpt["state_dict_metadata"] = {k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str, bool))}
-                                   for k, v in getattr(sd, "_metadata", {}).items()}
-    ckpt["train_state"] = train_state
-    _check_plain(ckpt)
-    _atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
-    return path
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict, read with ``weights_only=True``; a SpikeliteError for anything else."""
-    p = Path(path)
-    if not p.exists():
-        raise SpikeliteError(f"checkpoint {p} does not exist")
-    if not p.is_file():
-        raise SpikeliteError(f"checkpoint {p} is not a file")
-    import zipfile
-
-    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; a cut-off one has no central directory
-        raise SpikeliteError(f"cannot read checkpoint {p}: the file is corrupt or truncated (not a complete "
-                             "PyTorch zip archive)")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged archive members, unpickling refused …
-        text = str(exc).strip()
-        if "weights_only" in text or "Weights only load failed" in text:
-            detail = next((line.strip() for line in text.splitlines()
-                           if "GLOBAL" in line or "Unsupported" in line), "")
-            detail = detail or "rejected by torch.load(weights_only=True)"
-            raise SpikeliteError(f"refusing to load {p}: it holds objects other than tensors and plain "
-                                 f"containers, and a checkpoint must never run code ({detail})") from None
-        msg = text.splitlines()[0] if text else type(exc).__name__
-        raise SpikeliteError(f"cannot read checkpoint {p}: the file is corrupt or truncated "
-                             f"({type(exc).__name__}: {msg})") from None
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise SpikeliteError(f"{p} is not a spikelite checkpoint (no format={CHECKPOINT_FORMAT!r} entry; "
-                             "a bare state_dict cannot be rebuilt without its model spec)")
-    version = obj.get("format_version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-        raise SpikeliteError(f"{p} has checkpoint format version {version!r}; this spikelite reads up to "
-                             f"{CHECKPOINT_VERSION} (upgrade spikelite)")
-    missing = [k for k in ("kind", "model_spec", "state_dict") if k not in obj]
-    if missing or obj["kind"] not in MODES or not isinstance(obj["state_dict"], dict):
-        raise SpikeliteError(f"{p} is an incomplete spikelite checkpoint (missing or bad: "
-                             f"{', '.join(missing) or 'kind/state_dict'})")
-    if obj["kind"] == "snn" and not isinstance(obj.get("snn"), dict):
-        raise SpikeliteError(f"{p}: an SNN checkpoint without its snn settings (T, encoding, neuron)")
-    return obj
-
-
-# Functions ``(spec: dict, meta: dict) -> dict`` applied to the create_model kwargs by rebuild_model,
-# in order; a pruning module can append one to rebuild pruned structures.
-REBUILD_HOOKS: list[Callable[[dict, dict], dict]] = []
-
-
-def _prune_hook(spec: dict, meta: dict) -> dict:
-    """A checkpoint whose ``prune`` entry has ``keep`` (the macro modules kept) passes it on to
-    ``create_model(..., keep=[...])`` unless the model spec already carries it."""
-    prune = meta.get("prune")
-    if isinstance(prune, dict) and prune.get("keep") is not None and "keep" not in spec:
-        spec = {**spec, "keep": list(prune["keep"])}
-    return spec
-
-
-REBUILD_HOOKS.append(_prune_hook)
-
-
-def rebuild_model(meta: dict) -> nn.Module:
-    """The (untrained) model a checkpoint describes: ``create_model(**model_spec)`` after the
-    :data:`REBUILD_HOOKS` (e.g. a pruned structure), then ``spikify`` with the recorded T, encoding
-    and neuron settings for an SNN."""
-    from .models import create_model
-
-    spec = meta.get("model_spec")
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise SpikeliteError("checkpoint has no model spec (model_spec with a name)")
-    spec = dict(spec)
-    for hook in REBUILD_HOOKS:
-        spec = hook(spec, meta)
-    try:
-        model = create_model(**spec)
-    except SpikeliteError as exc:
-        raise SpikeliteError(f"cannot rebuild the checkpoint's model: {exc}") from None
-    except TypeError as exc:
-        raise SpikeliteError(f"cannot rebuild the checkpoint's model from spec {spec}: {exc}") from None
-    if meta.get("kind") == "snn":
-        snn = meta.get("snn") or {}
-        model = respikify(model, {"T": 4, **snn})
-    return model
-
-
-def _model_from_checkpoint(ckpt: dict, where: str) -> nn.Module:
-    model = rebuild_model(ckpt)
-    sd = collections.OrderedDict(ckpt["state_dict"])
-    # the module versions the weights were saved with; older checkpoints lack them: the rebuilt
-    # model's own versions are the ones its code writes, so they describe those weights too
-    sd._metadata = collections.OrderedDict(ckpt.get("state_dict_metadata") or model.state_dict()._metadata)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise SpikeliteError(f"{where}: the weights do not fit the model its spec describes "
-                             f"({'; '.join(line.strip() for line in first[:3])})") from None
-    return model
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """``(model, meta)`` from a checkpoint file alone: the CNN or SpikingNet with its weights, in eval
-    mode on ``device``; ``meta`` is the checkpoint without ``state_dict`` and ``train_state``
-    (``kind``, ``model_spec``, ``snn``, ``prune``, ``data``, ``config``, ``metrics``, ``history`` …)."""
-    ckpt = read_checkpoint(path)
-    model = _model_from_checkpoint(ckpt, str(path))
-    model.to(device).eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "state_dict_metadata", "train_state")}
-    return model, meta
-
-
-# ----------------------------------------------------------------------------------------------
-# Runtime helpers
-# ----------------------------------------------------------------------------------------------
-
-
 class _TrainForward(nn.Module):
     """What DDP wraps: the network's forward, or its per-step outputs for the TET loss."""
 
@@ -971,6 +697,10 @@ class _TrainForward(nn.Module):
         super().__init__()
         self.net = net
         self.steps = steps
+
+    @property
+    def wrapped(self) -> nn.Module:  # what checkpoint.unwrap() looks for
+        return self.net
 
     def forward(self, x):
         return self.net.forward_steps(x) if self.steps else self.net(x)
@@ -1093,7 +823,7 @@ def _write_csv(path: Path, history: list[dict]) -> None:
     w.writerow(CSV_COLUMNS)
     for row in history:
         w.writerow([_fmt_csv(row.get(c)) for c in CSV_COLUMNS])
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -1254,7 +984,7 @@ def _initial_model(cfg: TrainConfig, train_data: ImageData, device: torch.device
 
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
-        src, src_meta = load_checkpoint(cfg.init_from)
+        src, src_meta = load_model(cfg.init_from)
         _check_fits_data(src_meta["model_spec"], train_data, f"init_from {cfg.init_from}")
         src_data = (src_meta.get("config") or {}).get("data") or {}
         if src_data.get("dataset") == cfg.data.dataset:
@@ -1371,7 +1101,7 @@ def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict, devi
         path = source_cnn(source)
     elif not Path(path).is_file():
         raise SpikeliteError(f"distill.teacher: no such checkpoint: {path}")
-    teacher, meta = load_checkpoint(path, device=device)
+    teacher, meta = load_model(path, device=device)
     where = f"distill.teacher {path}"
     spec = describe_model(teacher)["model_spec"]
     _check_fits_data(spec, train_data, where)
@@ -1548,7 +1278,7 @@ class _Run:
                     stale.unlink()
             import yaml
 
-            _atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            atomic_write(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             if cfg.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -1823,7 +1553,7 @@ class _Run:
             "seconds": time.perf_counter() - t_start,
         }
         if self.dist.main:
-            _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.dist.barrier()
         return summary
 
@@ -1831,37 +1561,6 @@ class _Run:
 # ----------------------------------------------------------------------------------------------
 # Evaluating a checkpoint
 # ----------------------------------------------------------------------------------------------
-
-
-def checkpoint_data(meta: dict, path, split: str, *, data_root: str | None = None, dataset: str | None = None):
-    """The split of a checkpoint's dataset it is evaluated on: name, image size, channels, train/val split
-    and normalisation from the checkpoint (``meta`` from :func:`load_checkpoint`); ``dataset``/``data_root``
-    override where the data is. Returns ``(data, root)``; a SpikeliteError when the data do not fit the
-    checkpoint."""
-    info = meta.get("data") or {}
-    name = dataset or info.get("dataset")
-    if name is None:
-        raise SpikeliteError(f"{path} does not record its dataset; pass --dataset")
-    root = data_root if data_root is not None else (None if dataset and dataset != info.get("dataset")
-                                                    else info.get("root"))
-    if name == "digits":
-        root = None
-    with warnings.catch_warnings():
-        if info.get("mean") and info.get("std"):  # the checkpoint's statistics replace the split's own below
-            warnings.filterwarnings("ignore", message=".*normalising its test split with its own statistics")
-        data = load_split(name, root, split, val_size=info.get("val_size"), seed=int(info.get("split_seed") or 0),
-                          image_size=info.get("image_size") or meta["model_spec"].get("image_size"),
-                          channels=info.get("in_chans") or meta["model_spec"].get("in_chans"))
-    n_classes = meta["model_spec"].get("num_classes")
-    if data.num_classes != n_classes:
-        raise SpikeliteError(f"{data.name} at {root} has {data.num_classes} classes but the checkpoint's model has "
-                             f"{n_classes}: wrong dataset for this checkpoint")
-    if info.get("classes") is not None and list(info["classes"]) != list(data.classes):
-        raise SpikeliteError(f"the classes of {data.name} at {root} ({', '.join(data.classes[:4])}, ...) differ from "
-                             f"the checkpoint's ({', '.join(info['classes'][:4])}, ...)")
-    if info.get("mean") and info.get("std"):
-        data = dataclasses.replace(data, mean=tuple(info["mean"]), std=tuple(info["std"]))
-    return data, root
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_root: str | None = None, dataset: str | None = None,
@@ -1877,7 +1576,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_root: str | None = None
         raise SpikeliteError(f"split must be train, val or test; got {split!r}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    model, meta = load_checkpoint(path, device=dev)
+    model, meta = load_model(path, device=dev)
     data, root = checkpoint_data(meta, path, split, data_root=data_root, dataset=dataset)
     if T is not None:
         if not isinstance(model, SpikingNet):
@@ -1904,7 +1603,7 @@ _FLAGS = [
     ("--width", "model.width", float, "width multiplier"),
     ("--dataset", "data.dataset", str, f"dataset: {', '.join(DATASETS)}"),
     ("--data", "data.root", str, "dataset folder"),
-    ("--val-size", "data.val_size", _parse_value, "validation split: a count or a fraction"),
+    ("--val-size", "data.val_size", parse_value, "validation split: a count or a fraction"),
     ("--image-size", "data.image_size", int, "resize images to this size"),
     ("--augment", "data.augment", str, "auto, none, standard, or e.g. flip+crop4+cutout16"),
     ("--train-subset", "data.train_subset", int, "train on a stratified subset of N images"),
@@ -1983,7 +1682,7 @@ def _overrides_from_args(args: argparse.Namespace) -> dict:
         if "=" not in item:
             raise SpikeliteError(f"{item!r} must look like key=value")
         k, v = item.split("=", 1)
-        ov[prefix + k.strip()] = _parse_value(v.strip())
+        ov[prefix + k.strip()] = parse_value(v.strip())
     return ov
 
 

@@ -150,7 +150,7 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
         width: multiplier on the named model's channel widths (SqueezeNet has none: 1.0 only).
         **kw: family options (``SqueezeNetOptions`` etc.), e.g. ``batch_norm=False``, ``pool="avg"``,
             ``stem_reduction=2``; and ``keep=[...]``: the macro modules to keep, the others removed
-            as :func:`spikelite.prune.apply_keep` does (a pruned architecture; docs/pruning.md);
+            as :func:`spikelite.models.surgery.apply_keep` does (a pruned architecture; docs/pruning.md);
             and ``act_levels=L``: every ReLU becomes :class:`spikelite.snn.QCFS` with ``L`` levels,
             a CNN that converts to an SNN at ``T = L`` with little loss (docs/recipe.md); with
             ``act_threshold=λ0`` each QCFS also learns its clipping threshold λ (from ``λ0``), the form
@@ -184,7 +184,7 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
         **resolved,
     }
     if keep is not None:  # a pruned architecture: spec["keep"] records the kept macro modules
-        from ..prune import apply_keep
+        from .surgery import apply_keep
 
         apply_keep(model, keep)
     if act_levels is not None:
