@@ -16,6 +16,7 @@ import yaml
 from spikelite import SpikeliteError
 from spikelite.snn import neuron
 from spikelite import bench as B
+from spikelite.cli import bench as CB
 from spikelite import data as D
 from spikelite.cli import main as cli_main
 
@@ -135,7 +136,7 @@ def test_data_paths_are_parameters(tmp_path, monkeypatch):
 
 
 def test_demo_yaml_is_the_demo_spec():
-    from spikelite.demo import DEMO_SPEC
+    from spikelite.cli.demo import DEMO_SPEC
 
     assert yaml.safe_load((REPO / "configs" / "demo.yaml").read_text()) == DEMO_SPEC
     spec = B.load_spec(REPO / "configs" / "demo.yaml")
@@ -227,7 +228,7 @@ def test_flags_override_the_spec(tmp_path):
     import argparse
 
     p = argparse.ArgumentParser()
-    B.add_grid_flags(p)
+    CB.add_grid_flags(p)
     p.add_argument("spec")
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(yaml.safe_dump({"models": ["squeezenet1_1", {"name": "mnasnet_b1", "width": 0.12,
@@ -236,7 +237,7 @@ def test_flags_override_the_spec(tmp_path):
                                          "snn": {"epochs": 5}}))
     args = p.parse_args([str(spec_file), "--models", "mnasnet,shufflenetv2_x0_5@0.5", "--T", "2,8", "--epochs", "1",
                          "--set", "eval.energy_samples=16", "--out", str(tmp_path / "o")])
-    spec = B.spec_from_args(args)
+    spec = CB.spec_from_args(args)
     assert [(m.name, m.width, m.label) for m in spec.models] == [("mnasnet_b1", 0.12, "mnasnet"),
                                                                 ("shufflenetv2_x0_5", 0.5, "shufflenetv2_x0_5@0.5")]
     assert spec.T == [2, 8] and spec.eval.energy_samples == 16 and spec.out == str(tmp_path / "o")
@@ -289,7 +290,7 @@ def test_end_to_end_tiny_bench_resumes_and_skips_finished_cells(tmp_path):
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     # re-running skips every finished cell: nothing is trained or measured again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*") if p.is_file()}
-    again = B.run_bench(B.build_spec(tiny_spec(out)), quiet=True, report=False)
+    again = B.run_bench(B.build_spec(tiny_spec(out)), quiet=True)
     assert again["counts"] == {"ok": 3}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # a changed recipe is refused for cells that trained under the old one, before anything runs
@@ -298,7 +299,7 @@ def test_end_to_end_tiny_bench_resumes_and_skips_finished_cells(tmp_path):
         B.run_bench(B.build_spec(changed), quiet=True)
     # changed evaluation settings re-measure without retraining
     remeasure = tiny_spec(out, eval={**TINY_EVAL, "subset": 40})
-    res = B.run_bench(B.build_spec(remeasure), quiet=True, report=False)
+    res = B.run_bench(B.build_spec(remeasure), quiet=True)
     assert res["counts"] == {"ok": 3}
     assert all(r["eval_n"] == "40" for r in _rows(out))
     assert all((out / "cells" / r["id"] / "last.pt").stat().st_mtime_ns == stamps[out / "cells" / r["id"] / "last.pt"]
@@ -308,7 +309,7 @@ def test_end_to_end_tiny_bench_resumes_and_skips_finished_cells(tmp_path):
 def test_imported_checkpoints_are_measured_not_trained(tmp_path):
     # a first grid trains a CNN and its SNN; a second grid imports both files and prunes the imported SNN
     first = tmp_path / "first"
-    B.run_bench(B.build_spec(tiny_spec(first, variants=["cnn", "snn"])), quiet=True, report=False)
+    B.run_bench(B.build_spec(tiny_spec(first, variants=["cnn", "snn"])), quiet=True)
     trained = {r["variant"]: r for r in _rows(first)}
     cnn_ckpt = first / "cells" / trained["cnn"]["id"] / "best.pt"
     snn_ckpt = first / "cells" / trained["snn"]["id"] / "best.pt"
@@ -349,7 +350,7 @@ def test_imported_checkpoints_are_measured_not_trained(tmp_path):
     assert cells3[2].id.endswith("__snn-p__T2__" + B._safe(cells3[2].schedule) + "__s0")
     # re-running measures nothing again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
-    assert B.run_bench(B.build_spec(tiny_spec(out, models=[model])), quiet=True, report=False)["counts"] == {"ok": 3}
+    assert B.run_bench(B.build_spec(tiny_spec(out, models=[model])), quiet=True)["counts"] == {"ok": 3}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # bad imports: one error naming every problem, before anything runs
@@ -396,7 +397,7 @@ def test_failed_cell_is_recorded_and_the_others_go_on(tmp_path):
     # the SNN fine-tuning diverges (a real NaN loss); the second model's cells still run
     raw = tiny_spec(out, models=[TINY_MODEL, {"name": "squeezenet1_1", "label": "sq"}],
                     snn={"optim": {"lr": 1.0e30, "warmup_epochs": 0}}, variants=["cnn", "snn", "snn-p"])
-    summary = B.run_bench(B.build_spec(raw), quiet=True, report=False)
+    summary = B.run_bench(B.build_spec(raw), quiet=True)
     status = {r["id"]: r["status"] for r in summary["cells"]}
     assert sorted(status.values()) == ["failed", "failed", "ok", "ok", "skipped", "skipped"]
     rows = {r["id"]: r for r in _rows(out)}
@@ -440,7 +441,7 @@ def test_killed_bench_resumes_the_half_trained_cell(tmp_path):
         proc.wait()
     before = log.read_text().splitlines()
     assert 2 <= len(before) < 5  # header + at least one epoch, not all four
-    summary = B.run_bench(B.build_spec(raw), quiet=True, report=False)
+    summary = B.run_bench(B.build_spec(raw), quiet=True)
     assert summary["counts"] == {"ok": 1}
     after = log.read_text().splitlines()
     assert len(after) == 5 and after[:len(before)] == before  # the finished epochs were not trained again
@@ -457,7 +458,7 @@ def test_ray_executor_runs_cells_as_tasks(tmp_path):
                                        "SPIKELITE_CACHE": str(tmp_path / "cache")}})
     try:
         ex = B.RayExecutor(resources=spec.resources)
-        summary = B.run_bench(spec, quiet=True, executor=ex, report=False)
+        summary = B.run_bench(spec, quiet=True, executor=ex)
         assert ray.is_initialized()  # a Ray instance started by the caller is left running
     finally:
         ray.shutdown()

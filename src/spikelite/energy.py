@@ -37,20 +37,17 @@ counters and measured figures.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from ._io import atomic_write
 from .errors import SpikeliteError
 from .snn import LIF, ConversionIF
 
@@ -72,8 +69,6 @@ __all__ = [
     "synaptic_ops",
     "is_binary",
     "spike_events",
-    "load_model",
-    "register_cli",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -1317,112 +1312,3 @@ def _render_table(r: EnergyReport, layers: bool) -> str:
     for note in r.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI: spikelite energy CKPT --data DIR
-# ----------------------------------------------------------------------------------------------
-
-
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """``(model, meta)`` from a spikelite checkpoint (the training module's ``load_model``)."""
-    try:
-        from .checkpoint import load_model
-    except ImportError as exc:  # pragma: no cover - the training module ships with the package
-        raise SpikeliteError(f"cannot read checkpoints: spikelite.train is unavailable ({exc})") from None
-    if not Path(path).is_file():
-        raise SpikeliteError(f"checkpoint {str(path)!r} does not exist")
-    return load_model(path)
-
-
-def _load_eval_data(meta: dict, args):
-    from .data import load_split
-
-    info = meta.get("data") or {}
-    dataset = args.dataset or info.get("dataset")
-    if not dataset:
-        raise SpikeliteError("the checkpoint does not name its dataset; pass --dataset")
-    root = args.data if args.data is not None else info.get("root")
-    if root is not None and not Path(root).exists():
-        raise SpikeliteError(f"--data {root!r} does not exist")
-    data = load_split(dataset, root, args.split, val_size=info.get("val_size"), seed=int(info.get("split_seed", 0)),
-                      image_size=info.get("image_size"), channels=info.get("in_chans"))
-    if info.get("mean") and info.get("std"):  # normalise exactly as in training
-        data = dataclasses.replace(data, mean=tuple(info["mean"]), std=tuple(info["std"]))
-    if info.get("classes") and list(info["classes"]) != list(data.classes):
-        raise SpikeliteError(f"the data's classes {data.classes[:4]}... differ from the checkpoint's "
-                             f"{list(info['classes'])[:4]}...")
-    n = len(data)
-    if args.samples is not None and args.samples < n:
-        g = torch.Generator().manual_seed(args.seed)
-        idx = torch.randperm(n, generator=g)[:args.samples].sort().values
-        data = data.subset(idx)
-    return data
-
-
-def _cli(args: argparse.Namespace) -> int:
-    if args.samples is not None and args.samples < 1:
-        raise SpikeliteError(f"--samples must be >= 1, got {args.samples}")
-    profs = resolve_profiles(args.profile or None)
-    model, meta = load_model(args.checkpoint)
-    if args.T is not None:
-        if not hasattr(model, "T"):
-            raise SpikeliteError("--T applies to SNN checkpoints only")
-        model.T = args.T
-    data = _load_eval_data(meta, args)
-    cnn = None
-    cnn_note = ""
-    if args.cnn:
-        cnn, _ = load_model(args.cnn)
-    elif meta.get("kind") == "snn":
-        src = meta.get("source_checkpoint") or {}
-        path = src.get("path")
-        if path and src.get("kind") == "cnn":
-            if Path(path).is_file():
-                cnn, _ = load_model(path)
-                cnn_note = f"CNN: the SNN's source checkpoint {path}"
-            else:
-                cnn_note = (f"the SNN's source checkpoint {path} is not there: the CNN line uses the SNN's own "
-                            "layers (pass --cnn to run the CNN)")
-    report = measure(model, data, profiles=profs, cnn=cnn, accuracy=args.accuracy, cnn_accuracy=args.cnn_accuracy,
-                     batch_size=args.batch_size, seed=args.seed, peers=args.peers)
-    if cnn_note:
-        report.notes.append(cnn_note)
-    report.notes.append(f"data: {data.name} {args.split} split, {report.samples} images")
-    text = report.to_json() if args.format == "json" else report.table(layers=args.layers)
-    if args.output:
-        atomic_write(Path(args.output), report.to_json() + "\n")
-    sys.stdout.write(text + "\n")
-    return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "energy", help="count ACs/MACs from real spikes and estimate energy per image",
-        description="Measure a checkpoint on real images: exact ACs (from the spikes), MACs (non-binary inputs), "
-                    "neuron updates, firing rates, and energy per image under 45 nm profiles (Horowitz 2014) "
-                    "or custom YAML profiles. See docs/energy.md.")
-    p.add_argument("checkpoint", help="a spikelite checkpoint (SNN or CNN)")
-    p.add_argument("--data", default=None, help="dataset folder (default: the root recorded in the checkpoint)")
-    p.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="val",
-                   help="which split to measure (default val, the checkpoint's held-out split)")
-    p.add_argument("--samples", type=int, default=1000, help="images to measure, a seeded random subset "
-                                                             "(default 1000)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--profile", action="append", default=[],
-                   help="energy profile name or YAML file; repeat for several (default: every built-in, "
-                        "45nm-fp32 first)")
-    p.add_argument("--cnn", default=None, help="the SNN's CNN checkpoint to compare with (default: the SNN's "
-                                               "source checkpoint when it exists)")
-    p.add_argument("--accuracy", type=float, default=None, help="SNN accuracy to report instead of the measured one")
-    p.add_argument("--cnn-accuracy", type=float, default=None, help="CNN accuracy to report")
-    p.add_argument("--T", type=int, default=None, help="run the SNN with this many time steps")
-    p.add_argument("--seed", type=int, default=0, help="seeds the sample choice and rate encoding")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--layers", action="store_true", help="per-layer and per-neuron-layer rows in the table")
-    p.add_argument("--peers", action="store_true",
-                   help="also run SpikingJelly's op_counter and NeuroBench's SynapticOperations on the same batches "
-                        "(dev dependencies) and print their figures beside ours")
-    p.add_argument("--output", "-o", default=None, help="also write the JSON report here (atomically)")
-    p.set_defaults(func=_cli)

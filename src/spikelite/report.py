@@ -17,7 +17,6 @@ firing rates. Cells run with several seeds are averaged (mean ± standard deviat
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as _dt
 import html
@@ -30,7 +29,7 @@ from pathlib import Path
 from ._io import atomic_write, read_json
 from .errors import SpikeliteError
 
-__all__ = ["PAPER", "PAPER_SOURCE", "build_report", "pareto_front", "register_cli"]
+__all__ = ["PAPER", "PAPER_SOURCE", "build_report", "pareto_front"]
 
 PAPER_SOURCE = ("From Lightweight CNNs to SpikeNets: Benchmarking Accuracy-Energy Tradeoffs with Pruned Spiking "
                 "SqueezeNet (arXiv 2602.09717)")
@@ -778,20 +777,3 @@ def _machine_line(m: dict | None) -> str:
     parts = [m.get("device") or "?", f"{m.get('cpus')} CPU cores" if m.get("cpus") else None,
              f"torch {m.get('torch')}" if m.get("torch") else None, m.get("platform")]
     return ", ".join(p for p in parts if p)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    paths = build_report(args.run_dir, out=args.out)
-    print(f"report: {paths['html']}")
-    print(f"markdown: {paths['markdown']}" + (f" (figures in {Path(paths['markdown']).parent / 'figures'})"
-                                            if paths["figures"] else ""))
-    return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write the Markdown and self-contained HTML report of a bench run",
-                       description="Write report.md (with figures/*.png) and report.html (one self-contained file, "
-                                   "images embedded) for a run directory of spikelite bench.")
-    p.add_argument("run_dir", help="the bench run directory (holds cells/ and results.csv)")
-    p.add_argument("--out", help="where to write the report (default: the run directory)")
-    p.set_defaults(func=_cli)

@@ -1,6 +1,6 @@
 """The ``spikelite`` command line: one console script with a subcommand per pipeline stage.
 
-Each stage module that offers a command exposes ``register_cli(subparsers)``; it adds its parser and
+Each module here (one per command, named after the stage it drives) exposes ``register_cli(subparsers)``: it adds its parser and
 sets ``func`` (called with the parsed namespace, returning an exit status or None).
 """
 
@@ -10,21 +10,21 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .allocator import env_malloc_mode, retain_freed_memory
-from .errors import SpikeliteError
+from .. import __version__
+from ..allocator import env_malloc_mode, retain_freed_memory
+from ..errors import SpikeliteError
 
 # Stage modules that contribute subcommands, in the order `spikelite --help` lists them.
 COMMAND_MODULES = [
-    "spikelite.demo",
-    "spikelite.models",
-    "spikelite.train",
-    "spikelite.cli_convert",
-    "spikelite.energy",
-    "spikelite.export",
-    "spikelite.prune",
-    "spikelite.bench",
-    "spikelite.report",
+    "spikelite.cli.demo",
+    "spikelite.cli.models",
+    "spikelite.cli.train",
+    "spikelite.cli.convert",
+    "spikelite.cli.energy",
+    "spikelite.cli.export",
+    "spikelite.cli.prune",
+    "spikelite.cli.bench",
+    "spikelite.cli.report",
 ]
 
 

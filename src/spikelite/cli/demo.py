@@ -60,8 +60,8 @@ QUICK_OVERRIDES: dict = {
 
 def demo_spec(quick: bool = False, out: str | None = None):
     """The demo's :class:`spikelite.bench.BenchSpec` (``quick``: the smoke-run version)."""
-    from ._io import set_dotted
-    from .bench import build_spec
+    from .._io import set_dotted
+    from ..bench import build_spec
 
     raw = copy.deepcopy(DEMO_SPEC)
     if quick:
@@ -74,7 +74,9 @@ def demo_spec(quick: bool = False, out: str | None = None):
 
 def run_demo(out: str | None = None, quick: bool = False, quiet: bool = False, stream=None) -> dict:
     """Run the demo grid and write its report; returns the bench summary (``report`` holds the paths)."""
-    from .bench import _print_summary, run_bench
+    from ..bench import run_bench
+    from ..report import build_report
+    from .bench import _print_summary
 
     stream = stream or sys.stdout
     spec = demo_spec(quick=quick, out=out)
@@ -84,6 +86,7 @@ def run_demo(out: str | None = None, quick: bool = False, quiet: bool = False, s
               f"(8x8, built in) as CNN, SNN (T={', '.join(map(str, spec.T))}) and SNN-P; results in {spec.out}",
               file=stream, flush=True)
     summary = run_bench(spec, quiet=quiet, out=stream)
+    summary["report"] = build_report(summary["run_dir"])
     summary["wall_seconds"] = time.perf_counter() - t0
     if not quiet:
         _print_summary(summary, stream)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .snn import convert, correct_bias, layer_errors
-from .data import BatchLoader, stratified_split
-from .errors import SpikeliteError
+from ..data import BatchLoader, stratified_split
+from ..errors import SpikeliteError
+from ..snn import convert, correct_bias, layer_errors
 
 __all__ = ["convert_checkpoint", "register_cli"]
 
@@ -36,8 +36,8 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
                        force: bool = False, log=print) -> dict:
     """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
     (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
-    from .checkpoint import checkpoint_data, load_model, save_checkpoint
-    from .train import evaluate
+    from ..checkpoint import checkpoint_data, load_model, save_checkpoint
+    from ..train import evaluate
 
     out_path = Path(out)
     if out_path.exists() and not force:
