@@ -31,7 +31,8 @@ import torch
 
 from spikelite.snn import native as _native
 from spikelite.allocator import apply_malloc_mode
-from spikelite.snn import LIF, _KERNELS
+from spikelite.snn import LIF
+from spikelite.snn.neuron import _KERNELS
 from spikelite.snn.surrogate import SURROGATES, get_surrogate
 
 SHAPES = [(32, 24, 16, 16), (32, 48, 8, 8), (32, 96, 4, 4), (32, 1024, 4, 4)]

@@ -49,8 +49,8 @@ from torch import nn
 
 from spikelite.allocator import MALLOC_MODES, apply_malloc_mode
 from spikelite.snn.recompute import CheckpointSegment
-from spikelite.snn.layers import SpikingNet, _pack_saved, spikify
-from spikelite.snn import inference_model
+from spikelite.snn import SpikingNet, inference_model, spikify
+from spikelite.snn.layers import _pack_saved
 from spikelite.models import create_model
 from spikelite.snn import LIF
 from spikelite.train import RECIPE_NEURON

@@ -1,10 +1,10 @@
 import sys, time, torch
-from spikelite.train import load_checkpoint, checkpoint_data
+from spikelite.train import load_model, checkpoint_data
 from spikelite.snn import convert, layer_errors
 torch.set_num_threads(2)
 ck = sys.argv[1]; Ts = [int(t) for t in sys.argv[2].split(",")]; n = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
 kw = eval(sys.argv[4]) if len(sys.argv) > 4 else {}
-cnn, meta = load_checkpoint(ck)
+cnn, meta = load_model(ck)
 val, _ = checkpoint_data(meta, ck, "val")
 tr, _ = checkpoint_data(meta, ck, "train")
 def norm(d, idx):

@@ -12,6 +12,7 @@ from .._io import atomic_write
 from ..checkpoint import checkpoint_data, load_model
 from ..energy import measure, resolve_profiles
 from ..errors import SpikeliteError
+from ._flags import add_data, add_json, add_out, add_runtime, apply_runtime
 
 # ----------------------------------------------------------------------------------------------
 # CLI: spikelite energy CKPT --data DIR
@@ -35,8 +36,9 @@ def _load_eval_data(meta: dict, args):
 def _cli(args: argparse.Namespace) -> int:
     if args.samples is not None and args.samples < 1:
         raise SpikeliteError(f"--samples must be >= 1, got {args.samples}")
+    device = apply_runtime(args)
     profs = resolve_profiles(args.profile or None)
-    model, meta = load_model(args.checkpoint)
+    model, meta = load_model(args.checkpoint, device=device)
     if args.T is not None:
         if not hasattr(model, "T"):
             raise SpikeliteError("--T applies to SNN checkpoints only")
@@ -45,13 +47,13 @@ def _cli(args: argparse.Namespace) -> int:
     cnn = None
     cnn_note = ""
     if args.cnn:
-        cnn, _ = load_model(args.cnn)
+        cnn, _ = load_model(args.cnn, device=device)
     elif meta.get("kind") == "snn":
         src = meta.get("source_checkpoint") or {}
         path = src.get("path")
         if path and src.get("kind") == "cnn":
             if Path(path).is_file():
-                cnn, _ = load_model(path)
+                cnn, _ = load_model(path, device=device)
                 cnn_note = f"CNN: the SNN's source checkpoint {path}"
             else:
                 cnn_note = (f"the SNN's source checkpoint {path} is not there: the CNN line uses the SNN's own "
@@ -61,9 +63,9 @@ def _cli(args: argparse.Namespace) -> int:
     if cnn_note:
         report.notes.append(cnn_note)
     report.notes.append(f"data: {data.name} {args.split} split, {report.samples} images")
-    text = report.to_json() if args.format == "json" else report.table(layers=args.layers)
-    if args.output:
-        atomic_write(Path(args.output), report.to_json() + "\n")
+    text = report.to_json() if args.json else report.table(layers=args.layers)
+    if args.out:
+        atomic_write(Path(args.out), report.to_json() + "\n")
     sys.stdout.write(text + "\n")
     return 0
 
@@ -75,10 +77,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                     "neuron updates, firing rates, and energy per image under 45 nm profiles (Horowitz 2014) "
                     "or custom YAML profiles. See docs/energy.md.")
     p.add_argument("checkpoint", help="a spikelite checkpoint (SNN or CNN)")
-    p.add_argument("--data", default=None, help="dataset folder (default: the root recorded in the checkpoint)")
-    p.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="val",
-                   help="which split to measure (default val, the checkpoint's held-out split)")
+    add_data(p)
     p.add_argument("--samples", type=int, default=1000, help="images to measure, a seeded random subset "
                                                              "(default 1000)")
     p.add_argument("--batch-size", type=int, default=100)
@@ -91,10 +90,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cnn-accuracy", type=float, default=None, help="CNN accuracy to report")
     p.add_argument("--T", type=int, default=None, help="run the SNN with this many time steps")
     p.add_argument("--seed", type=int, default=0, help="seeds the sample choice and rate encoding")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    add_json(p, "print the report as JSON instead of the table", old_format=("table", "json"))
     p.add_argument("--layers", action="store_true", help="per-layer and per-neuron-layer rows in the table")
     p.add_argument("--peers", action="store_true",
                    help="also run SpikingJelly's op_counter and NeuroBench's SynapticOperations on the same batches "
                         "(dev dependencies) and print their figures beside ours")
-    p.add_argument("--output", "-o", default=None, help="also write the JSON report here (atomically)")
+    add_out(p, "also write the JSON report here (atomically)", old_output=True)
+    add_runtime(p)
     p.set_defaults(func=_cli)

@@ -7,10 +7,12 @@ import json
 import sys
 
 from ..export import DEFAULT_DT, export_checkpoint
+from ._flags import add_json, add_out, add_runtime, apply_runtime, check_out
 
 
 def _cli(args: argparse.Namespace) -> int:
-    result = export_checkpoint(args.checkpoint, args.output, args.format, T=args.T, image_size=args.image_size,
+    apply_runtime(args)
+    result = export_checkpoint(args.checkpoint, args.out, args.format, T=args.T, image_size=args.image_size,
                                dt=args.dt, opset=args.opset, check=not args.no_check, check_batch=args.check_batch)
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -27,7 +29,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                     "back and checked against PyTorch on random inputs before it is moved into place. "
                     "See docs/export.md.")
     p.add_argument("checkpoint", help="a spikelite checkpoint (.pt)")
-    p.add_argument("-o", "--output", required=True, help="the file to write")
+    add_out(p, "the file to write", required=True, old_output=True)
     p.add_argument("--format", default=None, help="nir, onnx or torchscript (default: from the output's suffix: "
                                                   ".nir, .onnx, .pt)")
     p.add_argument("--T", type=int, default=None, help="SNN time steps (default: the checkpoint's)")
@@ -38,5 +40,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
     p.add_argument("--check-batch", type=int, default=3, help="random inputs the check runs (default 3)")
     p.add_argument("--no-check", action="store_true", help="do not read the file back and compare")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cli)
+    add_runtime(p, device=False)
+    add_json(p)
+    p.set_defaults(func=lambda args: check_out(p, args) or _cli(args))

@@ -108,6 +108,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
     p.add_argument("--names", default="", help="comma-separated model names (default: all)")
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
     p.add_argument("--paper", action="store_true",
                    help="add the paper's CIFAR-10 parameter count per family and the width that comes closest")
     p.set_defaults(func=_cli)

@@ -7,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from .._io import parse_value
 from ..checkpoint import read_checkpoint
 from ..data import DATASETS
 from ..errors import SpikeliteError
-from ..train import MODES, _Dist, evaluate_checkpoint, load_config, train
+from ._flags import add_data, add_json, add_runtime, apply_runtime
+from ..train import MODES, evaluate_checkpoint, load_config, train
+from ..train.runtime import _Dist
 
 # ----------------------------------------------------------------------------------------------
 # CLI
@@ -158,12 +159,9 @@ def _cli_train(args: argparse.Namespace) -> int:
 
 
 def _cli_eval(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SpikeliteError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    device = apply_runtime(args)
     res = evaluate_checkpoint(args.checkpoint, data_root=args.data, dataset=args.dataset, split=args.split,
-                              batch_size=args.batch_size, device=args.device, T=args.T)
+                              batch_size=args.batch_size, device=device, T=args.T)
     if args.json:
         sys.stdout.write(json.dumps(res, indent=2) + "\n")
         return 0
@@ -220,12 +218,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                        description="Rebuild a checkpoint's model from the file alone and report top-1 accuracy, "
                                    "macro-F1 and loss on a split of its dataset.")
     e.add_argument("checkpoint", help="a spikelite checkpoint (.pt)")
-    e.add_argument("--data", help="dataset folder (default: the one recorded in the checkpoint)")
-    e.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
-    e.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
+    add_data(e)
     e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     e.add_argument("--T", type=int, default=None, help="evaluate an SNN with this many time steps")
-    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    e.add_argument("--json", action="store_true", help="print the metrics (and confusion matrix) as JSON")
+    add_runtime(e)
+    add_json(e, "print the metrics (and confusion matrix) as JSON")
     e.set_defaults(func=_cli_eval)

@@ -1,0 +1,31 @@
+"""The paper's published figures (arXiv 2602.09717), printed beside the measured ones."""
+
+from __future__ import annotations
+
+PAPER_SOURCE = ("From Lightweight CNNs to SpikeNets: Benchmarking Accuracy-Energy Tradeoffs with Pruned Spiking "
+                "SqueezeNet (arXiv 2602.09717)")
+
+# The paper's published CIFAR-10 figures (test accuracy in %, parameters in thousands, ACs/MACs in
+# thousands per image, energy in mJ per image, 45 nm fp32: 0.9 pJ/AC, 4.6 pJ/MAC). Keyed by zoo family;
+# "squeezenet-p" is the paper's pruned SqueezeNet.
+PAPER: dict[str, dict[str, dict[str, float]]] = {
+    "cifar10": {
+        "squeezenet": {"cnn_acc": 81.0, "snn_acc": 75.0, "params_k": 736.5, "acs_k": 16_610.0, "macs_k": 4_470.0,
+                       "energy_mj": 0.0355},
+        "squeezenet-p": {"cnn_acc": 82.0, "snn_acc": 81.0, "energy_mj": 0.0295, "energy_ratio": 5.6},
+        "mnasnet": {"cnn_acc": 83.0, "snn_acc": 78.0, "params_k": 151.8},
+        "mixnet": {"cnn_acc": 82.0, "snn_acc": 73.0, "params_k": 84.9},
+        "shufflenetv2": {"cnn_acc": 70.0, "snn_acc": 40.0, "params_k": 911.0},
+        "xception": {"cnn_acc": 79.0, "snn_acc": 75.0, "params_k": 1_025.0},
+    }
+}
+
+_VARIANT_ORDER = {"cnn": 0, "cnn-q": 1, "cnn-p": 2, "snn": 3, "snn-p": 4}
+_MARKERS = {"cnn": "o", "cnn-q": "D", "cnn-p": "s", "snn": "^", "snn-p": "v"}
+
+
+def _paper(dataset: str, family: str | None, variant: str) -> dict:
+    fam = family or ""
+    if variant in ("snn-p", "cnn-p") and fam == "squeezenet":
+        fam = "squeezenet-p"
+    return PAPER.get(dataset, {}).get(fam, {})
