@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, Union
 
 from .errors import SpikeliteError
 
-__all__ = ["atomic_write", "read_json", "write_json", "parse_value", "set_dotted", "plain"]
+__all__ = ["atomic_write", "read_json", "write_json", "read_yaml_mapping", "parse_value", "set_dotted", "plain"]
 
 Payload = Union[bytes, str, Callable[[BinaryIO], None]]
 
@@ -76,6 +76,27 @@ def read_json(path: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, *, allow_empty: bool = True) -> dict:
+    """The mapping a YAML file holds (``what`` names the file in errors: "recipe file", "spec file" …).
+    A missing file, invalid YAML or anything but a mapping is one SpikeliteError; an empty file is ``{}``
+    (an error unless ``allow_empty``)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpikeliteError(f"{what} {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SpikeliteError(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
+    if loaded is None and allow_empty:
+        return {}
+    if not isinstance(loaded, dict) or (not loaded and not allow_empty):
+        got = "nothing" if loaded is None or loaded == {} else type(loaded).__name__
+        raise SpikeliteError(f"{what} {str(p)!r} must hold a mapping of keys, got {got}")
+    return loaded
 
 
 def parse_value(text: str):

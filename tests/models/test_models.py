@@ -439,3 +439,49 @@ def test_cli_paper_columns(capsys):
     assert sh["paper_params"] == PAPER_PARAMS["shufflenetv2"]
     assert sh["params_at_width"] == _params(create_model("shufflenetv2_x1_0", width=sh["closest_width"]))
     assert abs(sh["params_at_width"] - sh["paper_params"]) < 0.03 * sh["paper_params"]
+
+
+def test_register_model_adds_a_family_the_rest_of_spikelite_takes_by_name(tmp_path):
+    # a user's own family, registered with the decorator: create_model, checkpoints and spikify take it by name
+    import dataclasses
+
+    from torch import nn
+
+    from spikelite.checkpoint import load_model, save_checkpoint
+    from spikelite.models import get_entry, register_model
+    from spikelite.models.registry import _REGISTRY
+    from spikelite.snn import spikify
+
+    @dataclasses.dataclass
+    class TinyOptions:
+        hidden: int = 8
+
+    name = "tiny_test_net"
+    try:
+        @register_model(name, family="custom", description="two convs", options=TinyOptions,
+                        macro=lambda: [("block1", "features.2")])
+        def tiny(name, num_classes, image_size, in_chans, width, opts):
+            h = max(1, round(opts.hidden * width))
+            net = nn.Sequential()
+            net.features = nn.Sequential(nn.Conv2d(in_chans, h, 3, padding=1), nn.ReLU(),
+                                         nn.Sequential(nn.Conv2d(h, h, 3, padding=1), nn.ReLU()))
+            net.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(h, num_classes))
+            return net, dataclasses.asdict(opts)
+
+        assert name in list_models() and get_entry(name).family == "custom"
+        cnn = create_model(name, num_classes=3, image_size=8, hidden=4)
+        assert cnn.spikelite_spec["hidden"] == 4 and cnn(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+        save_checkpoint(tmp_path / "t.pt", cnn)
+        back, meta = load_model(tmp_path / "t.pt")
+        assert meta["model_spec"]["name"] == name
+        x = torch.randn(2, 3, 8, 8)
+        assert torch.equal(back(x), cnn.eval()(x))
+        assert spikify(cnn, T=2)(x).shape == (2, 3)
+        with pytest.raises(SpikeliteError, match="already registered"):
+            register_model(name, family="custom", description="again", options=TinyOptions,
+                           macro=lambda: [])(tiny)
+        with pytest.raises(SpikeliteError, match="has no option"):
+            create_model(name, num_classes=3, image_size=8, depth=2)
+    finally:
+        _REGISTRY.pop(name, None)
+    assert name not in list_models()

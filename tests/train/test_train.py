@@ -559,7 +559,8 @@ def test_bad_input_gives_one_clear_error_and_exit_2(tmp_path, capsys):
     for c in ("a", "b", "c"):
         (tmp_path / "three" / "test" / c).mkdir(parents=True)
         Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "three" / "test" / c / "0.png")
-    cases.append((["eval", str(ckpt), "--dataset", "imagefolder", "--data", str(tmp_path / "three")],
+    cases.append((["eval", str(ckpt), "--dataset", "imagefolder", "--data", str(tmp_path / "three"),
+                   "--split", "test"],
                   "has 3 classes but the checkpoint's model has 10"))
     (tmp_path / "trunc.pt").write_bytes(ckpt.read_bytes()[:1000])
     cases.append((["eval", str(tmp_path / "trunc.pt")], "corrupt or truncated"))

@@ -7,7 +7,7 @@ import copy
 import sys
 from pathlib import Path
 
-from .._io import parse_value, set_dotted
+from .._io import parse_value, read_yaml_mapping, set_dotted
 from ..bench import VARIANTS, BenchSpec, build_spec, expand_grid, run_bench
 from ..errors import SpikeliteError
 from ..report import build_report
@@ -25,19 +25,10 @@ def _csv_list(text: str | None) -> list[str] | None:
 
 def spec_from_args(args: argparse.Namespace, base: dict | None = None) -> BenchSpec:
     """The spec of a ``spikelite bench`` (or demo) command line: the YAML, then the flags on top."""
-    import yaml
-
     raw: dict = copy.deepcopy(base) if base else {}
     if getattr(args, "spec", None):
         p = Path(args.spec)
-        if not p.is_file():
-            raise SpikeliteError(f"spec file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise SpikeliteError(f"spec file {p} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SpikeliteError(f"spec file {p} must hold a mapping of keys, got {type(loaded).__name__}")
+        loaded = read_yaml_mapping(p, "spec file")
         raw.update(loaded or {})
     if getattr(args, "models", None):
         entries = []

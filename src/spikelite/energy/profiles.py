@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 
+from .._io import read_yaml_mapping
 from ..errors import SpikeliteError
 
 __all__ = ["EnergyProfile", "MemoryCost", "EnergyBreakdown", "PROFILES", "DEFAULT_PROFILE", "HOROWITZ_2014",
@@ -171,17 +172,8 @@ def load_profiles(path: str | os.PathLike) -> list[EnergyProfile]:
     ``source``), or several under ``profiles:`` keyed by name. A missing or unknown field raises
     :class:`SpikeliteError` naming it.
     """
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise SpikeliteError(f"energy profile file {str(p)!r} does not exist")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise SpikeliteError(f"energy profile file {str(p)!r} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not doc:
-        raise SpikeliteError(f"energy profile file {str(p)!r} must hold a mapping (one profile, or 'profiles:')")
+    doc = read_yaml_mapping(p, "energy profile file (one profile, or 'profiles:')", allow_empty=False)
     if "profiles" in doc:
         extra = sorted(set(doc) - {"profiles"})
         if extra:

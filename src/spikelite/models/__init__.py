@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,11 +24,16 @@ from torch import nn
 from ..errors import SpikeliteError
 from ._common import auto_stem_reduction, check_options
 from ._info import count_macs, count_params, dummy_forward
-from .mixnet import MixNetOptions, build_mixnet, mixnet_macro_modules
-from .mnasnet import MnasNetOptions, build_mnasnet, mnasnet_macro_modules
-from .shufflenet import ShuffleNetV2Options, build_shufflenetv2, shufflenetv2_macro_modules
-from .squeezenet import SqueezeNetOptions, build_squeezenet, squeezenet_macro_modules
-from .xception import XceptionOptions, build_xception_mini, xception_macro_modules
+from .registry import ModelEntry, get_entry, list_models, register_model
+
+# The families register their names (registry order: the order of these imports).
+from . import squeezenet  # noqa: E402,I001  (this order is the registry's)
+from . import shufflenet  # noqa: E402
+from . import mnasnet  # noqa: E402
+from . import mixnet  # noqa: E402
+from . import xception  # noqa: E402
+
+FAMILY_MODULES = (squeezenet, shufflenet, mnasnet, mixnet, xception)
 
 __all__ = [
     "create_model",
@@ -39,24 +44,12 @@ __all__ = [
     "macro_module_info",
     "fit_width",
     "ModelEntry",
+    "register_model",
     "ModelInfo",
     "MacroModule",
     "PAPER_PARAMS",
     "auto_stem_reduction",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelEntry:
-    """One registered model name."""
-
-    name: str
-    family: str
-    description: str
-    options: type  # the family's options dataclass
-    build: Callable[..., tuple[nn.Module, dict]]  # (name, num_classes, image_size, in_chans, width, opts)
-    macro: Callable[[], list[tuple[str, str]]]
-    has_width: bool = True
 
 
 # The study's CIFAR-10 parameter counts, per family (see docs/models.md for the comparison).
@@ -67,58 +60,6 @@ PAPER_PARAMS = {
     "mixnet": 84_900,
     "squeezenet": 736_500,
 }
-
-
-def _entries() -> dict[str, ModelEntry]:
-    def sq(version):
-        return lambda name, nc, size, ch, w, o: build_squeezenet(name, version, nc, size, ch, w, o)
-
-    def shuf(table, base):
-        return lambda name, nc, size, ch, w, o: build_shufflenetv2(name, table, base, nc, size, ch, w, o)
-
-    def mnas(alpha):
-        return lambda name, nc, size, ch, w, o: build_mnasnet(name, alpha, nc, size, ch, w, o)
-
-    def mix(variant):
-        return lambda name, nc, size, ch, w, o: build_mixnet(name, variant, nc, size, ch, w, o)
-
-    entries = [
-        ModelEntry("squeezenet1_0", "squeezenet", "torchvision SqueezeNet 1.0 (+BN)", SqueezeNetOptions,
-                   sq("1_0"), lambda: squeezenet_macro_modules("1_0"), has_width=False),
-        ModelEntry("squeezenet1_1", "squeezenet", "torchvision SqueezeNet 1.1 (+BN)", SqueezeNetOptions,
-                   sq("1_1"), lambda: squeezenet_macro_modules("1_1"), has_width=False),
-        ModelEntry("shufflenetv2_x0_3", "shufflenetv2", "torchvision ShuffleNetV2, 0.3 x the x1.0 stage widths",
-                   ShuffleNetV2Options, shuf("x1_0", 0.3), shufflenetv2_macro_modules),
-        ModelEntry("shufflenetv2_x0_5", "shufflenetv2", "torchvision ShuffleNetV2 x0.5", ShuffleNetV2Options,
-                   shuf("x0_5", 1.0), shufflenetv2_macro_modules),
-        ModelEntry("shufflenetv2_x1_0", "shufflenetv2", "torchvision ShuffleNetV2 x1.0", ShuffleNetV2Options,
-                   shuf("x1_0", 1.0), shufflenetv2_macro_modules),
-        ModelEntry("mnasnet_b1", "mnasnet", "torchvision MnasNet-B1 (mnasnet1_0, alpha 1.0)", MnasNetOptions,
-                   mnas(1.0), mnasnet_macro_modules),
-        ModelEntry("mnasnet0_5", "mnasnet", "torchvision MnasNet-B1, alpha 0.5", MnasNetOptions,
-                   mnas(0.5), mnasnet_macro_modules),
-        ModelEntry("mixnet_s", "mixnet", "timm MixNet-S", MixNetOptions, mix("mixnet_s"),
-                   lambda: mixnet_macro_modules("mixnet_s")),
-        ModelEntry("mixnet_m", "mixnet", "timm MixNet-M", MixNetOptions, mix("mixnet_m"),
-                   lambda: mixnet_macro_modules("mixnet_m")),
-        ModelEntry("xception_mini", "xception", "timm XceptionAligned with a ~1M-parameter block list",
-                   XceptionOptions, build_xception_mini, xception_macro_modules),
-    ]
-    return {e.name: e for e in entries}
-
-
-_REGISTRY = _entries()
-
-
-def list_models() -> list[str]:
-    """The registered model names, in registry order."""
-    return list(_REGISTRY)
-
-
-def get_entry(name: str) -> ModelEntry:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise SpikeliteError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
 
 
 def _check_int(key: str, value, minimum: int = 1) -> int:

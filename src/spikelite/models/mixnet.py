@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import SpikeliteError
 from ._common import (check_rate, check_size, init_small_classifier, replace_first_conv, resolve_stem_reduction,
                       set_stride)
+from .registry import register_model
 
 __all__ = ["MixNetOptions", "build_mixnet", "mixnet_macro_modules", "STAGE_DEPTHS"]
 
@@ -98,3 +99,15 @@ def mixnet_macro_modules(variant: str) -> list[tuple[str, str]]:
             k += 1
             out.append((f"block{k}", f"blocks.{s}.{b}"))
     return out
+
+
+@register_model("mixnet_s", family="mixnet", description="timm MixNet-S", options=MixNetOptions,
+                macro=lambda: mixnet_macro_modules("mixnet_s"))
+def mixnet_s(name, num_classes, image_size, in_chans, width, opts):
+    return build_mixnet(name, "mixnet_s", num_classes, image_size, in_chans, width, opts)
+
+
+@register_model("mixnet_m", family="mixnet", description="timm MixNet-M", options=MixNetOptions,
+                macro=lambda: mixnet_macro_modules("mixnet_m"))
+def mixnet_m(name, num_classes, image_size, in_chans, width, opts):
+    return build_mixnet(name, "mixnet_m", num_classes, image_size, in_chans, width, opts)

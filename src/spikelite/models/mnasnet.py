@@ -28,6 +28,7 @@ from torchvision.models.mnasnet import MNASNet
 from ..errors import SpikeliteError
 from ._common import (check_rate, check_size, init_small_classifier, replace_first_conv, resolve_stem_reduction,
                       set_stride)
+from .registry import register_model
 
 __all__ = ["MnasNetOptions", "build_mnasnet", "mnasnet_macro_modules", "STACK_REPEATS", "STACK_STRIDES"]
 
@@ -85,3 +86,15 @@ def mnasnet_macro_modules() -> list[tuple[str, str]]:
             k += 1
             out.append((f"block{k}", f"layers.{_FIRST_STACK + s}.{b}"))
     return out
+
+
+@register_model("mnasnet_b1", family="mnasnet", description="torchvision MnasNet-B1 (mnasnet1_0, alpha 1.0)",
+                options=MnasNetOptions, macro=mnasnet_macro_modules)
+def mnasnet_b1(name, num_classes, image_size, in_chans, width, opts):
+    return build_mnasnet(name, 1.0, num_classes, image_size, in_chans, width, opts)
+
+
+@register_model("mnasnet0_5", family="mnasnet", description="torchvision MnasNet-B1, alpha 0.5",
+                options=MnasNetOptions, macro=mnasnet_macro_modules)
+def mnasnet0_5(name, num_classes, image_size, in_chans, width, opts):
+    return build_mnasnet(name, 0.5, num_classes, image_size, in_chans, width, opts)

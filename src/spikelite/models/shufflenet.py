@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models.shufflenetv2 import ShuffleNetV2
 
 from ._common import check_size, replace_first_conv, resolve_stem_reduction, set_stride
+from .registry import register_model
 
 __all__ = ["ShuffleNetV2Options", "build_shufflenetv2", "shufflenetv2_macro_modules", "STAGE_TABLES", "REPEATS"]
 
@@ -73,3 +74,22 @@ def shufflenetv2_macro_modules() -> list[tuple[str, str]]:
         for s, repeats in zip((2, 3, 4), REPEATS)
         for u in range(repeats)
     ]
+
+
+@register_model("shufflenetv2_x0_3", family="shufflenetv2",
+                description="torchvision ShuffleNetV2, 0.3 x the x1.0 stage widths", options=ShuffleNetV2Options,
+                macro=shufflenetv2_macro_modules)
+def shufflenetv2_x0_3(name, num_classes, image_size, in_chans, width, opts):
+    return build_shufflenetv2(name, "x1_0", 0.3, num_classes, image_size, in_chans, width, opts)
+
+
+@register_model("shufflenetv2_x0_5", family="shufflenetv2", description="torchvision ShuffleNetV2 x0.5",
+                options=ShuffleNetV2Options, macro=shufflenetv2_macro_modules)
+def shufflenetv2_x0_5(name, num_classes, image_size, in_chans, width, opts):
+    return build_shufflenetv2(name, "x0_5", 1.0, num_classes, image_size, in_chans, width, opts)
+
+
+@register_model("shufflenetv2_x1_0", family="shufflenetv2", description="torchvision ShuffleNetV2 x1.0",
+                options=ShuffleNetV2Options, macro=shufflenetv2_macro_modules)
+def shufflenetv2_x1_0(name, num_classes, image_size, in_chans, width, opts):
+    return build_shufflenetv2(name, "x1_0", 1.0, num_classes, image_size, in_chans, width, opts)

@@ -31,6 +31,7 @@ from torchvision.models.squeezenet import Fire, SqueezeNet
 
 from ..errors import SpikeliteError
 from ._common import check_bool, check_rate, check_size, replace_first_conv, resolve_stem_reduction, set_stride
+from .registry import register_model
 
 __all__ = ["SqueezeNetOptions", "BNFire", "build_squeezenet", "squeezenet_macro_modules", "FIRE_INDEX"]
 
@@ -130,3 +131,15 @@ def build_squeezenet(name: str, version: str, num_classes: int, image_size: int,
 
 def squeezenet_macro_modules(version: str) -> list[tuple[str, str]]:
     return [(fire, f"features.{idx}") for fire, idx in FIRE_INDEX[version].items()]
+
+
+@register_model("squeezenet1_0", family="squeezenet", description="torchvision SqueezeNet 1.0 (+BN)",
+                options=SqueezeNetOptions, macro=lambda: squeezenet_macro_modules("1_0"), has_width=False)
+def squeezenet1_0(name, num_classes, image_size, in_chans, width, opts):
+    return build_squeezenet(name, "1_0", num_classes, image_size, in_chans, width, opts)
+
+
+@register_model("squeezenet1_1", family="squeezenet", description="torchvision SqueezeNet 1.1 (+BN)",
+                options=SqueezeNetOptions, macro=lambda: squeezenet_macro_modules("1_1"), has_width=False)
+def squeezenet1_1(name, num_classes, image_size, in_chans, width, opts):
+    return build_squeezenet(name, "1_1", num_classes, image_size, in_chans, width, opts)

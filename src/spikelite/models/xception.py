@@ -26,6 +26,7 @@ from timm.models.xception_aligned import XceptionAligned
 from torch import nn
 
 from ._common import check_rate, check_size, replace_first_conv, resolve_stem_reduction, set_stride
+from .registry import register_model
 
 __all__ = ["XceptionOptions", "build_xception_mini", "xception_macro_modules", "MINI_CHANNELS"]
 
@@ -89,3 +90,7 @@ def xception_macro_modules() -> list[tuple[str, str]]:
     n_mid = MINI_CHANNELS["middle_blocks"]
     names = [f"entry{i + 1}" for i in range(n_entry)] + [f"middle{i + 1}" for i in range(n_mid)] + ["exit1", "exit2"]
     return [(n, f"blocks.{i}") for i, n in enumerate(names)]
+
+
+register_model("xception_mini", family="xception", description="timm XceptionAligned with a ~1M-parameter block list",
+               options=XceptionOptions, macro=xception_macro_modules)(build_xception_mini)

@@ -9,12 +9,11 @@ import math
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
-from .._io import parse_value, plain, set_dotted
+from .._io import parse_value, plain, read_yaml_mapping, set_dotted
 from ..allocator import MALLOC_MODES, env_malloc_mode
 from ..data import Augment
 from ..errors import SpikeliteError
@@ -436,19 +435,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | list | 
     """
     raw: dict = copy.deepcopy(base) if base else {}
     if path is not None:
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise SpikeliteError(f"recipe file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise SpikeliteError(f"recipe file {p} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise SpikeliteError(f"recipe file {p} must hold a mapping of options, got {type(loaded).__name__}")
+        loaded = read_yaml_mapping(path, "recipe file")
         for k, v in _flatten(loaded).items():
             set_dotted(raw, k, v)
     if isinstance(overrides, (list, tuple)):
