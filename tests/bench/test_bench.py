@@ -226,6 +226,21 @@ def test_grid_expansion_and_dependencies():
     assert (c4.distill.teacher, c4.distill.weight) == ("t.pt", 0.3)
 
 
+def test_bench_schedules_speak_prune_s_grammar():
+    # one vocabulary: the bench accepts what spikelite prune accepts (F4, module paths, any case, ',' or '+')
+    # and names cells by the canonical label; a name the model does not have is a spec problem
+    spec = B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "variants": ["snn-p"],
+                         "prune": {"schedules": ["keep:F4+F6,fire8+FIRE9", "Ablation-2", "ref-1"]}})
+    labels = [c.schedule for c in B.expand_grid(spec) if c.variant == "snn-p"]
+    assert labels == ["keep:fire4+fire6+fire8+fire9", "ablation-2", "ref-1"]
+    with pytest.raises(SpikeliteError, match="fire99"):
+        B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "variants": ["snn-p"],
+                      "prune": {"schedules": ["keep:F4+fire99"]}})
+    with pytest.raises(SpikeliteError, match="prune schedule"):
+        B.build_spec({"models": ["squeezenet1_1"], "datasets": ["digits"], "variants": ["snn-p"],
+                      "prune": {"schedules": ["rank-3"]}})
+
+
 def test_flags_override_the_spec(tmp_path):
     import argparse
 

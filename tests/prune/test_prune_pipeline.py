@@ -1,6 +1,6 @@
 """Pruning a checkpoint end to end: the greedy search, run_pruning with fine-tuning through
 spikelite.train, and the ``spikelite prune`` command line (explicit keep sets, the paper's
-schedules, the importance report, bad input)."""
+schedules, any other schedule as a strategy, the importance report, bad input)."""
 
 from __future__ import annotations
 
@@ -118,6 +118,36 @@ def test_cli_keep_and_paper_schedules(digits_ckpt, tmp_path, capsys):
     assert "a ranking only" in header and "epoch(s) per candidate" not in header
 
 
+def test_cli_takes_any_schedule_as_its_strategy(digits_ckpt, tmp_path, capsys):
+    common = ["--finetune-epochs", "0", "--no-ablation", "--calibration-size", "32", "--energy-samples", "8",
+              "--val-subset", "48", "--threads", "1", "--quiet"]
+    # a ranked schedule: rank once by exact ablation on the calibration data, remove the least important module
+    out = tmp_path / "abl.pt"
+    assert cli_main(["prune", str(digits_ckpt), "--strategy", "Ablation-1", *common, "-o", str(out)]) == 0
+    assert "| ablation-1 |" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "abl.json").read_text())
+    [cand] = rep["candidates"]
+    fires = [f"fire{i}" for i in range(2, 10)]
+    ranking = rep["steps"][0]["ranking"]
+    assert rep["strategy"] == cand["label"] == "ablation-1" and sorted(ranking) == sorted(fires)
+    assert cand["removed"] == [ranking[0]] and cand["kept"] == [n for n in fires if n != ranking[0]]
+    assert all(m["ablation_loss"] is not None for m in rep["importance"]["modules"])  # needed despite --no-ablation
+    _, meta = C.load_model(out)
+    assert meta["prune"]["strategy"] == "ablation-1" and meta["model_spec"]["keep"] == cand["kept"]
+    # keep:a+b is --keep a,b under its own label; F4, paths and any case work
+    out = tmp_path / "keep.pt"
+    assert cli_main(["prune", str(digits_ckpt), "--strategy", "keep:F4+features.9,fire8+FIRE9", *common,
+                     "-o", str(out)]) == 0
+    assert "| keep:f4+features.9+fire8+fire9 | F4, F6, F8, F9 |" in capsys.readouterr().out
+    _, meta = C.load_model(out)
+    assert meta["model_spec"]["keep"] == ["fire4", "fire6", "fire8", "fire9"]
+    assert meta["prune"]["strategy"] == "keep:f4+features.9+fire8+fire9"
+    out = tmp_path / "rm.pt"
+    assert cli_main(["prune", str(digits_ckpt), "--strategy", "remove:F2,F3", *common, "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert C.load_model(out)[1]["prune"]["removed"] == ["fire2", "fire3"]
+
+
 def test_cli_bad_input_exits_2_and_writes_nothing(digits_ckpt, tmp_path, capsys):
     out = tmp_path / "bad.pt"
     common = [str(digits_ckpt), "--threads", "1", "--quiet", "-o", str(out)]
@@ -128,6 +158,11 @@ def test_cli_bad_input_exits_2_and_writes_nothing(digits_ckpt, tmp_path, capsys)
         (["--strategy", "greedy", "--energy-budget", "7"], "as a fraction must be in (0, 1]"),
         (["--strategy", "ref-1", "--keep", "fire2"], "--keep/--remove go with --strategy keep"),
         ([], "choose --strategy"),
+        (["--strategy", "rank-3"], "unknown strategy 'rank-3'; choose keep, paper, greedy, importance or a schedule"),
+        (["--strategy", "ablation-8"], "ablation-8 removes 8 modules but squeezenet1_1"),
+        (["--strategy", "keep:F4+fire99"], "unknown module(s) 'fire99' in squeezenet1_1"),
+        (["--strategy", "remove:F2,F3,F4,F5,F6,F7,F8,F9"], "would remove every macro module"),
+        (["--strategy", "taylor-1", "--keep", "fire2"], "--keep/--remove go with --strategy keep, not taylor-1"),
     ]
     for extra, message in cases:
         assert cli_main(["prune", *common, *extra]) == 2

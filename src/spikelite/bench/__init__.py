@@ -37,7 +37,7 @@ from .cells import Cell, build_spec, cell_config, expand_grid, load_spec, run_ce
 from .executors import LocalExecutor, RayExecutor, make_executor
 from .results import RESULT_COLUMNS, collect_results, write_results
 from .runner import run_bench
-from .spec import (CNN_VARIANTS, DEFAULT_VARIANTS, IMPORT_ONLY, VARIANTS, BenchSpec, DatasetEntry, EvalSpec, ModelEntry,
+from .spec import (CNN_VARIANTS, DEFAULT_VARIANTS, IMPORT_ONLY, VARIANTS, BenchSpec, DatasetEntry, EvalSpec, BenchModel,
                    PruneSpec, Resources, parse_spec)
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
     "CNN_VARIANTS",
     "DEFAULT_VARIANTS",
     "IMPORT_ONLY",
-    "ModelEntry",
+    "BenchModel",
     "DatasetEntry",
     "PruneSpec",
     "EvalSpec",

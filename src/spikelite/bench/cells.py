@@ -22,12 +22,11 @@ from .._io import atomic_write, parse_value, read_json, set_dotted, write_json
 from .._runtime import resolve_device
 from ..errors import SpikeliteError
 from .spec import (
-    _SCHEDULE_RE,
     BENCH_RECIPE_DEFAULTS,
     CNN_VARIANTS,
     BenchSpec,
     DatasetEntry,
-    ModelEntry,
+    BenchModel,
     _flatten,
     _problem_error,
     _safe,
@@ -47,7 +46,7 @@ class Cell:
 
     id: str
     variant: str
-    model: ModelEntry
+    model: BenchModel
     dataset: DatasetEntry
     seed: int
     T: int | None
@@ -63,12 +62,12 @@ class Cell:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
-        return cls(id=d["id"], variant=d["variant"], model=ModelEntry(**d["model"]),
+        return cls(id=d["id"], variant=d["variant"], model=BenchModel(**d["model"]),
                    dataset=DatasetEntry(**d["dataset"]), seed=int(d["seed"]), T=d.get("T"),
                    schedule=d.get("schedule"), deps=list(d.get("deps") or []), checkpoint=d.get("checkpoint"))
 
 
-def _cell_id(ds: DatasetEntry, m: ModelEntry, variant: str, seed: int, T: int | None = None,
+def _cell_id(ds: DatasetEntry, m: BenchModel, variant: str, seed: int, T: int | None = None,
              schedule: str | None = None) -> str:
     parts = [ds.label, m.label, variant]
     if T is not None:
@@ -260,7 +259,8 @@ def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
 
 
 def _check_cells(spec: BenchSpec, problems: list[str]) -> None:
-    from ..models import create_model, macro_modules
+    from ..models import create_model
+    from ..prune.schedules import check_schedule
 
     built: set = set()
     seen: set = set()
@@ -290,22 +290,13 @@ def _check_cells(spec: BenchSpec, problems: list[str]) -> None:
                 except TypeError as exc:
                     problems.append(f"model {m.label}: {exc}")
             if any(v in ("snn-p", "cnn-p") for v in m.grid_variants(spec.variants)):
-                names = [n for n, _ in macro_modules(m.name)]
                 for s in spec.prune.schedules:
-                    r = resolve_schedule(spec, s, m)
-                    mm = _SCHEDULE_RE.match(r)
-                    if mm and (mm.group("keep") or mm.group("remove")):
-                        listed = [t for t in (mm.group("keep") or mm.group("remove")).split("+") if t]
-                        bad = [t for t in listed if t not in names]
-                        if bad:
-                            problems.append(f"prune schedule {r!r} for {m.label}: unknown module(s) "
-                                            f"{', '.join(bad)}; {m.label} has {', '.join(names)}")
-                        elif mm.group("keep") is not None and not listed:
-                            problems.append(f"prune schedule {r!r}: keeps nothing")
-                        elif mm.group("remove") is not None and len(set(listed)) >= len(names):
-                            problems.append(f"prune schedule {r!r} removes every module of {m.label}")
-                    elif mm and mm.group("k") is not None and not mm.group("pct") and int(mm.group("k")) >= len(names):
-                        problems.append(f"prune schedule {r!r}: {m.label} has only {len(names)} macro modules")
+                    try:
+                        r = resolve_schedule(spec, s, m)
+                    except SpikeliteError:  # unreadable: reported with the spec
+                        continue
+                    for p in check_schedule(r, m.name):
+                        problems.append(f"prune.schedules for {m.label}: {p}")
 
 
 def load_spec(path: str | os.PathLike | None = None, *, overrides: dict | list | None = None,
@@ -397,34 +388,6 @@ def _calibration_data(cfg, n: int, seed: int):
     return data
 
 
-def _keep_for_schedule(model, schedule: str, calibration, seed: int) -> tuple[list[str], dict | None]:
-    """The macro modules a schedule keeps (and the importance ranking when it needed one)."""
-    from ..prune import PAPER_SCHEDULES, module_importance, removable_modules
-
-    present = [n for n, _ in removable_modules(model)]
-    if schedule in PAPER_SCHEDULES:
-        return list(PAPER_SCHEDULES[schedule]), None
-    m = _SCHEDULE_RE.match(schedule)
-    if m is None:  # pragma: no cover - validated with the spec
-        raise SpikeliteError(f"unknown prune schedule {schedule!r}")
-    if m.group("keep") is not None:
-        return [t for t in m.group("keep").split("+") if t], None
-    if m.group("remove") is not None:
-        gone = set(t for t in m.group("remove").split("+") if t)
-        return [n for n in present if n not in gone], None
-    k = int(m.group("k"))
-    n_remove = int(round(len(present) * k / 100.0)) if m.group("pct") else k
-    n_remove = max(1, min(n_remove, len(present) - 1))
-    by = m.group("rank")
-    rep = module_importance(model, calibration, method="both" if by == "ablation" else "taylor", seed=seed)
-    ranking = rep.ranking(by)
-    gone = set(ranking[:n_remove])
-    info = {f"ranking_{by}": ranking, "taylor": {mi.name: mi.taylor for mi in rep.modules}}
-    if by == "ablation":
-        info["ablation_loss"] = {mi.name: mi.ablation_loss for mi in rep.modules}
-    return [n for n in present if n not in gone], info
-
-
 def _apply_backend(model, cfg) -> None:
     """Give a rebuilt SNN the LIF backend the recipe asks for (checkpoints do not store it; all backends
     compute the same spikes, ``fused`` just skips torch.compile)."""
@@ -441,7 +404,7 @@ def _apply_backend(model, cfg) -> None:
 def _prepare_pruned(spec: BenchSpec, cell: Cell, cfg, run_dir: Path, stage: _Stage) -> dict:
     """Write ``<cell>/pruned_init.pt``: the source cell's model with the schedule's modules removed."""
     from ..checkpoint import load_model, save_checkpoint
-    from ..prune import prune_model
+    from ..prune import keep_for_schedule, prune_model
 
     cdir = _cell_dir(run_dir, cell.id)
     init = cdir / "pruned_init.pt"
@@ -453,7 +416,7 @@ def _prepare_pruned(spec: BenchSpec, cell: Cell, cfg, run_dir: Path, stage: _Sta
     model, meta = load_model(src_path)
     _apply_backend(model, cfg)
     cal = _calibration_data(cfg, spec.prune.calibration_size, cell.seed)
-    keep, importance = _keep_for_schedule(model, cell.schedule, cal, cell.seed)
+    keep, importance = keep_for_schedule(model, cell.schedule, cal, cell.seed)
     pruned = prune_model(model, keep=keep, calibration=cal, seed=cell.seed)
     from ..prune import removable_modules
 

@@ -64,7 +64,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 @dataclasses.dataclass
-class ModelEntry:
+class BenchModel:
     """A zoo model of the grid: ``create_model(name, width=width, **options)``.
 
     ``checkpoints`` maps a variant (``cnn``, ``snn``, ``snn-p``, ``cnn-p``) to a trained spikelite
@@ -118,12 +118,11 @@ class DatasetEntry:
 class PruneSpec:
     """How ``snn-p`` / ``cnn-p`` cells prune.
 
-    ``schedules``: one pruned cell per entry. An entry is a paper schedule (``head-1`` ... ``ref-2``,
-    SqueezeNet only; other families use ``fallback`` instead), ``ablation-K`` / ``ablation-P%`` (remove
-    the K, or P percent, least important macro modules by exact ablation: the calibration loss with
-    each module removed, one pass per module over ``calibration_size`` training images),
-    ``taylor-K`` / ``taylor-P%`` (the same by first-order Taylor importance: one forward and backward
-    pass, cheaper but a weak proxy: docs/pruning.md), ``keep:a+b+...`` or ``remove:a+b+...``.
+    ``schedules``: one pruned cell per entry, each a schedule of :mod:`spikelite.prune.schedules` (the
+    grammar ``spikelite prune --strategy`` takes too): a paper schedule (``head-1`` ... ``ref-2``,
+    SqueezeNet only; other families use ``fallback`` instead), ``ablation-K`` / ``ablation-P%``,
+    ``taylor-K`` / ``taylor-P%`` (ranked once on ``calibration_size`` training images),
+    ``keep:a+b+...`` or ``remove:a+b+...``. Cells record the canonical label.
     """
 
     schedules: list = dataclasses.field(default_factory=lambda: ["ref-1"])
@@ -157,7 +156,7 @@ class BenchSpec:
 
     name: str = "bench"
     out: str = ""
-    models: list = dataclasses.field(default_factory=list)  # ModelEntry
+    models: list = dataclasses.field(default_factory=list)  # BenchModel
     datasets: list = dataclasses.field(default_factory=list)  # DatasetEntry
     variants: list = dataclasses.field(default_factory=lambda: list(DEFAULT_VARIANTS))
     T: list = dataclasses.field(default_factory=lambda: [4])
@@ -228,7 +227,7 @@ def _section(d, key: str, cls, problems: list[str]):
     return cls(**{k: v for k, v in d.items() if k in valid})
 
 
-def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
+def _parse_model(item, i: int, problems: list[str]) -> BenchModel | None:
     where = f"models[{i}]"
     if isinstance(item, str):
         name, _, width = item.partition("@")
@@ -294,7 +293,7 @@ def _parse_model(item, i: int, problems: list[str]) -> ModelEntry | None:
     except SpikeliteError as exc:
         problems.append(f"{where}: {exc}")
         return None
-    return ModelEntry(name, float(width), dict(options), label, {str(k): str(v) for k, v in checkpoints.items()},
+    return BenchModel(name, float(width), dict(options), label, {str(k): str(v) for k, v in checkpoints.items()},
                       variants)
 
 
@@ -480,40 +479,16 @@ def _check_dataset_root(ds: DatasetEntry, where: str, problems: list[str]) -> No
         problems.append(f"{where} ({ds.label}): data path {ds.root} is not a folder")
 
 
-_SCHEDULE_RE = re.compile(r"^(?:(?P<rank>taylor|ablation)-(?P<k>\d+)(?P<pct>%?)|keep:(?P<keep>.+)|remove:(?P<remove>.+))$")
+def resolve_schedule(spec: BenchSpec, schedule: str, model: BenchModel) -> str:
+    """The canonical label of the schedule a model actually gets (:func:`spikelite.prune.parse_schedule`,
+    keep/remove names resolved to the model's own): paper schedules apply to SqueezeNet only, the other
+    families get ``fallback`` instead."""
+    from ..prune.schedules import for_model, parse_schedule
 
-
-def _check_schedule(s, where: str, problems: list[str]) -> bool:
-    from ..prune import PAPER_SCHEDULES
-
-    if not isinstance(s, str) or not s:
-        problems.append(f"{where}: a prune schedule must be a string, got {s!r}")
-        return False
-    if s in PAPER_SCHEDULES:
-        return True
-    m = _SCHEDULE_RE.match(s)
-    if not m:
-        problems.append(f"{where}: unknown prune schedule {s!r}; use a paper schedule "
-                        f"({', '.join(PAPER_SCHEDULES)}), ablation-K, ablation-P%, taylor-K, taylor-P%, keep:a+b or remove:a+b")
-        return False
-    if m.group("k") is not None:
-        k = int(m.group("k"))
-        if m.group("pct") and not 0 < k < 100:
-            problems.append(f"{where}: {s!r}: the percentage must be between 1 and 99")
-            return False
-        if not m.group("pct") and k < 1:
-            problems.append(f"{where}: {s!r}: remove at least one module")
-            return False
-    return True
-
-
-def resolve_schedule(spec: BenchSpec, schedule: str, model: ModelEntry) -> str:
-    """The schedule a model actually gets: paper schedules apply to SqueezeNet only, others use ``fallback``."""
-    from ..prune import PAPER_SCHEDULES
-
-    if schedule in PAPER_SCHEDULES and model.family != "squeezenet":
-        return spec.prune.fallback
-    return schedule
+    sched = parse_schedule(schedule)
+    if sched.kind == "paper" and model.family != "squeezenet":
+        sched = parse_schedule(spec.prune.fallback)
+    return for_model(sched, model.name).label
 
 
 def _check_int_list(values, key: str, minimum: int, problems: list[str]) -> list[int]:
@@ -636,14 +611,18 @@ def parse_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: b
 
     spec.prune = _section(raw.get("prune"), "prune", PruneSpec, problems)
     spec.prune.schedules = _as_list(spec.prune.schedules, "prune.schedules", problems)
-    for i, s in enumerate(spec.prune.schedules):
-        _check_schedule(s, f"prune.schedules[{i}]", problems)
-    _check_schedule(spec.prune.fallback, "prune.fallback", problems)
-    from ..prune import PAPER_SCHEDULES
+    from ..prune.schedules import parse_schedule
 
-    if spec.prune.fallback in PAPER_SCHEDULES:
-        problems.append(f"prune.fallback {spec.prune.fallback!r} is a SqueezeNet schedule; the fallback serves the "
-                        "other families (e.g. ablation-25%)")
+    for where, s in [*((f"prune.schedules[{i}]", s) for i, s in enumerate(spec.prune.schedules)),
+                     ("prune.fallback", spec.prune.fallback)]:
+        try:
+            sched = parse_schedule(s)
+        except SpikeliteError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if where == "prune.fallback" and sched.kind == "paper":
+            problems.append(f"prune.fallback {spec.prune.fallback!r} is a SqueezeNet schedule; the fallback serves "
+                            "the other families (e.g. ablation-25%)")
     if not spec.prune.schedules and any(v in ("snn-p", "cnn-p") for v in spec.variants):
         problems.append("prune.schedules: a pruned variant needs at least one schedule")
     cs = spec.prune.calibration_size

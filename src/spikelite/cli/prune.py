@@ -7,7 +7,7 @@ import re
 import sys
 
 from ..errors import SpikeliteError
-from ..prune import STRATEGIES, PruneConfig, candidate_table, run_pruning
+from ..prune import META_STRATEGIES, SCHEDULE_GRAMMAR, PruneConfig, candidate_table, run_pruning
 
 # ----------------------------------------------------------------------------------------------
 # CLI
@@ -26,7 +26,8 @@ def _cli(args: argparse.Namespace) -> int:
         if args.keep is not None or args.remove is not None:
             strategy = "keep"
         else:
-            raise SpikeliteError(f"choose --strategy ({', '.join(STRATEGIES)}), or give --keep / --remove")
+            raise SpikeliteError(f"choose --strategy ({', '.join(META_STRATEGIES)}, or a schedule: "
+                                 f"{SCHEDULE_GRAMMAR}), or give --keep / --remove")
     overrides = list(args.set or [])
     for flag, key in (("lr", "optim.lr"), ("batch_size", "batch_size"), ("train_subset", "data.train_subset"),
                       ("warmup_epochs", "optim.warmup_epochs")):
@@ -52,14 +53,16 @@ def _cli(args: argparse.Namespace) -> int:
 def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="remove whole macro modules (fire modules, units, blocks) and fine-tune",
                        description="Module-level structured pruning of a checkpoint's CNN or SNN: an explicit keep "
-                                   "set, the paper's SqueezeNet schedules, or a greedy search under an accuracy-drop "
-                                   "or energy budget; every candidate is fine-tuned and measured (docs/pruning.md).")
+                                   "set, the paper's SqueezeNet schedules, a one-shot ranked schedule (ablation-25%), "
+                                   "or a greedy search under an accuracy-drop or energy budget; every candidate is "
+                                   "fine-tuned and measured (docs/pruning.md).")
     p.add_argument("checkpoint", help="a spikelite checkpoint (.pt) of a zoo CNN or SNN")
     p.add_argument("--data", help="dataset folder (default: the one recorded in the checkpoint)")
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
-    p.add_argument("--strategy", type=str.lower, choices=STRATEGIES,
-                   help="keep (with --keep/--remove), paper (all of Table 3's schedules), one schedule "
-                        "(head-1 ... ref-2), greedy, or importance (report only)")
+    p.add_argument("--strategy", type=str.lower, metavar="STRATEGY",
+                   help="keep (with --keep/--remove), paper (all of Table 3's schedules), greedy, importance (report "
+                        "only), or one schedule: head-1 ... ref-2, keep:a+b, remove:a+b, ablation-K, ablation-P%%, "
+                        "taylor-K, taylor-P%% (docs/pruning.md)")
     p.add_argument("--keep", help="comma-separated modules to keep (e.g. fire4,fire6,fire8,fire9 or F4,F6,F8,F9)")
     p.add_argument("--remove", help="comma-separated modules to remove")
     p.add_argument("--max-drop", type=float, help="greedy: largest accuracy drop in points vs the unpruned model")

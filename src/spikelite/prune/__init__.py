@@ -9,6 +9,9 @@ tool for every zoo family and for user models:
   importance run on), the least-squares fit of projections, and the calibration-data helpers.
 - :mod:`.removal` — :func:`prune_model`: the model with macro modules removed.
 - :mod:`.importance` — :func:`module_importance` (Taylor and exact ablation), :func:`spearman`.
+- :mod:`.schedules` — the one schedule grammar of the CLI, the API and bench specs (paper names,
+  ``keep:a+b``, ``remove:a+b``, ``ablation-K``/``-P%``, ``taylor-K``/``-P%``): :func:`parse_schedule`,
+  :class:`Schedule`, :func:`check_schedule`, :func:`keep_for_schedule`.
 - :mod:`.strategies` — the vocabulary and the search: :data:`STRATEGIES`, :class:`PruneConfig`,
   :func:`parse_energy_budget`, :class:`Candidate`, :class:`PruneResult`, :func:`candidate_table`,
   :func:`greedy_search`.
@@ -17,7 +20,7 @@ tool for every zoo family and for user models:
 How a module is taken out (identity, projection, SqueezeNet's channel adaptation) is the structure
 surgery in :mod:`spikelite.models.surgery`; its public names are re-exported here.
 
-Imports flow one way: subject → gates → removal → importance → strategies → pipeline (a module
+Imports flow one way: subject → gates → removal → importance → schedules → strategies → pipeline (a module
 imports only those before it). Outside the package, prune imports errors, _io, models, snn, data,
 checkpoint, train and energy, never bench, report, export or cli.
 
@@ -28,8 +31,9 @@ from ..models.surgery import FAMILY_RULES, ChannelAdapt, Projection, Replacement
 from .importance import ImportanceReport, ModuleImportance, module_importance, spearman
 from .pipeline import run_pruning
 from .removal import prune_model
-from .strategies import (STRATEGIES, Candidate, PruneConfig, PruneResult, candidate_table, greedy_search,
-                         parse_energy_budget)
+from .schedules import SCHEDULE_GRAMMAR, Schedule, check_schedule, for_model, keep_for_schedule, parse_schedule
+from .strategies import (META_STRATEGIES, STRATEGIES, Candidate, PruneConfig, PruneResult, candidate_table,
+                         greedy_search, parse_energy_budget)
 from .subject import PAPER_SCHEDULES, removable_modules
 
 __all__ = [
@@ -55,4 +59,12 @@ __all__ = [
     # public names the old module's __all__ left out (spikelite.cli.prune imports them from here)
     "STRATEGIES",
     "candidate_table",
+    # the schedule grammar shared with bench specs
+    "META_STRATEGIES",
+    "SCHEDULE_GRAMMAR",
+    "Schedule",
+    "parse_schedule",
+    "check_schedule",
+    "for_model",
+    "keep_for_schedule",
 ]

@@ -25,6 +25,7 @@ from ..models.surgery import FAMILY_RULES, resolve_modules
 from .gates import _as_batches
 from .importance import ImportanceReport, module_importance
 from .removal import prune_model
+from .schedules import keep_for_schedule
 from .strategies import (Candidate, PruneConfig, PruneResult, _kept_cell, candidate_table, greedy_search,
                          parse_energy_budget)
 from .subject import PAPER_SCHEDULES, _subject
@@ -225,6 +226,12 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
     present = list(subj.kept)
     # validate the strategy against this model before any heavy work
     schedule_keep = None
+    sched = cfg.schedule  # one candidate's schedule (a paper name, keep:/remove:, ablation-/taylor-), or None
+    keep_names, remove_names = cfg.keep, cfg.remove  # --keep a,b is the same thing as keep:a+b
+    if sched is not None and sched.kind == "keep":
+        keep_names = list(sched.names)
+    elif sched is not None and sched.kind == "remove":
+        remove_names = list(sched.names)
     if cfg.strategy in PAPER_SCHEDULES or cfg.strategy == "paper":
         if family != "squeezenet":
             raise SpikeliteError(f"the paper's named schedules ({', '.join(PAPER_SCHEDULES)}) keep SqueezeNet fire "
@@ -234,9 +241,9 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
                                  "start from the full SqueezeNet")
         if cfg.strategy != "paper":
             schedule_keep = list(PAPER_SCHEDULES[cfg.strategy])
-    if cfg.strategy == "keep":
-        if cfg.keep is not None:
-            want = set(resolve_modules(cfg.keep, subj.macro, family, subj.label))
+    if keep_names is not None or remove_names is not None:
+        if keep_names is not None:
+            want = set(resolve_modules(keep_names, subj.macro, family, subj.label))
             gone = [n for n in want if n not in present]
             if gone:
                 raise SpikeliteError(f"{', '.join(sorted(gone))} already removed in {checkpoint}; present: "
@@ -244,12 +251,15 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
             if not [n for n in present if n in want]:
                 raise SpikeliteError("keep names no present module: removing every module leaves no network")
         else:
-            rm = set(resolve_modules(cfg.remove, subj.macro, family, subj.label))
+            rm = set(resolve_modules(remove_names, subj.macro, family, subj.label))
             if not [n for n in present if n not in rm]:
                 raise SpikeliteError(f"removing {', '.join(sorted(rm))} would remove every macro module of "
                                      f"{subj.label}; keep at least one")
-    if cfg.strategy == "greedy" and len(present) <= 1:
+    if (cfg.strategy == "greedy" or (sched is not None and sched.ranked)) and len(present) <= 1:
         raise SpikeliteError(f"{subj.label} has nothing removable: only {', '.join(present)} is left")
+    if sched is not None and sched.ranked and sched.count is not None and sched.count >= len(present):
+        raise SpikeliteError(f"{sched.label} removes {sched.count} modules but {subj.label} in {checkpoint} has only "
+                             f"{len(present)} ({', '.join(present)}); keep at least one")
     if overwrite and paths["runs"].is_dir():  # only the runs folder an earlier prune to this -o wrote
         shutil.rmtree(paths["runs"])
 
@@ -267,16 +277,22 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
         baseline.status = "source"
         pipe.log(f"  unpruned: accuracy {100 * baseline.accuracy:.2f}%; {baseline.params:,} params; "
                  f"{baseline.energy_mj:.4g} mJ")
-        importance = pipe.importance(model, cfg.ablation or cfg.rank_by == "ablation")
+        importance = pipe.importance(model, cfg.ablation or cfg.rank_by == "ablation"
+                                     or (sched is not None and sched.kind == "ablation"))
         pipe.log(importance.table())
         candidates: list[Candidate] = []
         models: dict[str, tuple[nn.Module, dict]] = {}
         steps: list[dict] = []
         chosen = None
         stop = ""
-        if cfg.strategy == "keep" or schedule_keep is not None:
-            label = cfg.strategy if schedule_keep is not None else "keep"
-            m, c, mt = pipe.candidate(model, label, keep=schedule_keep or cfg.keep, remove=cfg.remove)
+        if cfg.strategy == "keep" or sched is not None:
+            label = cfg.strategy  # keep, or the schedule's canonical label
+            keep, remove = schedule_keep or keep_names, remove_names
+            if sched is not None and sched.ranked:  # rank once on the calibration data, remove the least important
+                keep, info = keep_for_schedule(model, sched, pipe.calibration(), cfg.seed, importance=importance)
+                remove = None
+                steps.append({"step": 1, "present": list(present), "ranking": info[f"ranking_{sched.kind}"]})
+            m, c, mt = pipe.candidate(model, label, keep=keep, remove=remove)
             candidates.append(c)
             models[label] = (m, mt)
             chosen = c

@@ -4,6 +4,9 @@ least important module, fine-tunes with the training module's loop (:func:`spike
 and evaluates accuracy, parameters and energy (:func:`spikelite.energy.measure`) until an
 accuracy-drop or energy budget is met. Every candidate lands in a table like the paper's Table 3.
 
+Besides its meta-strategies (:data:`META_STRATEGIES`) a strategy may be any schedule of
+:mod:`.schedules` (``ablation-25%``, ``keep:fire4+fire6``, a paper name ...): one candidate.
+
 This module holds the vocabulary and the search: :data:`STRATEGIES`, :class:`PruneConfig`,
 :func:`parse_energy_budget`, the result rows (:class:`Candidate`, :class:`PruneResult`,
 :func:`candidate_table`) and :func:`greedy_search`; :mod:`.pipeline` runs them on a checkpoint.
@@ -22,6 +25,7 @@ from torch import nn
 
 from ..errors import SpikeliteError
 from .importance import ImportanceReport
+from .schedules import SCHEDULE_GRAMMAR, Schedule, parse_schedule
 from .subject import PAPER_SCHEDULES
 
 def parse_energy_budget(value) -> tuple[str, float]:
@@ -53,14 +57,17 @@ def parse_energy_budget(value) -> tuple[str, float]:
     return "mj", x * {"mj": 1.0, "uj": 1e-3, "µj": 1e-3, "nj": 1e-6}[unit]
 
 
-STRATEGIES = ("keep", "paper", "greedy", "importance", *PAPER_SCHEDULES)
+# keep (with keep/remove), paper (every paper schedule), greedy (a search), importance (the report only)
+META_STRATEGIES = ("keep", "paper", "greedy", "importance")
+# the named strategies; any schedule text (parse_schedule: ablation-25%, keep:a+b ...) is one too
+STRATEGIES = (*META_STRATEGIES, *PAPER_SCHEDULES)
 
 
 @dataclasses.dataclass
 class PruneConfig:
     """Settings of :func:`run_pruning` (``spikelite prune``)."""
 
-    strategy: str = "greedy"  # keep | paper | greedy | importance | head-1 ... ref-2
+    strategy: str = "greedy"  # keep | paper | greedy | importance, or a schedule: head-1 ... ref-2, ablation-K ...
     keep: list[str] | None = None  # strategy keep: the modules to keep (or:)
     remove: list[str] | None = None  # strategy keep: the modules to remove
     max_drop: float | None = None  # greedy: largest accepted accuracy drop (points) from the unpruned model
@@ -81,9 +88,13 @@ class PruneConfig:
     quiet: bool = False
 
     def __post_init__(self):
-        self.strategy = str(self.strategy).lower()
-        if self.strategy not in STRATEGIES:
-            raise SpikeliteError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        self.strategy = str(self.strategy).strip().lower()
+        if self.strategy not in META_STRATEGIES:
+            try:
+                self.strategy = parse_schedule(self.strategy).label  # the canonical spelling
+            except SpikeliteError:
+                raise SpikeliteError(f"unknown strategy {self.strategy!r}; choose {', '.join(META_STRATEGIES)} or "
+                                     f"a schedule: {SCHEDULE_GRAMMAR}") from None
         if self.keep is not None and self.remove is not None:
             raise SpikeliteError("give --keep or --remove, not both")
         if self.strategy == "keep" and self.keep is None and self.remove is None:
@@ -113,6 +124,12 @@ class PruneConfig:
         from ..energy import get_profile
 
         get_profile(self.profile)
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """The strategy as a :class:`Schedule` when it is one candidate's schedule (None for keep,
+        paper, greedy and importance; keep's sets are :attr:`keep` / :attr:`remove`)."""
+        return None if self.strategy in META_STRATEGIES else parse_schedule(self.strategy)
 
 
 @dataclasses.dataclass
