@@ -44,6 +44,7 @@ __all__ = [
     "describe_model",
     "checkpoint_data",
     "unwrap",
+    "model_from_checkpoint",
     "REBUILD_HOOKS",
 ]
 
@@ -222,7 +223,9 @@ def rebuild_model(meta: dict) -> nn.Module:
     return model
 
 
-def _model_from_checkpoint(ckpt: dict, where: str) -> nn.Module:
+def model_from_checkpoint(ckpt: dict, where: str) -> nn.Module:
+    """The network a raw checkpoint dict (:func:`read_checkpoint`) describes, its weights loaded; ``where``
+    names the checkpoint in errors."""
     model = rebuild_model(ckpt)
     sd = collections.OrderedDict(ckpt["state_dict"])
     # the module versions the weights were saved with; older checkpoints lack them: the rebuilt
@@ -242,7 +245,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     mode on ``device``; ``meta`` is the checkpoint without ``state_dict`` and ``train_state``
     (``kind``, ``model_spec``, ``snn``, ``prune``, ``data``, ``config``, ``metrics``, ``history`` …)."""
     ckpt = read_checkpoint(path)
-    model = _model_from_checkpoint(ckpt, str(path))
+    model = model_from_checkpoint(ckpt, str(path))
     model.to(device).eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "state_dict_metadata", "train_state")}
     return model, meta

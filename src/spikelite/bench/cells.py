@@ -351,22 +351,12 @@ class _Stage:
 
 
 def _load_split_for(meta: dict, root: str | None, split: str, subset: int | None, seed: int):
-    """One split of a checkpoint's dataset, normalised with the checkpoint's statistics."""
-    from ..data import load_split, stratified_split
+    """One split of a checkpoint's dataset (:func:`~spikelite.checkpoint.checkpoint_data`: normalised with
+    the checkpoint's statistics, checked against its classes), ``subset`` images of it (stratified)."""
+    from ..checkpoint import checkpoint_data
+    from ..data import stratified_split
 
-    info = meta.get("data") or {}
-    spec = meta["model_spec"]
-    name = info.get("dataset")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*normalising its test split with its own statistics")
-        data = load_split(name, None if name == "digits" else root, split, val_size=info.get("val_size"),
-                          seed=int(info.get("split_seed") or 0),
-                          image_size=info.get("image_size") or spec.get("image_size"),
-                          channels=info.get("in_chans") or spec.get("in_chans"))
-    if info.get("classes") is not None and list(info["classes"]) != list(data.classes):
-        raise SpikeliteError(f"the {split} split of {name} at {root} has other classes than the checkpoint")
-    if info.get("mean") and info.get("std"):
-        data = dataclasses.replace(data, mean=tuple(info["mean"]), std=tuple(info["std"]))
+    data, _ = checkpoint_data(meta, f"the checkpoint of {meta['model_spec'].get('name')}", split, data_root=root)
     if subset is not None and subset < len(data):
         _, idx = stratified_split(data.labels, subset, seed)
         data = data.subset(idx)

@@ -95,9 +95,12 @@ class BenchModel:
         return get_entry(self.name).family
 
 
-# DataConfig keys a dataset entry may set (besides name, root and label).
-_DATASET_KEYS = ("val_size", "split_seed", "image_size", "channels", "augment", "cache_dir", "download",
-                 "train_subset", "val_subset", "eval_batch_size")
+def _dataset_keys() -> tuple[str, ...]:
+    """The training recipe's data keys a dataset entry may set (besides name, root and label): the fields
+    of :class:`spikelite.train.DataConfig` but ``dataset`` and ``root``."""
+    from ..train import DataConfig
+
+    return tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in ("dataset", "root"))
 
 
 @dataclasses.dataclass
@@ -419,7 +422,7 @@ def _parse_dataset(item, i: int, problems: list[str], roots: dict[str, str]) -> 
         problems.append(f"{where} must be a dataset name or a mapping with name/root/label and data options, "
                         f"got {item!r}")
         return None
-    valid = ("name", "root", "label", *_DATASET_KEYS)
+    valid = ("name", "root", "label", *_dataset_keys())
     unknown = [k for k in item if k not in valid]
     if unknown:
         problems.append(f"unknown key(s) {', '.join(repr(k) for k in unknown)} in {where}; valid keys: "
@@ -428,10 +431,10 @@ def _parse_dataset(item, i: int, problems: list[str], roots: dict[str, str]) -> 
     if not isinstance(name, str) or not name:
         problems.append(f"{where} has no dataset name")
         return None
-    from ..data.datasets import _canonical
+    from ..data import canonical_name
 
     try:
-        canon = _canonical(name)
+        canon = canonical_name(name)
     except SpikeliteError as exc:
         problems.append(f"{where}: {exc}")
         return None
@@ -455,7 +458,7 @@ def _parse_dataset(item, i: int, problems: list[str], roots: dict[str, str]) -> 
                 root = None
             else:
                 root = expanded
-    options = {k: item[k] for k in _DATASET_KEYS if k in item}
+    options = {k: item[k] for k in _dataset_keys() if k in item}
     return DatasetEntry(canon, root, options, str(label))
 
 

@@ -14,7 +14,7 @@ from ..data import DATASETS
 from ..errors import SpikeliteError
 from ._flags import add_data, add_json, add_runtime, apply_runtime
 from ..train import MODES, evaluate_checkpoint, load_config, train
-from ..train.runtime import _Dist
+from ..train.runtime import is_main_process
 
 # ----------------------------------------------------------------------------------------------
 # CLI
@@ -150,7 +150,7 @@ def _cli_train(args: argparse.Namespace) -> int:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     summary = train(cfg, resume=args.resume)
-    if _Dist().main and not cfg.quiet:
+    if is_main_process() and not cfg.quiet:
         final = summary.get("final") or {}
         if final.get("val_acc") is not None:
             print(f"done: val acc {100 * final['val_acc']:.2f}%, macro-F1 {final['val_f1']:.4f}; "

@@ -36,7 +36,7 @@ The package, lowest first: :mod:`.images` (names, classes, statistics, :class:`I
 from __future__ import annotations
 
 from .cache import clear_memory_cache, default_cache_dir
-from .datasets import load_split, read_idx
+from .datasets import canonical_name, load_split, read_idx
 from .images import (CIFAR10_CLASSES, CIFAR100_CLASSES, DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_SYSTEM_ROOT,
                      SPLITS, ImageData, stratified_split)
 from .loader import Augment, BatchLoader, default_augment
@@ -48,6 +48,7 @@ __all__ = [
     "Augment",
     "BatchLoader",
     "load_split",
+    "canonical_name",
     "stratified_split",
     "default_augment",
     "default_cache_dir",

@@ -452,7 +452,8 @@ _DEFAULT_SIZE = {"digits": 32}
 _DEFAULT_CHANNELS = {"fashion-mnist": 1}
 
 
-def _canonical(name) -> str:
+def canonical_name(name) -> str:
+    """The dataset's name as spikelite spells it (aliases and case folded: ``CIFAR-10`` is ``cifar10``)."""
     if not isinstance(name, str):
         raise SpikeliteError(f"dataset name must be a string, one of {', '.join(DATASETS)}; got {name!r}")
     key = name.strip().lower()
@@ -486,7 +487,7 @@ def load_split(name: str, root: str | None, split: str, *, val_size: float | int
         channels: 1 or 3; grey datasets replicate their channel to 3 (digits defaults to 3,
             fashion-mnist to 1); imagefolder decodes to grey for 1. RGB datasets take only 3.
     """
-    key = _canonical(name)
+    key = canonical_name(name)
     if split not in SPLITS:
         raise SpikeliteError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     seed = _check_int("seed", seed)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import SpikeliteError
-from .datasets import _canonical
+from .datasets import canonical_name
 from .images import ImageData, _check_int, _seed_from
 
 # ----------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def default_augment(name: str, image_size: int | None = None) -> Augment:
     """The usual training augmentation for a dataset: flip + crop with padding size/8 (4 px at 32x32,
     8 px for Tiny ImageNet's 64x64); digits are not flipped (a mirrored digit is not a digit) and get a
     size/16 crop padding (2 px at 32x32, half a pixel of the original 8x8)."""
-    key = _canonical(name)
+    key = canonical_name(name)
     size = image_size or {"tinyimagenet": 64, "fashion-mnist": 28}.get(key, 32)
     pad = max(1, size // 8)
     if key == "digits":

@@ -7,7 +7,6 @@ See docs/pruning.md.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import re
@@ -36,7 +35,8 @@ from .subject import PAPER_SCHEDULES, _subject
 
 
 def _load_data(meta: dict, data_root: str | None, dataset: str | None, cfg: PruneConfig):
-    from ..data import load_split, stratified_split
+    from ..checkpoint import checkpoint_data
+    from ..data import stratified_split
 
     info = meta.get("data") or {}
     name = dataset or info.get("dataset")
@@ -50,24 +50,8 @@ def _load_data(meta: dict, data_root: str | None, dataset: str | None, cfg: Prun
         raise SpikeliteError(f"where is {name}? pass --data DIR (the checkpoint records no dataset folder)")
     elif not Path(root).expanduser().exists():
         raise SpikeliteError(f"--data {root!r} does not exist")
-    spec = meta["model_spec"]
-    kw = dict(val_size=info.get("val_size"), seed=int(info.get("split_seed") or 0),
-              image_size=info.get("image_size") or spec.get("image_size"),
-              channels=info.get("in_chans") or spec.get("in_chans"))
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train_data = load_split(name, root, "train", **kw)
-        val_data = load_split(name, root, "val", **kw)
-    if info.get("mean") and info.get("std"):  # normalise exactly as in training
-        train_data = dataclasses.replace(train_data, mean=tuple(info["mean"]), std=tuple(info["std"]))
-        val_data = dataclasses.replace(val_data, mean=tuple(info["mean"]), std=tuple(info["std"]))
-    if train_data.num_classes != spec.get("num_classes"):
-        raise SpikeliteError(f"{train_data.name} has {train_data.num_classes} classes but the checkpoint's model has "
-                             f"{spec.get('num_classes')}: wrong dataset for this checkpoint")
-    if info.get("classes") is not None and list(info["classes"]) != list(train_data.classes):
-        raise SpikeliteError(f"the classes of {train_data.name} differ from the checkpoint's")
+    train_data, _ = checkpoint_data(meta, "the checkpoint", "train", data_root=root, dataset=name)
+    val_data, _ = checkpoint_data(meta, "the checkpoint", "val", data_root=root, dataset=name)
     if cfg.val_subset is not None and cfg.val_subset < len(val_data):
         _, idx = stratified_split(val_data.labels, cfg.val_subset, cfg.seed)
         val_data = val_data.subset(idx)

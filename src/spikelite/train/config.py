@@ -61,9 +61,9 @@ class DataConfig:
 
     def __post_init__(self):
         _coerce_fields(self, "data")
-        from ..data.datasets import _canonical
+        from ..data import canonical_name
 
-        self.dataset = _canonical(self.dataset)
+        self.dataset = canonical_name(self.dataset)
         if self.augment != "auto":
             self.augment = Augment.from_name(self.augment).name
         for key in ("train_subset", "val_subset", "image_size"):

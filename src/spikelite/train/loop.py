@@ -17,7 +17,7 @@ from torch import nn
 
 from .._io import atomic_write
 from ..allocator import apply_malloc_mode
-from ..checkpoint import _model_from_checkpoint, describe_model, load_model, read_checkpoint, save_checkpoint
+from ..checkpoint import model_from_checkpoint, describe_model, load_model, read_checkpoint, save_checkpoint
 from ..data import Augment, BatchLoader, ImageData, default_augment
 from ..errors import SpikeliteError
 from ..snn import SpikingNet
@@ -199,7 +199,7 @@ class _Run:
             stored_info = self.resume_ckpt.get("data") or {}
             if stored_info.get("classes") not in (None, self.data_info["classes"]):
                 raise SpikeliteError(f"the data at {cfg.data.root} has other classes than the run being resumed")
-            model = _model_from_checkpoint(self.resume_ckpt, str(self.last_path))
+            model = model_from_checkpoint(self.resume_ckpt, str(self.last_path))
             if isinstance(model, SpikingNet):
                 model.T = cfg.snn.T  # the checkpoint records snn.eval_T when that is set: train at T
         else:

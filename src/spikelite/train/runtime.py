@@ -117,6 +117,11 @@ class _Dist:
             dist.barrier()
 
 
+def is_main_process() -> bool:
+    """False on the ranks of a ``torchrun`` run other than 0 (the one that writes and prints)."""
+    return _Dist().main
+
+
 def _resolve_device(spec: str, dist_env: _Dist) -> torch.device:
     device = resolve_device(spec)
     if device.type == "cuda":
