@@ -252,6 +252,37 @@ def test_spikelite_convert_on_a_trained_digits_cnn(tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_rate_r_carries_r_times_T_levels_a_qcfs_cnn_with_L_levels_converts_exactly_at_T_L_over_r():
+    """``rate=r``: up to r spikes per step on average, thresholds divided by r; a QCFS CNN with L = 8 levels is
+    computed exactly at T = 4 (r = 2) as at T = 8 (r = 1), and not at T = 4 with r = 1."""
+    torch.manual_seed(0)
+    cnn = create_model("mnasnet_b1", num_classes=10, image_size=32, width=0.2, act_levels=8, act_threshold=1.0)
+    x = torch.randn(6, 3, 32, 32)
+    _settle_bn(cnn, x)
+    for m in cnn.modules():
+        if isinstance(m, QCFS):
+            m.set_threshold(0.5 + 1.5 * float(torch.rand(())))
+    with torch.no_grad():
+        cnn.classifier[-1].weight.normal_(0, 0.1)
+        want = cnn(x)
+    errs = {}
+    for T, rate, burst in ((4, 2, 8), (8, 1, 8), (4, 1, 4)):
+        snn = convert(cnn, T=T, burst=burst, rate=rate).eval()
+        with torch.no_grad():
+            errs[(T, rate)] = float((snn(x) - want).abs().max())
+        if rate == 2:
+            lam = sorted(float(m.threshold) for m in cnn.modules() if isinstance(m, QCFS))
+            got = sorted(float(a.neuron.v_threshold) for _, a in snn.spiking_layers())
+            assert got == pytest.approx([v / 2 for v in lam])  # thresholds (and amplitudes) halved
+            assert snn.spiking_layers()[0][1].neuron.config()["rate"] == 2
+    assert errs[(4, 2)] < 1e-5 and errs[(8, 1)] < 1e-5 and errs[(4, 1)] > 1e-2, errs
+    # a step cannot carry more spikes than its burst
+    with pytest.raises(SpikeliteError, match="needs burst >= 2"):
+        ConversionIF(rate=2)
+    with pytest.raises(SpikeliteError, match="rate"):
+        ConversionIF(burst=2, rate=0)
+
+
 def test_bursts_make_the_snn_at_T_equal_L_the_qcfs_cnn_and_count_as_that_many_events():
     """With bursts (up to ``burst`` spikes per step, the count never above t) every layer's count after T
     steps is exactly clamp(round(Σx/θ), 0, T): the SNN at T = L computes its QCFS CNN exactly."""

@@ -32,7 +32,7 @@ def _images(data) -> torch.Tensor:
 
 def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None = None, dataset: str | None = None,
                        calibration_size: int = 256, percentile: float = 99.9, signed: bool = True,
-                       v_init: float = 0.5, burst: int = 1, bias_correction: bool = False, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
+                       v_init: float = 0.5, burst: int = 1, rate: int = 1, bias_correction: bool = False, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
                        force: bool = False, log=print) -> dict:
     """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
     (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
@@ -56,7 +56,8 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     _, idx = stratified_split(train_data.labels, n_cal, seed) if n_cal < len(train_data) else (None, torch.arange(len(train_data)))
     calibration = _images(train_data.subset(idx))
     t0 = time.perf_counter()
-    snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init, burst=burst)
+    snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init, burst=burst,
+                  rate=rate)
     corrected = 0
     if bias_correction:  # on another draw of training images: on the thresholds' own images it corrected less
         _, bidx = stratified_split(train_data.labels, n_cal, seed + 1) if n_cal < len(train_data) else (None, idx)
@@ -68,7 +69,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     save_meta["metrics"] = None
     save_meta["source_checkpoint"] = {"path": src, "kind": "cnn", "metrics": meta.get("metrics")}
     save_meta["conversion"] = {"method": "convert", "T": T, "percentile": percentile, "signed": signed,
-                               "v_init": v_init, "burst": burst, "bias_corrected_layers": corrected, "calibration_images": n_cal, "calibration_seed": seed,
+                               "v_init": v_init, "burst": burst, "rate": rate, "bias_corrected_layers": corrected, "calibration_images": n_cal, "calibration_seed": seed,
                                "thresholds": thresholds}
     summary = {"checkpoint": str(out_path), "source": src, "T": T, "seconds": seconds, "thresholds": thresholds}
     if check:
@@ -104,7 +105,7 @@ def _cli(args: argparse.Namespace) -> int:
     summary = convert_checkpoint(
         args.checkpoint, args.out, T=args.T, data_root=args.data, dataset=args.dataset,
         calibration_size=args.calibration_size, percentile=args.percentile, signed=not args.unsigned,
-        v_init=args.v_init, burst=args.burst, bias_correction=args.bias_correction, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
+        v_init=args.v_init, burst=args.burst, rate=args.rate, bias_correction=args.bias_correction, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
         log=(lambda *a: None) if quiet else print)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -134,6 +135,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                                                              "threshold (default 0.5)")
     p.add_argument("--burst", type=int, default=1, help="spikes per step at most (default 1; with --burst >= T a "
                                                        "QCFS CNN with T levels converts exactly)")
+    p.add_argument("--rate", type=int, default=1,
+                   help="spikes per step on average at most (default 1; thresholds divided by it, needs --burst >= "
+                        "rate): with --rate r and --burst >= r*T a QCFS CNN with r*T levels converts exactly at T")
     p.add_argument("--bias-correction", action="store_true",
                    help="after converting, shift each neuron's input so its mean output per channel matches the "
                         "CNN's on the calibration images, at --T (SNN calibration)")

@@ -12,13 +12,14 @@ from torch import fx, nn
 
 from ..errors import SpikeliteError
 from .layers import TimeBroadcast, _is_activation_module
+from .neuron import ConversionIF
 from .net import _MAX_POOL_FUNCTIONS, SpikingNet, _first_call, _owner_path, spikify
 
 __all__ = ["convert", "correct_bias", "layer_errors"]
 
 def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = None, *, percentile: float = 99.9,
             signed: bool = True, v_init: float = 0.5, encoding: str = "direct",
-            neuron: dict | None = None, burst: int = 1) -> SpikingNet:
+            neuron: dict | None = None, burst: int = 1, rate: int = 1) -> SpikingNet:
     """Convert a trained CNN into a rate-coded SNN that converges to it as T grows (no training).
 
     Every activation becomes a :class:`~spikelite.snn.ConversionIF` layer: soft reset, membrane
@@ -33,7 +34,9 @@ def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = Non
     the maximum (build the model with average pooling, ``pool="avg"``). ``burst``: up to that many spikes
     per step (a neuron that received its charge late catches up; its count never exceeds t): with
     ``burst >= T`` every layer's count after T steps is exactly ``clamp(round(Σx/θ), 0, T)``, so a QCFS CNN
-    with L levels converts exactly at T = L. ``neuron``: further
+    with L levels converts exactly at T = L. ``rate=r`` (with ``burst >= r``): up to r spikes per step on
+    average, thresholds divided by r, so T steps carry ``r·T`` levels and a QCFS CNN with ``L = r·T`` levels
+    converts exactly at T = L / r (e.g. L = 8 at T = 4 with r = 2, burst 8). ``neuron``: further
     :class:`~spikelite.snn.ConversionIF` options for fine-tuning (``surrogate``, ``detach_reset``,
     ``learn_threshold``).
     """
@@ -56,7 +59,9 @@ def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = Non
     kind = str(extra.pop("kind", "conversion_if")).lower()
     if kind != "conversion_if":
         raise SpikeliteError(f"convert builds ConversionIF neurons (kind 'conversion_if'), not {kind!r}")
-    neuron = {**extra, "kind": "conversion_if", "v_init": v_init, "signed": signed, "burst": extra.get("burst", burst)}
+    rate = extra.pop("rate", rate)
+    neuron = {**extra, "kind": "conversion_if", "v_init": v_init, "signed": signed, "burst": extra.get("burst", burst),
+              "rate": rate}
     net = spikify(model, T=T, neuron=neuron, encoding=encoding, balance=percentile, calibration=calibration,
                   balance_mode="cnn")
     pools = list(net._temporal_maxpools)
@@ -66,6 +71,10 @@ def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = Non
         raise SpikeliteError(
             f"cannot convert max-pooling of spike trains exactly ({', '.join(pools[:3])}): the maximum of spike "
             "trains is not the spike train of the maximum. Use average pooling (zoo models: pool=avg)")
+    if rate > 1:  # r spikes per step on average: the thresholds (and spike amplitudes) are the CNN's / r
+        for m in net.modules():
+            if isinstance(m, ConversionIF):
+                m.set_threshold(float(m.v_threshold) / rate)
     return net
 
 

@@ -534,9 +534,12 @@ class ConversionIF(nn.Module):
       tracks ``clamp(round(Σx/θ), 0, t)`` instead of overshooting it. A negative spike is an event like a
       positive one (one AC per synapse in the energy model); hardware needs a ternary spike for it.
 
-    ``burst=B``: up to B spikes per step (``S_t = clamp(floor(H_t/θ), -C_{t-1} or 0, min(B, t - C_{t-1}))``),
-    the count never above t: a neuron whose charge arrived late catches up, and with ``B >= T`` the count is
-    exactly ``clamp(round(Σx/θ), 0, T)`` at every step.
+    ``burst=B``: up to B spikes per step (``S_t = clamp(floor(H_t/θ), -C_{t-1} or 0, min(B, r·t - C_{t-1}))``),
+    the count never above ``r·t``: a neuron whose charge arrived late catches up, and with ``B >= r·T`` the
+    count is exactly ``clamp(round(Σx/θ), 0, r·T)`` at every step. ``rate=r`` (default 1, needs ``B >= r``):
+    up to r spikes per step on average, so T steps carry ``r·T`` levels; :func:`~spikelite.snn.convert` then
+    divides every threshold by r, and a QCFS CNN with ``L = r·T`` levels converts exactly at T steps (burst
+    spikes, each one event in the energy model).
 
     Gradients for fine-tuning: the rate code's straight-through gradient, step by step — the identity from
     a step's output to its input while the running input keeps the count unclipped, none through the
@@ -549,11 +552,18 @@ class ConversionIF(nn.Module):
     binary_spikes = False  # outputs are 0 and ±θ: compact spike storage must not pack them as 0/1
 
     def __init__(self, v_threshold: float = 1.0, v_init: float = 0.5, signed: bool = True,
-                 learn_threshold: bool = False, burst: int = 1):
+                 learn_threshold: bool = False, burst: int = 1, rate: int = 1):
         super().__init__()
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise SpikeliteError(f"ConversionIF: burst (spikes per step at most) must be an integer >= 1, got {burst!r}")
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+            raise SpikeliteError(f"ConversionIF: rate (spikes per step on average at most) must be an integer >= 1, "
+                                 f"got {rate!r}")
+        if rate > burst:
+            raise SpikeliteError(f"ConversionIF: rate {rate} needs burst >= {rate} (a step cannot carry more spikes "
+                                 "than its burst)")
         self.burst = burst
+        self.rate = rate
         if not (float(v_threshold) > 0) or not math.isfinite(float(v_threshold)):
             raise SpikeliteError(f"ConversionIF: v_threshold must be a positive number, got {v_threshold}")
         v_init = float(v_init)
@@ -591,10 +601,10 @@ class ConversionIF(nn.Module):
         count = torch.zeros_like(v) if (self.signed or self.burst > 1) else None
         for t in range(x_seq.shape[0]):
             v.add_(x_seq[t])
-            if self.burst > 1:  # as many spikes as the membrane holds thresholds, at most burst, count <= t
+            if self.burst > 1:  # as many spikes as the membrane holds thresholds, at most burst, count <= rate*t
                 s = torch.floor(v / th)
                 lo = -count if self.signed else torch.zeros_like(count)
-                s = torch.minimum(torch.maximum(s, lo), (t + 1 - count).clamp(max=self.burst))
+                s = torch.minimum(torch.maximum(s, lo), (self.rate * (t + 1) - count).clamp(max=self.burst))
                 count.add_(s)
             else:
                 s = (v >= th).to(v.dtype)
@@ -623,7 +633,8 @@ class ConversionIF(nn.Module):
                 total = total + x
                 if self.burst > 1:
                     lo = -count if self.signed else torch.zeros_like(count)
-                    k = torch.minimum(torch.maximum(torch.floor(h / th), lo), (t + 1 - count).clamp(max=self.burst))
+                    k = torch.minimum(torch.maximum(torch.floor(h / th), lo),
+                                      (self.rate * (t + 1) - count).clamp(max=self.burst))
                 else:
                     k = (h >= th).to(h.dtype)
                     if self.signed:
@@ -631,16 +642,17 @@ class ConversionIF(nn.Module):
                 if count is not None:
                     count = count + k
                 v = h - k * th
-                inside = ((total >= 0) & (total <= (t + 1) * th)).to(x.dtype)
+                inside = ((total >= 0) & (total <= self.rate * (t + 1) * th)).to(x.dtype)
             outs.append(k * th + (x - x.detach()) * inside)
         return torch.stack(outs)
 
     def config(self) -> dict:
         """Constructor arguments that rebuild this neuron (the thresholds live in the state_dict)."""
         return {"kind": "conversion_if", "v_threshold": float(self.v_threshold.detach()), "v_init": self.v_init,
-                "signed": self.signed, "learn_threshold": self.learn_threshold, "burst": self.burst}
+                "signed": self.signed, "learn_threshold": self.learn_threshold, "burst": self.burst,
+                "rate": self.rate}
 
     def extra_repr(self) -> str:
         return (f"v_threshold={float(self.v_threshold.detach()):.4g}, v_init={self.v_init:g}, signed={self.signed}"
-                + (f", burst={self.burst}" if self.burst > 1 else "")
+                + (f", burst={self.burst}" if self.burst > 1 else "") + (f", rate={self.rate}" if self.rate > 1 else "")
                 + (", learn_threshold" if self.learn_threshold else ""))
