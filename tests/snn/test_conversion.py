@@ -19,7 +19,7 @@ from spikelite.snn import neuron
 from spikelite import checkpoint as C
 from spikelite import train as T
 from spikelite.cli import main as cli_main
-from spikelite.snn import SpikingNet, convert, layer_errors, spikify
+from spikelite.snn import SpikingNet, convert, layer_errors
 from spikelite.energy import measure
 from spikelite.models import create_model
 from spikelite.snn import QCFS, ConversionIF
@@ -266,10 +266,10 @@ def test_rate_r_carries_r_times_T_levels_a_qcfs_cnn_with_L_levels_converts_exact
         cnn.classifier[-1].weight.normal_(0, 0.1)
         want = cnn(x)
     errs = {}
-    for T, rate, burst in ((4, 2, 8), (8, 1, 8), (4, 1, 4)):
-        snn = convert(cnn, T=T, burst=burst, rate=rate).eval()
+    for steps, rate, burst in ((4, 2, 8), (8, 1, 8), (4, 1, 4)):
+        snn = convert(cnn, T=steps, burst=burst, rate=rate).eval()
         with torch.no_grad():
-            errs[(T, rate)] = float((snn(x) - want).abs().max())
+            errs[(steps, rate)] = float((snn(x) - want).abs().max())
         if rate == 2:
             lam = sorted(float(m.threshold) for m in cnn.modules() if isinstance(m, QCFS))
             got = sorted(float(a.neuron.v_threshold) for _, a in snn.spiking_layers())
