@@ -6,6 +6,8 @@
 - :func:`read_json` / :func:`write_json`.
 - :func:`parse_value` reads a ``KEY=VALUE`` flag's value as YAML would, and :func:`set_dotted` sets a
   ``section.key`` path in a nested dict; the CLI's ``--set`` flags and bench specs share them.
+- :func:`run_lock`: one writer per output folder (train, bench and prune take it for their run's
+  lifetime); :func:`exclusive_lock`: wait for a file lock (one build of the native operator).
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
 from .errors import SpikeliteError
 
-__all__ = ["atomic_write", "read_json", "write_json", "read_yaml_mapping", "parse_value", "set_dotted", "plain"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the locks below do nothing there
+    fcntl = None
+
+__all__ = ["atomic_write", "read_json", "write_json", "read_yaml_mapping", "parse_value", "set_dotted", "plain",
+           "run_lock", "exclusive_lock", "file_mode"]
 
 Payload = Union[bytes, str, Callable[[BinaryIO], None]]
 
@@ -30,6 +38,12 @@ def _file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask: for writers that cannot go through
+    :func:`atomic_write` but make their file with ``mkstemp`` (0600) too."""
+    return _file_mode()
 
 
 def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
@@ -144,3 +158,138 @@ def plain(obj):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# Locks: one writer per run folder, one builder per cached library
+# ----------------------------------------------------------------------------------------------
+#
+# An exclusive flock(2) on a small file. The kernel drops it when its process ends, however it ends, so
+# a kill -9 leaves nothing that blocks the next run; the file itself (which may stay behind after such
+# a kill) is only a place to lock and a note of who holds it. The holder deletes the file before it lets
+# go; a process that locked the old file meanwhile sees that the path now names another file (or none)
+# and locks again, so two processes never both believe they hold the lock. Where flock is unavailable
+# (no fcntl module: Windows) or refused (ENOLCK on some network file systems) the locks do nothing.
+
+
+def _acquire(path: Path, wait: bool) -> int | None:
+    """A descriptor holding an exclusive lock on ``path`` (created if missing); None when another
+    process holds it and ``wait`` is false, or when this file system cannot lock (-1 then)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, _file_mode())
+        except FileNotFoundError:  # the folder went away between mkdir and open: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:  # no locks on this file system: proceed unlocked
+            os.close(fd)
+            return -1
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path)
+            held = os.fstat(fd)
+            same = (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev)
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the previous holder removed the file as it let go: lock the file at the path now
+
+
+def _release(path: Path, fd: int) -> None:
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock on ``path``, from the note its holder wrote into it."""
+    try:
+        note = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        note = {}
+    if not isinstance(note, dict) or not note.get("pid"):
+        return "another process"
+    where = f"pid {note['pid']}" + (f" on {note['host']}" if note.get("host") else "")
+    if note.get("since"):
+        where += f", since {note['since']}"
+    what = note.get("what") or "another process"
+    command = f"; command: {note['command']}" if note.get("command") else ""
+    return f"{what} ({where}{command})"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike, what: str, *, name: str = ".lock",
+             instead: str = "choose another output folder") -> Iterator[Path]:
+    """Hold ``<folder>/<name>`` exclusively while the block runs: the one writer of a run folder.
+
+    ``what`` names this process in the note the lock file holds (e.g. "spikelite train"), beside its
+    pid, host, start time and command line; a second process that asks for the same lock fails at once
+    with a :class:`SpikeliteError` that quotes that note and ends with ``instead`` (what to do). The
+    folder is created if missing, and removed again when the block leaves it empty. The lock goes with
+    the process that holds it, so a killed run blocks nothing (docs/reliability.md). Without flock
+    (Windows, or a file system that refuses it) nothing is locked."""
+    import datetime
+    import socket
+    import sys
+
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpikeliteError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+    path = folder / name
+    fd = -1
+    if fcntl is not None:
+        try:
+            fd = _acquire(path, wait=False)
+        except OSError as exc:
+            raise SpikeliteError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+        if fd is None:
+            raise SpikeliteError(f"{folder} is in use by {_holder(path)}: a folder takes one writer at a time; "
+                                 f"wait for that process to end, or {instead}")
+        if fd >= 0:
+            note = {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+                    "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "command": " ".join(sys.argv)}
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(note) + "\n").encode(), 0)
+    try:
+        yield path
+    finally:
+        _release(path, fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when nothing was written into it
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` while the block runs, waiting for another holder to
+    let go first (``on_wait`` is called once before such a wait). The file is created if missing and
+    removed on release; a process killed while holding it blocks nothing. Without flock it does nothing."""
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(path, wait=False)
+    if fd is None:
+        if on_wait is not None:
+            on_wait()
+        fd = _acquire(path, wait=True)
+    try:
+        yield
+    finally:
+        _release(path, fd)

@@ -7,7 +7,15 @@ encoding and neuron settings), ``prune`` (the macro modules kept), what the writ
 ``train_state``. :func:`load_model` rebuilds the network from the file alone; it reads with
 ``torch.load(weights_only=True)``, so a checkpoint can never run code.
 
-- :func:`save_checkpoint` (atomic), :func:`read_checkpoint` (the raw dict, checked),
+Every checkpoint carries ``checksum``: ``{"algorithm": "sha256", "digest": ...}``, a SHA-256 over all its
+other entries (tensors by dtype, shape and bytes; dict keys in sorted order; see :func:`payload_digest`),
+verified by :func:`read_checkpoint`: a file whose bytes changed after it was written (a disk or copy error,
+an edit by hand) is refused as damaged. The checksum is an addition to format version 1, not a new
+version: spikelite versions without it read these files unchanged, and files written before it (no
+``checksum`` entry) still load, with one warning per file that they cannot be checked.
+
+- :func:`save_checkpoint` (atomic), :func:`read_checkpoint` (the raw dict, checked and its checksum
+  verified), :func:`write_checkpoint` (a raw dict written back with a fresh checksum),
   :func:`rebuild_model` (the untrained network a checkpoint describes), :func:`load_model` (``(model,
   meta)`` from a path), :func:`load_checkpoint` (timm's convention: weights from a path into a model).
 - :func:`checkpoint_data` — the split of the dataset a checkpoint was trained on, with its
@@ -19,6 +27,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -46,10 +55,14 @@ __all__ = [
     "unwrap",
     "model_from_checkpoint",
     "REBUILD_HOOKS",
+    "write_checkpoint",
+    "payload_digest",
+    "check_checkpoint_path",
 ]
 
 CHECKPOINT_FORMAT = "spikelite-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # the checksum entry is an addition readers of version 1 may ignore
+CHECKSUM_ALGORITHM = "sha256"
 KINDS = ("cnn", "snn")
 
 
@@ -136,18 +149,107 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, meta: dict | N
     ckpt["state_dict_metadata"] = {k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str, bool))}
                                    for k, v in getattr(sd, "_metadata", {}).items()}
     ckpt["train_state"] = train_state
+    return write_checkpoint(path, ckpt)
+
+
+def _feed(h, obj) -> None:
+    """Feed ``obj`` to the hash ``h`` in one canonical, unambiguous byte form (type tag, length, content)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu()
+        if t.is_quantized:
+            t = t.int_repr()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.resolve_conj().resolve_neg().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b"{%d:" % len(obj))
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, torch.Size):
+        h.update(f"S{tuple(obj)}".encode())
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"%s%d:" % (b"[" if isinstance(obj, list) else b"(", len(obj)))
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8", "surrogatepass")
+        h.update(b"s%d:" % len(b) + b)
+    elif isinstance(obj, bool) or obj is None:
+        h.update({True: b"b1", False: b"b0", None: b"n"}[obj])
+    elif isinstance(obj, int):
+        h.update(b"i%d;" % obj)
+    elif isinstance(obj, float):
+        h.update(b"f" + obj.hex().encode() + b";")
+    else:  # dtype, device; nothing else passes _check_plain
+        text = f"{type(obj).__name__}:{obj}".encode()
+        h.update(b"o%d:" % len(text) + text)
+
+
+def payload_digest(ckpt: dict) -> str:
+    """The SHA-256 hex digest of a checkpoint dict's entries other than ``checksum``: every tensor by dtype,
+    shape and bytes, every dict with its keys in sorted order. Deterministic: the same contents give the same
+    digest on every machine, whatever order the dict was built in."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ckpt.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def write_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
+    """Write a raw checkpoint dict (e.g. one from :func:`read_checkpoint` with an entry edited) atomically,
+    with a fresh ``checksum``; only tensors and plain containers are allowed (checked). Editing a checkpoint
+    and saving it with ``torch.save`` instead leaves the old checksum, and the file is then refused as damaged."""
+    path = Path(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SpikeliteError(f"write_checkpoint takes a spikelite checkpoint dict (format={CHECKPOINT_FORMAT!r})")
+    ckpt = {k: v for k, v in ckpt.items() if k != "checksum"}
     _check_plain(ckpt)
+    ckpt["checksum"] = {"algorithm": CHECKSUM_ALGORITHM, "digest": payload_digest(ckpt)}
     atomic_write(path, lambda f: torch.save(ckpt, f))
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict, read with ``weights_only=True``; a SpikeliteError for anything else."""
+def check_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it is an existing file; else a SpikeliteError saying what it is instead (missing,
+    or a directory: then naming the checkpoints in it)."""
     p = Path(path)
+    if p.is_dir():
+        found = sorted(q.name for q in p.glob("*.pt") if q.is_file())
+        hint = (f"; it holds {', '.join(found[:6])}{' …' if len(found) > 6 else ''}: name one of them" if found
+                else "; name the checkpoint file (.pt) itself")
+        raise SpikeliteError(f"checkpoint {p} is a directory, not a checkpoint file{hint}")
     if not p.exists():
         raise SpikeliteError(f"checkpoint {p} does not exist")
     if not p.is_file():
-        raise SpikeliteError(f"checkpoint {p} is not a file")
+        raise SpikeliteError(f"checkpoint {p} is not a regular file")
+    return p
+
+
+def _verify_checksum(obj: dict, p: Path) -> None:
+    stored = obj.get("checksum")
+    if stored is None:
+        warnings.warn(f"checkpoint {p} carries no checksum (written before spikelite stored one), so damage to it "
+                      "cannot be detected; write it again with spikelite.checkpoint.write_checkpoint("
+                      "path, read_checkpoint(path)) to add one", UserWarning, stacklevel=3)
+        return
+    if (not isinstance(stored, dict) or stored.get("algorithm") != CHECKSUM_ALGORITHM
+            or not isinstance(stored.get("digest"), str)):
+        raise SpikeliteError(f"checkpoint {p} is damaged: its checksum entry is unreadable ({str(stored)[:80]}); "
+                             "use another copy of it")
+    if payload_digest(obj) != stored["digest"]:
+        raise SpikeliteError(f"checkpoint {p} is damaged: its contents do not match the SHA-256 checksum stored in "
+                             "it (the file changed after it was written: a disk or copy error, or an edit saved "
+                             "with torch.save instead of write_checkpoint); use another copy of it")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict, read with ``weights_only=True`` and its checksum verified; a SpikeliteError for
+    anything else (a damaged file among them). A file without a checksum (written by an older spikelite)
+    loads with a warning."""
+    p = check_checkpoint_path(path)
     import zipfile
 
     if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; a cut-off one has no central directory
@@ -177,6 +279,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if missing or obj["kind"] not in KINDS or not isinstance(obj["state_dict"], dict):
         raise SpikeliteError(f"{p} is an incomplete spikelite checkpoint (missing or bad: "
                              f"{', '.join(missing) or 'kind/state_dict'})")
+    _verify_checksum(obj, p)
     if obj["kind"] == "snn" and not isinstance(obj.get("snn"), dict):
         raise SpikeliteError(f"{p}: an SNN checkpoint without its snn settings (T, encoding, neuron)")
     return obj
@@ -197,6 +300,17 @@ def _prune_hook(spec: dict, meta: dict) -> dict:
 
 
 REBUILD_HOOKS.append(_prune_hook)
+
+
+def _earlier_defaults_hook(spec: dict, meta: dict) -> dict:
+    """A spec recorded before an option's default changed, which does not name that option, rebuilds with
+    the earlier default (:func:`spikelite.models.recorded_spec`: SqueezeNet's ``pool`` was ``max``)."""
+    from .models import recorded_spec
+
+    return recorded_spec(spec)
+
+
+REBUILD_HOOKS.append(_earlier_defaults_hook)
 
 
 def rebuild_model(meta: dict) -> nn.Module:

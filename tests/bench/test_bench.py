@@ -202,7 +202,7 @@ def test_grid_expansion_and_dependencies():
     c1, c2 = B.cell_config(spec, cnn, Path("r")), B.cell_config(spec, snn, Path("r"))
     assert (c1.mode, c1.epochs, c1.optim.lr, c1.init_from) == ("cnn", 7, 0.2, None)
     assert (c2.mode, c2.epochs, c2.optim.lr, c2.snn.T, c2.data.image_size) == ("snn", 7, 0.01, 3, 8)
-    assert c2.init_from == str(Path("r") / "cells" / cnn.id / "last.pt")
+    assert c2.init_from == os.path.abspath(Path("r") / "cells" / cnn.id / "last.pt")  # absolute: see issue #28
     assert c2.quiet and not c2.tensorboard
     # distill: cnn (the default): the converted SNN learns from the CNN it starts from; the CNN from no one
     assert spec.distill == "cnn" and c2.distill.teacher == c2.init_from and c1.distill.teacher is None

@@ -239,7 +239,7 @@ def test_rate_encoded_input_makes_the_stem_ac():
 @pytest.fixture(scope="module")
 def squeeze_snn():
     torch.manual_seed(0)
-    cnn = create_model("squeezenet1_1")
+    cnn = create_model("squeezenet1_1", pool="max")  # max-pooled spikes stay spikes: only the stem reads values
     calib = torch.randn(16, 3, 32, 32)
     with torch.no_grad():  # give BN real statistics so the layers see realistic pre-activations
         cnn.train()

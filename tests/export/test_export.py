@@ -278,7 +278,7 @@ def test_mixnet_squeeze_excitation_is_refused_by_name(tmp_path):
 
 
 def test_squeezenet_max_pooling_is_refused_with_the_avg_option_named(tmp_path):
-    net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=16).eval(), T=2)
+    net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=16, pool="max").eval(), T=2)
     with pytest.raises(SpikeliteError, match=r"features\.5 \(MaxPool2d\).*squeezenet1_1 with pool='avg'"):
         E.to_nir(net)
 
@@ -313,7 +313,7 @@ def test_bad_format_and_paths_raise_one_clear_error_and_write_nothing(tmp_path):
 def test_a_failed_export_leaves_an_existing_file_untouched(tmp_path):
     out = tmp_path / "model.nir"
     out.write_bytes(b"previous export")
-    net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=8).eval(), T=2)  # max-pooling
+    net = spikify(create_model("squeezenet1_1", num_classes=10, image_size=8, pool="max").eval(), T=2)
     with pytest.raises(SpikeliteError):
         E.export(net, out)
     assert out.read_bytes() == b"previous export"

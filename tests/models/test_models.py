@@ -129,7 +129,7 @@ def test_spec_pins_defaults():
     spec = create_model("squeezenet1_1").spikelite_spec
     assert spec == {
         "name": "squeezenet1_1", "num_classes": 10, "image_size": 32, "in_chans": 3, "width": 1.0,
-        "batch_norm": True, "final_relu": False, "pool": "max", "dropout": 0.5, "stem_reduction": 1,
+        "batch_norm": True, "final_relu": False, "pool": "avg", "dropout": 0.5, "stem_reduction": 1,
     }
 
 
@@ -147,7 +147,8 @@ def test_stem_rule_per_image_size():
         assert create_model("mixnet_s", image_size=size).conv_stem.stride == (stride, stride)
         assert create_model("xception_mini", image_size=size).stem[0].conv.stride == (stride, stride)
     m = create_model("squeezenet1_1", image_size=128)
-    assert m.spikelite_spec["stem_reduction"] == 4 and isinstance(m.features[2], nn.MaxPool2d)
+    assert m.spikelite_spec["stem_reduction"] == 4 and isinstance(m.features[2], nn.AvgPool2d)  # pool="avg"
+    assert isinstance(create_model("squeezenet1_1", image_size=128, pool="max").features[2], nn.MaxPool2d)
     m = create_model("squeezenet1_1", image_size=32, stem_reduction=2)
     assert m.features[0].conv.stride == (2, 2)
 
@@ -174,10 +175,10 @@ def _library_model(name: str) -> nn.Module:
 
 @pytest.mark.parametrize("name", ["squeezenet1_1", "shufflenetv2_x1_0", "mnasnet_b1", "mixnet_s"])
 def test_imagenet_size_is_the_library_model(name):
-    """From 128 px (with SqueezeNet's BN and final ReLU set as torchvision has them) the model is the
+    """From 128 px (with SqueezeNet's BN, final ReLU and pools set as torchvision has them) the model is the
     library's: same state_dict keys, and the library's weights give the same outputs."""
     torch.manual_seed(0)
-    kw = dict(batch_norm=False, final_relu=True) if name.startswith("squeezenet") else {}
+    kw = dict(batch_norm=False, final_relu=True, pool="max") if name.startswith("squeezenet") else {}
     ours = create_model(name, image_size=128, **kw).eval()
     ref = _library_model(name).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
@@ -219,9 +220,10 @@ def test_squeezenet_final_relu_and_pool_options():
     m = create_model("squeezenet1_1")
     assert isinstance(m.classifier[2], nn.Identity)
     assert isinstance(create_model("squeezenet1_1", final_relu=True).classifier[2], nn.ReLU)
-    pools = [type(x) for x in create_model("squeezenet1_1", pool="avg").features]
+    pools = [type(x) for x in m.features]  # avg by default (issue #28)
     assert pools.count(nn.AvgPool2d) == 2 and nn.MaxPool2d not in pools
-    assert [type(x) for x in m.features].count(nn.MaxPool2d) == 2  # the stem pool is gone at 32 px
+    maxed = [type(x) for x in create_model("squeezenet1_1", pool="max").features]
+    assert maxed.count(nn.MaxPool2d) == 2  # the stem pool is gone at 32 px
     torch.manual_seed(0)
     out = create_model("squeezenet1_1").eval()(torch.randn(4, 3, 32, 32))
     assert (out < 0).any()  # without the final ReLU logits can be negative

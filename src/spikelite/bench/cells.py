@@ -157,11 +157,12 @@ def _imported_dep(spec: BenchSpec, cell_id: str) -> str | None:
 
 
 def _source_checkpoint(spec: BenchSpec, run_dir: Path, dep_id: str, which: str) -> Path:
-    """The checkpoint a cell starts from: its source cell's (best or last), or the file that cell imports."""
+    """The checkpoint a cell starts from: its source cell's (best or last), or the file that cell imports;
+    an absolute path (checkpoints record it: they must stay usable from any directory)."""
     imported = _imported_dep(spec, dep_id)
     if imported is not None:
-        return Path(imported)
-    d = _cell_dir(run_dir, dep_id)
+        return Path(os.path.abspath(imported))
+    d = _cell_dir(Path(os.path.abspath(run_dir)), dep_id)
     best = d / "best.pt"
     if which == "best" and best.exists():
         return best
@@ -173,7 +174,8 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
 
     Layers, later ones winning: the bench defaults (quiet, no TensorBoard), ``spec.recipe``, the
     variant's section, the dataset entry's options, then what the grid owns (mode, init_from, out,
-    seed, model, dataset, root, T). Pruned variants start from ``<cell>/pruned_init.pt``.
+    seed, model, dataset, root, T). Pruned variants start from ``<cell>/pruned_init.pt``. The paths it
+    sets are absolute.
     """
     from ..train import load_config
 
@@ -182,7 +184,7 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
         set_dotted(raw, k, v, example="eval.energy_samples")
     for k, v in _flatten(spec.variant_recipes.get(cell.variant, {})).items():
         set_dotted(raw, k, v, example="eval.energy_samples")
-    cdir = _cell_dir(run_dir, cell.id)
+    cdir = _cell_dir(Path(os.path.abspath(run_dir)), cell.id)
     ov: dict = {
         "mode": "cnn" if cell.variant in CNN_VARIANTS else "snn",
         "out": str(cdir),
@@ -191,7 +193,7 @@ def cell_config(spec: BenchSpec, cell: Cell, run_dir: Path):
         "model.width": cell.model.width,
         "model.options": dict(cell.model.options),
         "data.dataset": cell.dataset.name,
-        "data.root": cell.dataset.root,
+        "data.root": None if cell.dataset.root is None else os.path.abspath(os.path.expanduser(cell.dataset.root)),
     }
     for k, v in cell.dataset.options.items():
         ov[f"data.{k}"] = v
@@ -232,6 +234,9 @@ def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> 
                       "imported": {"path": str(Path(cell.checkpoint).resolve()),
                                    "sha256": imported_checkpoint(cell.checkpoint).sha256}}
     else:
+        changed = _changed_defaults(cell.model)
+        if changed:  # a cell trained before a default changed is not the cell the spec asks for now
+            train_part["model_defaults"] = changed
         for d in cell.deps:  # a source that is an imported file: its content, not its path
             imp = _imported_dep(spec, d)
             if imp is not None:
@@ -242,6 +247,17 @@ def _fingerprints(spec: BenchSpec, cell: Cell, cfg, dep_fps: dict[str, str]) -> 
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     return h(train_part), h(eval_part), {"train": train_part, "eval": eval_part}
+
+
+def _changed_defaults(model: BenchModel) -> dict:
+    """The options of ``model`` whose default changed (the registry's ``earlier_defaults``) and that the
+    spec leaves to that default, at their current default. Part of a trained cell's fingerprint only
+    when not empty, so the fingerprints of other models stay as they were."""
+    from ..models import get_entry
+
+    entry = get_entry(model.name)
+    now = {f.name: f.default for f in dataclasses.fields(entry.options)}
+    return {k: now[k] for k in entry.earlier_defaults if k not in model.options and k in now}
 
 
 def build_spec(raw: dict, *, roots: dict[str, str] | None = None, check_paths: bool = True,

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .._io import atomic_write, read_json
+from .._io import atomic_write, read_json, run_lock
 from ..errors import SpikeliteError
 from .cells import Cell, _cell_dir, _fingerprints, _skipped_result, cell_config, expand_grid
 from .executors import _Progress, make_executor
@@ -53,11 +53,17 @@ def run_bench(spec: BenchSpec, *, progress: bool | None = None, quiet: bool = Fa
 
     Returns ``{"run_dir", "cells": [result...], "counts": {...}, "results": {...}}``.
     A failed cell is recorded and the others go on; cells depending on it are recorded as skipped.
+    The run directory has one writer: a second ``run_bench`` into it fails at once (:func:`run_lock`).
     """
     run_dir = Path(spec.out)
     cells = expand_grid(spec)
     if not cells:
         raise SpikeliteError("the grid is empty (no models x datasets x variants)")
+    with run_lock(run_dir, "spikelite bench", instead="choose another --out"):
+        return _run_locked(spec, cells, run_dir, progress, quiet, executor, out)
+
+
+def _run_locked(spec: BenchSpec, cells: list[Cell], run_dir: Path, progress, quiet, executor, out) -> dict:
     fps, conflicts = _plan(spec, cells, run_dir)
     if conflicts:
         raise _problem_error(conflicts + ["use another --out, or delete those cell folders to train them again"],

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._io import file_mode
 from ..errors import SpikeliteError
 from ..snn import SpikingNet
 from .common import ExportResult, _check_input, _compare, _require
@@ -45,18 +46,36 @@ def _resolve_format(path: Path, fmt: str | None) -> str:
     return f
 
 
-def _check_output_path(path: Path) -> None:
+@contextlib.contextmanager
+def _output_folder(path: Path):
+    """Check that ``path`` can be written, creating its missing parent folders; if the block fails, the
+    folders this created are removed again (when still empty): a failed export leaves nothing behind."""
     if path.is_dir():
         raise SpikeliteError(f"output {path} is a directory")
+    missing, d = [], path.parent.absolute()
+    while not d.exists() and d.parent != d:
+        missing.append(d)  # deepest first: the order to remove them in
+        d = d.parent
+
+    def remove_created():
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpikeliteError(f"cannot write {path}: cannot create its directory {path.parent} "
-                             f"({exc.strerror or exc})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise SpikeliteError(f"cannot write {path}: directory {path.parent} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise SpikeliteError(f"cannot write {path}: the existing file is read-only")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpikeliteError(f"cannot write {path}: cannot create its directory {path.parent} "
+                                 f"({exc.strerror or exc})") from None
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise SpikeliteError(f"cannot write {path}: directory {path.parent} is not writable")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise SpikeliteError(f"cannot write {path}: the existing file is read-only")
+        yield
+    except BaseException:
+        remove_created()
+        raise
 
 
 @contextlib.contextmanager
@@ -150,7 +169,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str | None = None,
             the outputs agree.
 
     The file is written next to ``path`` under a temporary name and ``os.replace``-d into place,
-    so a failure leaves no partial file and an existing file untouched.
+    so a failure leaves no partial file and an existing file untouched (and removes the folders it
+    created for the file); the file gets the permissions the umask allows, like any file spikelite writes.
     """
     if not isinstance(model, nn.Module):
         raise SpikeliteError(f"export expects an nn.Module, got {type(model).__name__}")
@@ -167,10 +187,9 @@ def export(model: nn.Module, path: str | os.PathLike, format: str | None = None,
                              "reproduce; export it to NIR (the graph takes the spike trains as input) or use "
                              "direct encoding")
     shape = _input_shape(model, input_shape)
-    _check_output_path(out)
     result = ExportResult(path=str(out), format=fmt, kind="snn" if snn else "cnn", input_shape=shape, bytes=0,
                           T=int(model.T) if snn else None)
-    with _temp_beside(out) as tmp:
+    with _output_folder(out), _temp_beside(out) as tmp:
         if fmt == "nir":
             _export_nir(model, tmp, shape, dt, check, check_batch, seed, result)
         elif fmt == "onnx":
@@ -179,6 +198,7 @@ def export(model: nn.Module, path: str | os.PathLike, format: str | None = None,
             _export_torchscript(model, tmp, shape, check, check_batch, seed, result)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # the permissions the umask allows (mkstemp's file is private)
         result.bytes = tmp.stat().st_size
         try:
             os.replace(tmp, out)
@@ -197,19 +217,18 @@ def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, fo
     """:func:`export` for a spikelite checkpoint file (``spikelite.checkpoint.load_model``)."""
     out = Path(path)
     fmt = _resolve_format(out, format)  # fail on a bad format before loading anything
-    _check_output_path(out)
-    if not Path(checkpoint).is_file():
-        raise SpikeliteError(f"checkpoint {str(checkpoint)!r} does not exist")
-    from ..checkpoint import load_model
+    from ..checkpoint import check_checkpoint_path, load_model
 
-    model, meta = load_model(checkpoint)
-    if T is not None:
-        if not isinstance(model, SpikingNet):
-            raise SpikeliteError("T applies to SNN checkpoints only")
-        model.T = T
-    if image_size is not None:
-        if int(image_size) < 1:
-            raise SpikeliteError(f"image_size must be >= 1, got {image_size}")
-        spec = meta.get("model_spec") or {}
-        kwargs.setdefault("input_shape", (int(spec.get("in_chans", 3)), int(image_size), int(image_size)))
-    return export(model, out, fmt, **kwargs)
+    checkpoint = check_checkpoint_path(checkpoint)
+    with _output_folder(out):  # a failure below removes the folders created for the output
+        model, meta = load_model(checkpoint)
+        if T is not None:
+            if not isinstance(model, SpikingNet):
+                raise SpikeliteError("T applies to SNN checkpoints only")
+            model.T = T
+        if image_size is not None:
+            if int(image_size) < 1:
+                raise SpikeliteError(f"image_size must be >= 1, got {image_size}")
+            spec = meta.get("model_spec") or {}
+            kwargs.setdefault("input_shape", (int(spec.get("in_chans", 3)), int(image_size), int(image_size)))
+        return export(model, out, fmt, **kwargs)

@@ -37,6 +37,7 @@ FAMILY_MODULES = (squeezenet, shufflenet, mnasnet, mixnet, xception)
 
 __all__ = [
     "create_model",
+    "recorded_spec",
     "list_models",
     "get_entry",
     "model_info",
@@ -130,6 +131,19 @@ def create_model(name: str, num_classes: int = 10, image_size: int = 32, in_chan
         if act_threshold is not None:
             model.spikelite_spec["act_threshold"] = act_threshold
     return model
+
+
+def recorded_spec(spec: dict) -> dict:
+    """A model spec read back from a file (a checkpoint's ``model_spec``) as :func:`create_model` must take
+    it today: an option the spec does not name whose default has changed since (the registry's
+    ``earlier_defaults``, e.g. SqueezeNet's ``pool``, ``"max"`` before it became ``"avg"``) takes its
+    earlier default. ``spikelite_spec`` names every option, so only a spec written before an option's
+    default changed lacks it; old checkpoints thus rebuild exactly as they were trained."""
+    try:
+        entry = get_entry(spec.get("name"))
+    except SpikeliteError:  # create_model reports the unknown name
+        return spec
+    return {**entry.earlier_defaults, **spec}
 
 
 def _use_qcfs(model: nn.Module, name: str, levels: int, threshold: float | None = None) -> None:

@@ -32,14 +32,21 @@ class ModelEntry:
     build: Builder  # (name, num_classes, image_size, in_chans, width, opts) -> (model, resolved options)
     macro: Callable[[], list[tuple[str, str]]]
     has_width: bool = True
+    # options whose default changed, with the value they had before: a recorded spec that does not name
+    # such an option was built with that value (see spikelite.models.recorded_spec)
+    earlier_defaults: dict = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, *, family: str, description: str, options: type,
-                   macro: Callable[[], list[tuple[str, str]]], has_width: bool = True) -> Callable[[Builder], Builder]:
-    """Register the decorated builder under ``name`` (a second registration of a name is an error)."""
+                   macro: Callable[[], list[tuple[str, str]]], has_width: bool = True,
+                   earlier_defaults: dict | None = None) -> Callable[[Builder], Builder]:
+    """Register the decorated builder under ``name`` (a second registration of a name is an error).
+
+    ``earlier_defaults``: when an option's default changes, its old value (``{"pool": "max"}``), so that
+    specs recorded before the change, which do not name the option, keep rebuilding as they were."""
     if not isinstance(name, str) or not name:
         raise SpikeliteError(f"a model name must be a non-empty string, got {name!r}")
     if not dataclasses.is_dataclass(options):
@@ -48,7 +55,8 @@ def register_model(name: str, *, family: str, description: str, options: type,
     def decorator(build: Builder) -> Builder:
         if name in _REGISTRY:
             raise SpikeliteError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, family, description, options, build, macro, has_width)
+        _REGISTRY[name] = ModelEntry(name, family, description, options, build, macro, has_width,
+                                     dict(earlier_defaults or {}))
         return build
 
     return decorator

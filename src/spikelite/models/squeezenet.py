@@ -14,7 +14,10 @@ Built from ``torchvision.models.SqueezeNet``; what changes (all documented in do
 * ``final_relu=False`` (default): ``classifier.2`` (the ReLU after the logit conv) becomes
   ``nn.Identity``, so logits can be negative; in the SNN that ReLU would become a spiking layer and
   the logits would be firing rates in [0, 1].
-* ``pool="max" | "avg"``: the max-pools in ``features`` (max-pooling binary spike maps is an OR).
+* ``pool="avg"`` (default) | ``"max"``: the pools in ``features``. Average pooling by default: max-pooling
+  binary spike maps is an OR, costs the SNN accuracy (docs/recipe.md) and has no NIR node, so a default
+  SqueezeNet trains, converts and exports as it is. Until this default changed it was ``"max"``
+  (torchvision's pools): a recorded spec without ``pool`` rebuilds with max-pools.
 * Fire modules keep torchvision's ``features.N`` indices; :data:`FIRE_INDEX` maps the paper's
   fire2 ... fire9 onto them.
 """
@@ -41,6 +44,8 @@ FIRE_INDEX = {
     "1_1": {"fire2": 3, "fire3": 4, "fire4": 6, "fire5": 7, "fire6": 9, "fire7": 10, "fire8": 11, "fire9": 12},
 }
 _STEM_POOL = 2  # features.2 is the stem max-pool in both versions
+# the option defaults these models had before (a spec recorded then without the option was built with them)
+EARLIER_DEFAULTS = {"pool": "max"}
 _BODY_POOLS = 2  # max-pools after the stem (each halves the feature map)
 
 
@@ -50,7 +55,7 @@ class SqueezeNetOptions:
 
     batch_norm: bool = True
     final_relu: bool = False
-    pool: str = "max"
+    pool: str = "avg"  # "max" until issue #28 (EARLIER_DEFAULTS)
     dropout: float = 0.5
     stem_reduction: int | None = None
 
@@ -134,12 +139,14 @@ def squeezenet_macro_modules(version: str) -> list[tuple[str, str]]:
 
 
 @register_model("squeezenet1_0", family="squeezenet", description="torchvision SqueezeNet 1.0 (+BN)",
-                options=SqueezeNetOptions, macro=lambda: squeezenet_macro_modules("1_0"), has_width=False)
+                options=SqueezeNetOptions, macro=lambda: squeezenet_macro_modules("1_0"), has_width=False,
+                earlier_defaults=EARLIER_DEFAULTS)
 def squeezenet1_0(name, num_classes, image_size, in_chans, width, opts):
     return build_squeezenet(name, "1_0", num_classes, image_size, in_chans, width, opts)
 
 
 @register_model("squeezenet1_1", family="squeezenet", description="torchvision SqueezeNet 1.1 (+BN)",
-                options=SqueezeNetOptions, macro=lambda: squeezenet_macro_modules("1_1"), has_width=False)
+                options=SqueezeNetOptions, macro=lambda: squeezenet_macro_modules("1_1"), has_width=False,
+                earlier_defaults=EARLIER_DEFAULTS)
 def squeezenet1_1(name, num_classes, image_size, in_chans, width, opts):
     return build_squeezenet(name, "1_1", num_classes, image_size, in_chans, width, opts)

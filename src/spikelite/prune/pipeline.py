@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._io import atomic_write
+from .._io import atomic_write, run_lock
 from .._runtime import resolve_device
 from ..errors import SpikeliteError
 from ..models.surgery import FAMILY_RULES, resolve_modules
@@ -103,18 +103,10 @@ class _Pipeline:
         return Candidate(label, list(kept), list(removed), res["accuracy"], acc_pruned, info.params, info.macs,
                          rep.energy_mj, rep.acs, rep.macs, ft_seconds, checkpoint=checkpoint)
 
-    def _base_recipe(self) -> dict:
-        cfg = self.meta.get("config")
-        if isinstance(cfg, dict):
-            return copy.deepcopy(cfg)
-        info = self.meta.get("data") or {}
-        return {"data": {"dataset": info.get("dataset"), "root": info.get("root"), "val_size": info.get("val_size"),
-                         "split_seed": info.get("split_seed", 0), "image_size": info.get("image_size")}}
-
     def finetune(self, model: nn.Module, label: str, prune_entry: dict) -> tuple[nn.Module, dict, float, str | None]:
         """Fine-tune ``model`` with the checkpoint's recipe for ``finetune_epochs`` via spikelite.train.train."""
         from ..checkpoint import load_model, save_checkpoint
-        from ..train import load_config, train
+        from ..train import train
 
         if self.cfg.finetune_epochs == 0:
             return model, self.meta, 0.0, None
@@ -124,14 +116,7 @@ class _Pipeline:
         run.mkdir(parents=True)
         init = run / "pruned_init.pt"
         save_checkpoint(init, model.cpu(), meta=_meta_for_save(self.meta, prune_entry))
-        overrides = {
-            "init_from": str(init), "mode": self.kind, "epochs": self.cfg.finetune_epochs, "out": str(run),
-            "quiet": True, "tensorboard": False, "data.dataset": self.dataset, "data.root": self.root,
-            "seed": self.cfg.seed, "device": self.cfg.device, "threads": self.cfg.threads,
-        }
-        if self.cfg.threads is None:
-            overrides.pop("threads")
-        tc = load_config(None, list(self.cfg.overrides), base=_with_overrides(self._base_recipe(), overrides))
+        tc = _finetune_recipe(self.meta, self.cfg, init, run, self.dataset, self.root)
         t0 = time.perf_counter()
         train(tc)
         seconds = time.perf_counter() - t0
@@ -156,6 +141,86 @@ class _Pipeline:
                  f"{100 * cand.accuracy:.2f}% after {self.cfg.finetune_epochs} epoch(s); {cand.params:,} params; "
                  f"{cand.energy_mj:.4g} mJ")
         return ft_model, cand, ft_meta
+
+
+def _base_recipe(meta: dict) -> dict:
+    cfg = meta.get("config")
+    if isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    info = meta.get("data") or {}
+    return {"data": {"dataset": info.get("dataset"), "root": info.get("root"), "val_size": info.get("val_size"),
+                     "split_seed": info.get("split_seed", 0), "image_size": info.get("image_size")}}
+
+
+def _finetune_recipe(meta: dict, cfg: PruneConfig, init: Path, run: Path, dataset: str, root: str | None):
+    """The TrainConfig a candidate is fine-tuned with: the checkpoint's recipe, from ``init`` into ``run``."""
+    from ..train import load_config
+
+    overrides = {
+        "init_from": str(init), "mode": meta["kind"], "epochs": cfg.finetune_epochs, "out": str(run),
+        "quiet": True, "tensorboard": False, "data.dataset": dataset, "data.root": root,
+        "seed": cfg.seed, "device": cfg.device, "threads": cfg.threads,
+    }
+    if cfg.threads is None:
+        overrides.pop("threads")
+    return load_config(None, list(cfg.overrides), base=_with_overrides(_base_recipe(meta), overrides))
+
+
+def _check_teacher(meta: dict, cfg: PruneConfig, checkpoint, dataset: str | None) -> None:
+    """Fail before any work when fine-tuning distils from a teacher (the checkpoint's recipe, or --set)
+    that is not on disk; a teacher the fine-tuning does not use (distill.weight 0, no fine-tuning) may
+    be missing."""
+    if cfg.finetune_epochs == 0 or cfg.strategy == "importance":
+        return
+    name = dataset or (meta.get("data") or {}).get("dataset")
+    if not name:  # the pipeline asks for --dataset
+        return
+    tc = _finetune_recipe(meta, cfg, Path("pruned_init.pt"), Path("runs"), name, None)
+    teacher = tc.distill.teacher
+    if teacher and tc.distill.weight > 0 and teacher != "source" and not Path(teacher).is_file():
+        raise SpikeliteError(
+            f"fine-tuning distils from {teacher} (distill.teacher in the recipe of {checkpoint}), which is not on "
+            "disk: pass --set distill.teacher=PATH, or --set distill.weight=0 to fine-tune without distillation")
+
+
+def _run_origin(checkpoint, meta: dict) -> Path | None:
+    """The directory the run that wrote an older checkpoint was started in: the checkpoint's folder with
+    the recipe's relative ``out`` taken off its end. Checkpoints written before spikelite recorded absolute
+    paths record ``init_from``, ``distill.teacher`` and ``source_checkpoint`` relative to it. None when
+    ``out`` is absolute or does not end the checkpoint's folder (the file was moved)."""
+    out = (meta.get("config") or {}).get("out")
+    if not isinstance(out, str) or not out or os.path.isabs(out):
+        return None
+    tail = Path(os.path.normpath(out)).parts
+    folder = Path(os.path.abspath(checkpoint)).parent.parts
+    if ".." in tail or len(tail) >= len(folder) or folder[-len(tail):] != tail:
+        return None
+    return Path(*folder[:-len(tail)])
+
+
+def _absolute_records(meta: dict, checkpoint) -> dict:
+    """``meta`` with the relative paths an older checkpoint records made absolute, from the directory its
+    run started in (:func:`_run_origin`) where the file is found there; other paths stay as they are."""
+    origin = _run_origin(checkpoint, meta)
+    if origin is None:
+        return meta
+
+    def fix(path):
+        if not isinstance(path, str) or not path or path == "source" or os.path.isabs(path):
+            return path
+        there = origin / path
+        return str(there) if there.exists() else path
+
+    meta = copy.deepcopy(meta)
+    config = meta.get("config")
+    if isinstance(config, dict):
+        config["init_from"] = fix(config.get("init_from"))
+        if isinstance(config.get("distill"), dict):
+            config["distill"]["teacher"] = fix(config["distill"].get("teacher"))
+    for key in ("source_checkpoint", "teacher_checkpoint"):
+        if isinstance(meta.get(key), dict):
+            meta[key]["path"] = fix(meta[key].get("path"))
+    return meta
 
 
 def _with_overrides(base: dict, overrides: dict) -> dict:
@@ -192,19 +257,28 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
     record the kept modules), ``<out stem>.table.md`` / ``.table.csv`` (one row per candidate, like
     the paper's Table 3), ``<out stem>.json`` (everything, with the importance report) and the
     fine-tuning runs under ``<out stem>.runs/``. ``strategy="importance"`` writes only the reports.
+    One process at a time writes these: a second ``run_pruning`` to the same ``out`` fails at once
+    (the lock file ``.<out name>.lock`` beside ``out``, see :func:`~spikelite._io.run_lock`).
     """
-    from ..checkpoint import load_model, save_checkpoint
-
     if not isinstance(config, PruneConfig):
         raise SpikeliteError(f"run_pruning takes a PruneConfig, got {type(config).__name__}")
-    cfg = config
-    t_start = time.perf_counter()
     paths = _output_paths(out)
+    with run_lock(paths["checkpoint"].parent, "spikelite prune", name=f".{paths['checkpoint'].name}.lock",
+                  instead="choose another -o"):
+        return _run_pruning(checkpoint, config, paths, data_root, dataset, overwrite)
+
+
+def _run_pruning(checkpoint, cfg: PruneConfig, paths: dict[str, Path], data_root, dataset,
+                 overwrite: bool) -> PruneResult:
+    from ..checkpoint import load_model, save_checkpoint
+
+    t_start = time.perf_counter()
     if paths["runs"].exists() and any(paths["runs"].iterdir()):
         if not overwrite:
             raise SpikeliteError(f"{paths['runs']} already holds fine-tuning runs from an earlier prune; pass "
                                  "--overwrite or choose another -o")
     model, meta = load_model(checkpoint)
+    meta = _absolute_records(meta, checkpoint)
     subj = _subject(model)
     family = subj.family
     present = list(subj.kept)
@@ -244,6 +318,7 @@ def run_pruning(checkpoint: str | os.PathLike, config: PruneConfig, out: str | o
     if sched is not None and sched.ranked and sched.count is not None and sched.count >= len(present):
         raise SpikeliteError(f"{sched.label} removes {sched.count} modules but {subj.label} in {checkpoint} has only "
                              f"{len(present)} ({', '.join(present)}); keep at least one")
+    _check_teacher(meta, cfg, checkpoint, dataset)
     if overwrite and paths["runs"].is_dir():  # only the runs folder an earlier prune to this -o wrote
         shutil.rmtree(paths["runs"])
 

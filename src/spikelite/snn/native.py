@@ -6,8 +6,11 @@ function and two ``torch.compile`` wrapper calls of the compiled path, which dom
 feature maps (docs/performance.md). It is compiled with the system's C++ compiler against the installed
 torch the first time it is needed and cached under ``$SPIKELITE_CACHE`` (default
 ``$XDG_CACHE_HOME/spikelite`` or ``~/.cache/spikelite``), keyed by the source, torch, the compiler and the
-CPU; later processes load the cached library in milliseconds. A build the compiler refused is recorded
-next to it (``.failed``, with the compiler's message) so that later processes skip the attempt.
+CPU; later processes load the cached library in milliseconds. One process builds it: others that need
+it meanwhile wait for that build (a file lock beside the library) and load its result. A build says on
+stderr that it started and how long it took (about a minute); loading a cached build says nothing. A
+build the compiler refused is recorded next to it (``.failed``, with the compiler's message) so that
+later processes skip the attempt.
 
 Nothing depends on it: without a compiler, or with ``SPIKELITE_NATIVE=0`` (or ``SPIKELITE_COMPILE=0``:
 no runtime compilation at all), :func:`ops` returns None and the neurons use their compiled or eager paths.
@@ -23,10 +26,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
 import torch
+
+from .._io import exclusive_lock
 
 __all__ = ["ops", "library_path", "build"]
 
@@ -113,6 +119,34 @@ def _write_atomic(path: Path, text: str) -> None:
         pass  # a read-only cache: the next process simply tries again
 
 
+def _say(msg: str) -> None:
+    print(f"spikelite: {msg}", file=sys.stderr, flush=True)
+
+
+def _build_once(compiler: str, path: Path) -> None:
+    """Build the library at ``path`` unless another process has built it (or failed to) meanwhile: the
+    build runs under an exclusive lock on ``<library>.lock``, so processes that need it at the same time
+    compile it once and the others wait for it (saying so) and then load it."""
+    failed = path.with_suffix(".failed")
+    with exclusive_lock(path.with_suffix(".lock"),
+                        on_wait=lambda: _say("waiting for another process that is compiling the native LIF "
+                                             f"operator into {path.parent}")):
+        if path.exists():
+            return
+        if failed.exists():
+            raise RuntimeError(f"{failed.read_text().strip()} (recorded in {failed}; delete it to retry)")
+        _say(f"compiling the native LIF operator (csrc/lif.cpp) with {Path(compiler).name}, once for this torch, "
+             f"compiler and CPU; this takes about a minute (cached in {path.parent})")
+        t0 = time.perf_counter()
+        try:
+            build(compiler, path)
+        except RuntimeError as exc:  # the compiler ran and refused: record why, once
+            _write_atomic(failed, str(exc))
+            _say(f"compiling the native LIF operator failed after {time.perf_counter() - t0:.0f} s")
+            raise
+        _say(f"native LIF operator compiled in {time.perf_counter() - t0:.0f} s: {path}")
+
+
 def ops():
     """``torch.ops.spikelite_native`` once the library is built and loaded; None when it cannot be
     (disabled, no compiler, a failed build: warned once, with the reason)."""
@@ -133,11 +167,7 @@ def ops():
             if failed.exists():  # an earlier process could not build it: do not pay for the attempt again
                 raise RuntimeError(f"{failed.read_text().strip()} (recorded in {failed}; delete it to retry)")
             if not path.exists():
-                try:
-                    build(compiler, path)
-                except RuntimeError as exc:  # the compiler ran and refused: record why, once
-                    _write_atomic(failed, str(exc))
-                    raise
+                _build_once(compiler, path)
             torch.ops.load_library(str(path))
             state["ops"] = torch.ops.spikelite_native
         except Exception as exc:  # noqa: BLE001 - any failure means: use the other paths

@@ -412,6 +412,25 @@ def _first_layer(model: nn.Module):
     return None, None
 
 
+def _check_finite_input(x: torch.Tensor) -> None:
+    """Refuse NaN and ±inf in a network's input. A neuron compares its membrane with the threshold, and a
+    comparison with NaN is false: a NaN image would make silent layers and a confident class instead of the
+    NaN a CNN returns. One ``isfinite().all()`` over the input (a device sync on a GPU); skipped while
+    ``torch.compile``, ``torch.export``, ``torch.jit.trace`` or the ONNX exporter traces the network, where
+    the input holds no values."""
+    if not (x.is_floating_point() or x.is_complex()) or x.device.type == "meta":
+        return
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        nan = int(torch.isnan(x).sum())
+        raise SpikeliteError(
+            f"input holds {bad} non-finite value(s) ({nan} NaN, {bad - nan} ±inf) of {x.numel()}: a spiking network "
+            "would answer such an input with a confident class; clean the input (e.g. torch.nan_to_num) or find "
+            "where the NaN/inf comes from")
+
+
 class SpikingNet(nn.Module):
     """A time-folded spiking network made by :func:`spikify`.
 
@@ -596,6 +615,7 @@ class SpikingNet(nn.Module):
             )
         if self.in_channels is not None and self.input_dim and self.input_dim > 2 and x.shape[1] != self.in_channels:
             raise SpikeliteError(f"input has {x.shape[1]} channels; this network expects {self.in_channels}")
+        _check_finite_input(x)
         return x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,16 @@ from ..snn import TIME_BN_MODES, make_neuron
 # ----------------------------------------------------------------------------------------------
 
 
+# create_model's own arguments, which a recipe sets elsewhere, not in model.options: where each comes from
+MODEL_ARGUMENTS = {
+    "name": "the model is model.name (--model)",
+    "num_classes": "the number of classes comes from the dataset",
+    "image_size": "the image size is data.image_size (--image-size; default: the dataset's)",
+    "in_chans": "the input channels are data.channels (--set data.channels=N; default: the dataset's)",
+    "width": "the width multiplier is model.width (--width)",
+}
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """The zoo model: ``create_model(name, width=width, **options)`` (classes, image size and input
@@ -40,6 +50,12 @@ class ModelConfig:
         get_entry(self.name)
         if not self.width > 0 or not math.isfinite(self.width):
             raise SpikeliteError(f"model.width must be a positive number, got {self.width}")
+        taken = [k for k in MODEL_ARGUMENTS if k in self.options]
+        if taken:
+            raise SpikeliteError(
+                f"model.options cannot set {', '.join(taken)}: "
+                + "; ".join(MODEL_ARGUMENTS[k] for k in taken) + ". model.options (--model-opt) holds the "
+                "model family's own options (e.g. pool=avg)")
 
 
 @dataclasses.dataclass

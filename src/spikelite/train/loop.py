@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._io import atomic_write
+from .._io import atomic_write, run_lock
 from ..allocator import apply_malloc_mode
 from ..checkpoint import model_from_checkpoint, describe_model, load_model, read_checkpoint, save_checkpoint
 from ..data import Augment, BatchLoader, ImageData, default_augment
@@ -49,8 +49,9 @@ TEACHER_SOURCE = "source"  # distill.teacher: the CNN the run's model descends f
 def source_cnn(start: str | os.PathLike, max_depth: int = 32) -> str:
     """The path of the first CNN checkpoint up ``start``'s lineage: ``start`` itself when it is a CNN, else
     the checkpoint its ``source_checkpoint`` record names (the ``--init-from`` of the run that wrote it; a
-    ``spikelite prune`` output keeps the record of the checkpoint it pruned), and so on. Recorded paths are used as written (relative to
-    the directory the run was started in); a missing one is an error naming the link that broke."""
+    ``spikelite prune`` output keeps the record of the checkpoint it pruned), and so on. Recorded paths are
+    absolute (older checkpoints' relative ones are read from the current directory); a missing one is an
+    error naming the link that broke."""
     path, chain = str(start), []
     for _ in range(max_depth):
         if not Path(path).is_file():
@@ -78,7 +79,7 @@ def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict, devi
     its ``meta["path"]`` is the file it was read from. ``source`` is the checkpoint the run's model came from
     (``init_from``), which ``distill.teacher: source`` follows to its CNN."""
     path = cfg.distill.teacher
-    if not path:
+    if not path or cfg.distill.weight == 0:  # distillation off: the teacher is not needed, not even on disk
         return None, None
     if path == TEACHER_SOURCE:
         if not source:
@@ -127,6 +128,30 @@ def _params_checksum(model: nn.Module) -> torch.Tensor:
         return torch.stack([flat.sum(), (flat * idx).sum()]).cpu()
 
 
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    """The total L2 norm of the model's gradients: NaN or inf when any gradient is (no device sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total_norm = getattr(nn.utils, "get_total_norm", None)
+    if total_norm is not None:
+        return total_norm(grads)
+    # torch < 2.6: clip_grad_norm_ returns the same norm; with max_norm=inf it scales by exactly 1
+    return nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], float("inf"))
+
+
+def _absolute_paths(cfg: TrainConfig) -> None:
+    """Make the recipe's paths absolute (from the current directory), so that the checkpoints, which
+    record the recipe and its sources, stay usable from any directory and wherever they are moved."""
+    def absolute(p):
+        return p if p is None else os.path.abspath(os.path.expanduser(str(p)))
+
+    cfg.out = absolute(cfg.out)
+    cfg.init_from = absolute(cfg.init_from)
+    if cfg.distill.teacher != TEACHER_SOURCE:
+        cfg.distill.teacher = absolute(cfg.distill.teacher)
+    cfg.data.root = absolute(cfg.data.root)
+    cfg.data.cache_dir = absolute(cfg.data.cache_dir)
+
+
 def train(config: TrainConfig, *, resume: bool = False) -> dict:
     """Run a training recipe; returns the run summary (also written to ``<out>/summary.json``).
 
@@ -137,12 +162,16 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     if not isinstance(config, TrainConfig):
         raise SpikeliteError(f"train() takes a TrainConfig, got {type(config).__name__}")
     cfg = copy.deepcopy(config)
+    _absolute_paths(cfg)
     dist_env = _Dist()
     prev_threads = torch.get_num_threads()
     prev_benchmark = torch.backends.cudnn.benchmark
     device = _resolve_device(cfg.device, dist_env)
     rng_devices = [device] if device.type == "cuda" else []
+    held = contextlib.ExitStack()
     try:
+        if dist_env.main:  # one writer per run folder, before anything in it is read (docs/reliability.md)
+            held.enter_context(run_lock(cfg.out, "spikelite train", instead="choose another --out"))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if device.type == "cuda":
@@ -154,6 +183,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
         torch.set_num_threads(prev_threads)
         torch.backends.cudnn.benchmark = prev_benchmark
         dist_env.teardown()
+        held.close()
 
 
 class _Run:
@@ -335,10 +365,15 @@ class _Run:
                 save_checkpoint(self.best_path, self.model, meta=meta)
 
     # -- one epoch -----------------------------------------------------------------------------
-    def _check_finite(self, loss_sum: torch.Tensor) -> None:
-        bad = torch.tensor([0.0 if bool(torch.isfinite(loss_sum)) else 1.0])
-        if float(self.dist.all_reduce(bad)) > 0:
-            raise _NonFiniteLoss()
+    def _check_finite(self, loss_sum: torch.Tensor, grads_bad: torch.Tensor) -> None:
+        """Stop on a NaN/inf loss, or on NaN/inf gradients (``grads_bad``: a step since the last check had
+        them; the loss can stay finite while they are not, e.g. a NaN input through spiking neurons)."""
+        bad = torch.stack([~torch.isfinite(loss_sum), grads_bad]).double().cpu()
+        bad = self.dist.all_reduce(bad)
+        if float(bad[0]) > 0:
+            raise _NonFiniteLoss("loss")
+        if float(bad[1]) > 0:
+            raise _NonFiniteLoss("gradients")
 
     def _train_epoch(self) -> dict:
         cfg, loader = self.cfg, self.loader
@@ -359,6 +394,7 @@ class _Run:
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
         correct_acc = torch.zeros((), dtype=torch.int64, device=self.device)
         seen_acc = 0
+        grads_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         it = iter(loader)
         try:
             for i in range(len(loader)):
@@ -390,8 +426,12 @@ class _Run:
                     self.scaler.update()
                 else:
                     loss.backward()
+                    # (the scaler's path skips the steps with inf/NaN gradients itself: they are normal in fp16)
                     if cfg.optim.grad_clip:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                        norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                    else:
+                        norm = _grad_norm(self.model)
+                    grads_bad |= ~torch.isfinite(norm)
                     self.optimizer.step()
                 self.step += 1
                 self.batch = i + 1
@@ -402,12 +442,13 @@ class _Run:
                 last = i + 1 == len(loader)
                 save_now = cfg.save_every_steps and self.step % cfg.save_every_steps == 0 and not last
                 if (i + 1) % check_every == 0 or last or save_now:
-                    self._check_finite(loss_acc)
+                    self._check_finite(loss_acc, grads_bad)
                     p["loss_sum"] += float(loss_acc)
                     p["correct"] += int(correct_acc)
                     p["seen"] += seen_acc
                     loss_acc.zero_()
                     correct_acc.zero_()
+                    grads_bad.zero_()
                     seen_acc = 0
                     bar.set_postfix(loss=f"{p['loss_sum'] / max(p['seen'], 1):.4f}",
                                     acc=f"{p['correct'] / max(p['seen'], 1):.3f}", lr=f"{lr:.3g}", refresh=False)
@@ -511,10 +552,12 @@ class _Run:
                 if improved:
                     self._save_best()
                 self._report(row)
-        except _NonFiniteLoss:
+        except _NonFiniteLoss as exc:
             good = self.last_path if self.last_path.exists() else "none (none written yet)"
+            what = ("the gradients became NaN/inf (the loss was still finite: look for NaN/inf in the data too)"
+                    if exc.args and exc.args[0] == "gradients" else "the loss became NaN/inf")
             raise SpikeliteError(
-                f"training stopped: the loss became NaN/inf in epoch {self.epoch + 1} (step {self.step}); "
+                f"training stopped: {what} in epoch {self.epoch + 1} (step {self.step}); "
                 f"the last good checkpoint is {good}"
                 f"; lower optim.lr, add optim.grad_clip or warm-up, and start a new run") from None
         finally:
