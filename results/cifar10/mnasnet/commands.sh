@@ -69,3 +69,30 @@ for kd in plain kd; do
     --data "$DATA" --out "$RUNS/snn-pass4-$kd" --epochs 1 --seed 5 --threads 2 --save-every-steps 25 \
     --set data.eval_batch_size=64 "${extra[@]}"
 done
+
+# --- The conversion route (session 16, 2026-12-06): CNNs trained to be converted, SNNs with no SNN training ---
+# Trained with the code of commits 5772a63 (the runs started before the restructure of #27; same arithmetic),
+# converted at ae0701b+, 1 torch thread each, two to four processes sharing the 2 cores.
+# 11. A longer CNN: the unified recipe, 50 epochs from scratch: 80.40 % at epoch 48 (80.38 % at 50), against
+#     75.02 % in 15 epochs (command 1). 59 min 33 s wall (36-308 s an epoch: the cores were shared). cnn-50ep/.
+spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --model mnasnet_b1 --width 0.12 \
+  --epochs 50 --threads 1 --channels-last --out "$RUNS/cnn50" --save-every-steps 100 --no-tensorboard
+# 12. Its QCFS CNN with L = 8 levels (a learned λ per layer, from the 99.9th percentile of each ReLU output):
+#     69.90 % before training, 78.16 % after 5 epochs at lr 0.01 (cosine; best epoch 4). 9 min 4 s. cnn-q8/.
+#     (L = 4, the SqueezeNet setting, lost too much here: 50.16 % before training, 69.90 % after 2 epochs;
+#     stopped.)
+spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from "$RUNS/cnn50/best.pt" \
+  --model-opt act_levels=8 --model-opt act_threshold=1.0 --epochs 5 --lr 0.01 --warmup-epochs 0 --channels-last \
+  --threads 1 --out "$RUNS/q8" --no-tensorboard
+# 13. 5 more epochs at lr 0.005: 78.36 % (best epoch 4; 78.10 % at 5). 9 min 11 s. cnn-q8-pass2/ (the study's cnn-q).
+spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from "$RUNS/q8/best.pt" \
+  --epochs 5 --lr 0.005 --warmup-epochs 0 --channels-last --threads 1 --out "$RUNS/q8-pass2" --no-tensorboard
+# 14. Its SNN, converted with no training: ConversionIF neurons, T = 4, rate 2 (up to 2 spikes per step on average,
+#     thresholds λ/2) and bursts of up to 8, so 4 steps carry the QCFS CNN's 8 levels: 78.38 % on all 5,000
+#     validation images (the QCFS CNN: 78.36 %; +0.02 from rounding ties). 35 s. snn-q8/ (the study's snn).
+spikelite convert "$RUNS/q8-pass2/best.pt" --out "$RUNS/snn-q8.pt" --T 4 --burst 8 --rate 2 --check 5000 --check-T 4 --threads 1
+# 15. Its energy on 1,000 seeded validation images against the 50-epoch CNN (33 s): 1.384M ACs and 3.377M MACs per
+#     image, 0.01678 mJ (45nm-fp32) against the CNN's 0.00911 mJ: this SNN costs 1.84x its CNN. MnasNet's linear
+#     bottlenecks feed the next 1x1 convs with non-spikes, which stay MACs, 4 times over (snn-q8/energy.txt).
+spikelite energy results/cifar10/mnasnet/snn-q8/best.pt --samples 1000 --cnn results/cifar10/mnasnet/cnn-50ep/best.pt \
+  --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 1
