@@ -125,3 +125,19 @@ spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from "$R
 # 17. Its SNN, converted with no training: ConversionIF neurons with bursts (B = 4), thresholds = the learned λ, T = 4:
 #     at T = L it computes the QCFS CNN exactly. snn-q/ (the checkpoint and the check's output).
 spikelite convert "$RUNS/sq_q4/best.pt" --out "$RUNS/sq_snn_q4_b4.pt" --T 4 --burst 4 --check 1000 --check-T 4 --threads 2
+# 18. Session 16 (2026-12-06; trained with commit 5772a63's code, 1 torch thread, sharing the 2 cores with two to
+#     four other processes): the QCFS CNN of command 16, 5 more epochs at lr 0.02 (cosine, no warm-up): 80.46 % after
+#     the first (the restart's lr), then 82.52, 83.28, 83.72 and **85.04 %** (best, the last epoch). 1 h 30 min 50 s
+#     wall (711-1,464 s an epoch). cnn-q-pass2/ (the study's cnn-q).
+spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from results/cifar10/squeezenet1_1/cnn-q/best.pt \
+  --epochs 5 --lr 0.02 --warmup-epochs 0 --channels-last --threads 1 --out "$RUNS/sq_q4_5ep" --save-every-steps 100 \
+  --no-tensorboard
+# 19. Its SNN, converted with no training (code ae0701b+): ConversionIF neurons with bursts (B = 4), thresholds =
+#     the learned λ, T = 4, so the SNN computes the QCFS CNN: **85.08 %** on all 5,000 validation images (the QCFS
+#     CNN: 85.02 %; +0.06 from rounding ties), 0.80 points below the 20-epoch ReLU CNN (85.88 %). 3 min 30 s
+#     (169 s for the check). snn-q-pass2/ (the study's snn).
+spikelite convert "$RUNS/sq_q4_5ep/best.pt" --out "$RUNS/sq_snn_q4_5ep.pt" --T 4 --burst 4 --check 5000 --check-T 4 --threads 1
+# 20. Its energy on 1,000 seeded validation images against the 20-epoch CNN (76 s): 64.96M ACs, 9.11M MACs per image,
+#     0.1004 mJ (45nm-fp32) against the CNN's 0.4082: 4.07x below it (memory-aware, 45nm-fp32-mem: 1.19x).
+spikelite energy results/cifar10/squeezenet1_1/snn-q-pass2/best.pt --samples 1000 \
+  --cnn results/cifar10/squeezenet1_1/cnn-20ep/best.pt --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 1
