@@ -49,3 +49,12 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10
 
 # 8. The study's tables and report, all models (run from the repository root; see ../README.md):
 #    spikelite bench results/cifar10/study.yaml --data-root cifar10="$DATA"
+
+# --- The conversion route (session 16, 2026-12-06), in progress ---
+# 9. MixNet's ReLU variant (act=relu: a convertible CNN needs ReLU/QCFS activations; the squeeze-excitation gates
+#    stay sigmoid), 40 epochs of the unified recipe from scratch. Stopped for CPU time after epoch 3 (36.50 %, then
+#    ~110 steps into epoch 4; 139-277 s an epoch on one shared thread); its resumable last.pt is wip/ (0.9 MB).
+#    Resume it where it stopped:
+#      mkdir -p "$RUNS/relu40" && cp results/cifar10/mixnet/wip/{last.pt,log.csv,config.yaml} "$RUNS/relu40/"
+spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --model mixnet_s --width 0.05 --model-opt act=relu \
+  --epochs 40 --threads 1 --channels-last --out "$RUNS/relu40" --save-every-steps 100 --no-tensorboard --resume
