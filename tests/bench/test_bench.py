@@ -14,12 +14,10 @@ import torch
 import yaml
 
 from spikelite import SpikeliteError
-from spikelite.snn import neuron
 from spikelite import bench as B
 from spikelite.bench import cells as BC
 from spikelite.bench import spec as BS
 from spikelite.cli import bench as CB
-from spikelite import data as D
 from spikelite.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,15 +39,8 @@ def tiny_spec(out, **over):
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # eager LIF kernels: no compile time in tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    D.clear_memory_cache()
+def _isolated(isolated_run):  # tests/conftest.py: own cache, eager kernels, one thread
     yield
-    D.clear_memory_cache()
-    torch.set_num_threads(threads)
 
 
 def _env():

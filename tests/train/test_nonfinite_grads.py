@@ -10,7 +10,6 @@ from spikelite import SpikeliteError
 from spikelite import checkpoint as C
 from spikelite import data as D
 from spikelite import train as T
-from spikelite.snn import neuron
 from spikelite.train import loop as TL
 
 TINY = {"model.name": "shufflenetv2_x0_3", "model.width": 0.25, "data.dataset": "digits", "data.image_size": 8,
@@ -19,15 +18,8 @@ TINY = {"model.name": "shufflenetv2_x0_3", "model.width": 0.25, "data.dataset": 
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # eager LIF kernels: no compile time in tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    D.clear_memory_cache()
+def _isolated(isolated_run):  # tests/conftest.py: own cache, eager kernels, one thread
     yield
-    D.clear_memory_cache()
-    torch.set_num_threads(threads)
 
 
 def _poison_gradients_at(monkeypatch, step: int) -> None:

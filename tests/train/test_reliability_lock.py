@@ -11,14 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from spikelite import SpikeliteError
-from spikelite import data as D
 from spikelite import train as T
 from spikelite._io import exclusive_lock, run_lock
 from spikelite.cli import main as cli_main
-from spikelite.snn import neuron
 
 FLAGS = ["--model", "shufflenetv2_x0_3", "--width", "0.25", "--dataset", "digits", "--image-size", "8",
          "--threads", "1", "--quiet", "--no-tensorboard", "--batch-size", "32", "--lr", "0.05",
@@ -26,15 +23,8 @@ FLAGS = ["--model", "shufflenetv2_x0_3", "--width", "0.25", "--dataset", "digits
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # eager LIF kernels: no compile time in tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    D.clear_memory_cache()
+def _isolated(isolated_run):  # tests/conftest.py: own cache, eager kernels, one thread
     yield
-    D.clear_memory_cache()
-    torch.set_num_threads(threads)
 
 
 def _holder(folder: Path) -> subprocess.Popen:

@@ -7,13 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
-import torch
 
 from spikelite import SpikeliteError
-from spikelite import data as D
 from spikelite import train as T
 from spikelite.cli import main as cli_main
-from spikelite.snn import neuron
 
 TINY = {"model.name": "shufflenetv2_x0_3", "model.width": 0.25, "data.dataset": "digits", "data.image_size": 8,
         "threads": 1, "quiet": True, "tensorboard": False, "batch_size": 32, "optim.lr": 0.05,
@@ -21,15 +18,8 @@ TINY = {"model.name": "shufflenetv2_x0_3", "model.width": 0.25, "data.dataset": 
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # eager LIF kernels: no compile time in tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    D.clear_memory_cache()
+def _isolated(isolated_run):  # tests/conftest.py: own cache, eager kernels, one thread
     yield
-    D.clear_memory_cache()
-    torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
