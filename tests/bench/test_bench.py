@@ -521,7 +521,7 @@ def test_committed_cifar10_study_imports_its_checkpoints():
         # the pruned pair keeps the same 12 of 16 blocks (a quarter removed), read from the files
         cnn_p, snn_p = rows[1][2], rows[3][2]
         assert cnn_p == snn_p and cnn_p.startswith("keep:") and len(cnn_p[5:].split("+")) == n_blocks - 4
-    assert by_model["xception_mini"] == [("cnn", None, None), ("snn", 4, None)]  # no pruned pair (its entry's variants)
+    assert by_model["xception_mini"] == [("cnn", None, None), ("cnn-q", None, None), ("snn", 4, None)]  # no pruned pair
     assert ("cnn-q", None, None) in by_model["mnasnet_b1"] and not any(r[0] == "cnn-q" for r in by_model["mixnet_s"])
     assert all(c.checkpoint and c.deps == [] for c in cells)
     for c in cells:
