@@ -55,7 +55,7 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10
 #    stay sigmoid), 40 epochs of the unified recipe from scratch. Stopped for CPU time after epoch 3 (36.50 %; 139-277 s
 #    an epoch on one shared thread), resumed alone with 2 threads (--threads 2; 44-51 s an epoch) and stopped again
 #    at the end of epoch 32 of 40 for the session's end: 73.42 % (the ReLU CNN so far; the SiLU CNN of command 1:
-#    75.02 % in 15 epochs). Its resumable last.pt (end of epoch 32) is wip/ (0.9 MB).
+#    71.42 % in 15 epochs). Its resumable last.pt (end of epoch 32) is wip/ (0.9 MB).
 #    Resume it where it stopped:
 #      mkdir -p "$RUNS/relu40" && cp results/cifar10/mixnet/wip/{last.pt,log.csv,config.yaml} "$RUNS/relu40/"
 spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --model mixnet_s --width 0.05 --model-opt act=relu \
