@@ -33,17 +33,12 @@ __all__ = ["atomic_write", "read_json", "write_json", "read_yaml_mapping", "pars
 Payload = Union[bytes, str, Callable[[BinaryIO], None]]
 
 
-def _file_mode() -> int:
-    """rw for everyone the umask allows (mkstemp's temporary files are 0600)."""
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (rw for everyone the umask allows): for
+    files made with ``mkstemp``, which are 0600 (:func:`atomic_write`, and exports written beside their target)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
-
-
-def file_mode() -> int:
-    """The mode ``open()`` gives a new file under the current umask: for writers that cannot go through
-    :func:`atomic_write` but make their file with ``mkstemp`` (0600) too."""
-    return _file_mode()
 
 
 def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
@@ -60,7 +55,7 @@ def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -177,7 +172,7 @@ def _acquire(path: Path, wait: bool) -> int | None:
     process holds it and ``wait`` is false, or when this file system cannot lock (-1 then)."""
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, _file_mode())
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         except FileNotFoundError:  # the folder went away between mkdir and open: make it again
             path.parent.mkdir(parents=True, exist_ok=True)
             continue

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from .._io import atomic_write, parse_value, read_json, set_dotted, write_json
+from .._io import atomic_write, parse_value, read_json, read_yaml_mapping, set_dotted, write_json
 from .._runtime import resolve_device
 from ..errors import SpikeliteError
 from .spec import (
@@ -320,22 +320,9 @@ def load_spec(path: str | os.PathLike | None = None, *, overrides: dict | list |
     """A :class:`BenchSpec` from a YAML file (or ``base``), with dotted-key ``overrides``
     (``{"eval.energy_samples": 64}`` or ``["recipe.epochs=1", ...]``) and data ``roots``
     (``{"cifar10": "/data/cifar10"}``). Invalid input raises one SpikeliteError listing every problem."""
-    import yaml
-
     raw: dict = copy.deepcopy(base) if base else {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise SpikeliteError(f"spec file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise SpikeliteError(f"spec file {p} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise SpikeliteError(f"spec file {p} must hold a mapping of keys, got {type(loaded).__name__}")
-        raw.update(loaded)
+        raw.update(read_yaml_mapping(path, "spec file"))
     if isinstance(overrides, (list, tuple)):
         pairs = {}
         for item in overrides:
