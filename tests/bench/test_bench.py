@@ -391,6 +391,23 @@ def test_imported_checkpoints_are_measured_not_trained(tmp_path):
     cells_q = B.expand_grid(B.build_spec(tiny_spec(tmp_path / "q", models=[{**TINY_MODEL, "checkpoints": {
         "cnn": str(cnn_ckpt), "cnn-q": str(tmp_path / "q.pt")}}], variants=["cnn", "cnn-q"])))
     assert [(c.variant, bool(c.checkpoint)) for c in cells_q] == [("cnn", True), ("cnn-q", True)]
+    # measured, the QCFS CNN is priced as a low-bit network, and an SNN is set beside it
+    q_out = tmp_path / "q_run"
+    q_model = {**TINY_MODEL, "checkpoints": {"cnn": str(cnn_ckpt), "cnn-q": str(tmp_path / "q.pt"),
+                                             "snn": str(snn_ckpt)}}
+    B.run_bench(B.build_spec(tiny_spec(q_out, models=[q_model], variants=["cnn", "cnn-q", "snn"])), quiet=True)
+    qrows = {r["variant"]: r for r in _rows(q_out)}
+    assert qrows["cnn-q"]["activation_bits"] == "3" and qrows["cnn"]["activation_bits"] == ""  # L = 4: 5 values
+    q_e = float(qrows["cnn-q"]["lowbit_energy_mj@45nm-fp32"])
+    assert 0 < q_e < float(qrows["cnn-q"]["energy_mj@45nm-fp32"])  # cheaper than the same net at full width
+    assert qrows["snn"]["qcnn_accuracy"] == qrows["cnn-q"]["accuracy"]
+    assert float(qrows["snn"]["qcnn_lowbit_energy_mj@45nm-fp32"]) == q_e
+    assert float(qrows["snn"]["lowbit_ratio@45nm-fp32"]) == pytest.approx(
+        q_e / float(qrows["snn"]["energy_mj@45nm-fp32"]))
+    from spikelite.report import build_report
+
+    md = Path(build_report(q_out)["markdown"]).read_text()
+    assert "low-bit CNN/SNN (compute)" in md and "QCFS CNN acc %" in md
 
 
 def torch_load_cnn_as_qcfs(src, dst):

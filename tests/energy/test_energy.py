@@ -569,3 +569,44 @@ def test_per_step_batchnorm_is_never_folded_one_mac_per_element():
     assert a.acs == b.acs  # same spikes: the per-step copies start equal
     assert b.bn_macs - a.bn_macs == pytest.approx(elements / x.shape[0])
     assert b.macs - a.macs == pytest.approx(elements / x.shape[0])
+
+
+def test_qcfs_cnn_is_priced_as_a_low_bit_network():
+    from spikelite.models.qcfs import QCFS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), QCFS(4, threshold=0.7), nn.Conv2d(6, 5, 1),
+                          nn.AvgPool2d(2), nn.Conv2d(5, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        a = model[1](model[0](x))  # the QCFS output: whole multiples of 0.7 / 4, many zeros
+    assert 0 < int((a == 0).sum()) < a.numel()
+    rep = measure(model, x, profiles=["45nm-fp32", "45nm-int8"])
+    q = rep.lowbit
+    assert q is not None and q.activation_bits == 3  # L = 4: five values
+    # only model[2] reads QCFS outputs: nonzero inputs x 5 outputs (1x1 conv); its dense count 6 x 5 x 64
+    assert q.lowbit_macs == pytest.approx(int((a != 0).sum()) * 5 / 5)
+    assert q.lowbit_dense_macs == pytest.approx(6 * 5 * 64)
+    dense = 3 * 9 * 6 * 64 + 6 * 5 * 64 + 5 * 4 * 16 + 64 * 3
+    assert rep.macs == pytest.approx(dense) and q.full_macs == pytest.approx(dense - 6 * 5 * 64)
+    # priced: the add plus 3/32 of the multiplier for the low-bit MACs, the rest at full width
+    fp32 = q.energy_for("45nm-fp32")
+    assert fp32.total_pj == pytest.approx(q.lowbit_macs * (0.9 + 3.7 * 3 / 32) + q.full_macs * 4.6)
+    assert q.energy_for("45nm-int8").total_pj == pytest.approx(q.lowbit_macs * (0.03 + 0.2 * 3 / 8)
+                                                               + q.full_macs * 0.23)
+    assert fp32.total_pj < rep.energy_for("45nm-fp32").total_pj
+    assert "low-bit CNN (3-bit QCFS activations" in rep.table() and rep.to_dict()["lowbit"]["activation_bits"] == 3
+    # a ReLU CNN and an SNN have no low-bit figure
+    relu = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 1)).eval()
+    assert measure(relu, x).lowbit is None
+
+
+def test_profile_weight_bits(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("mac_pj: 2.0\nac_pj: 0.5\nweight_bits: 16\n")
+    (prof,) = load_profiles(p)
+    assert prof.weight_bits == 16 and prof.lowbit_mac_pj(4) == pytest.approx(0.5 + 1.5 * 4 / 16)
+    assert prof.lowbit_mac_pj(32) == pytest.approx(2.0)  # never above a full MAC
+    p.write_text("mac_pj: 2.0\nac_pj: 0.5\nweight_bits: 0\n")
+    with pytest.raises(SpikeliteError, match="weight_bits must be a positive integer"):
+        load_profiles(p)

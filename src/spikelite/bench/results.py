@@ -24,7 +24,17 @@ RESULT_COLUMNS = [
     "acs", "macs", "effective_macs", "neuron_updates", "spikes", "firing_rate", "activation_sparsity",
     "energy_samples", "cnn_accuracy", "accuracy_diff",
 ]
-# then per profile: energy_mj@P, cnn_energy_mj@P, energy_ratio@P (and full_cnn_energy_ratio@P for pruned SNNs)
+# then per profile: energy_mj@P, cnn_energy_mj@P, energy_ratio@P (and full_cnn_energy_ratio@P for pruned SNNs);
+# a quantised (QCFS) CNN's activation_bits and lowbit_energy_mj@P, and beside an SNN the quantised CNN it came from:
+# qcnn_id, qcnn_accuracy, qcnn_lowbit_energy_mj@P, lowbit_ratio@P (= that low-bit CNN's energy / the SNN's)
+
+
+def _qcnn_id(cell: Cell) -> str:
+    """The quantised CNN an SNN cell may come from: ``cnn-q`` for an SNN, its own ``cnn-p`` for an SNN-P (used
+    only when that cell has QCFS activations)."""
+    if cell.variant == "snn":
+        return _cell_id(cell.dataset, cell.model, "cnn-q", cell.seed)
+    return _cell_id(cell.dataset, cell.model, "cnn-p", cell.seed, None, cell.schedule)
 
 
 def _ref_cnn_id(cell: Cell) -> str | None:
@@ -97,6 +107,13 @@ def collect_results(run_dir: str | os.PathLike, order: list[str] | None = None) 
                 r[f"full_cnn_energy_ratio@{p}"] = (fe / snn_e) if fe is not None and snn_e else None
         if cell.variant == "snn-p" and full is not None and full["status"] == "ok":
             r["full_cnn_accuracy"] = full["accuracy"]
+        q = by_id.get(_qcnn_id(cell))
+        if q is not None and q["status"] == "ok" and q.get("activation_bits") is not None:
+            r["qcnn_id"], r["qcnn_accuracy"], r["qcnn_activation_bits"] = q["id"], q["accuracy"], q["activation_bits"]
+            for p in profiles:
+                qe, snn_e = q.get(f"lowbit_energy_mj@{p}"), r.get(f"energy_mj@{p}")
+                r[f"qcnn_lowbit_energy_mj@{p}"] = qe
+                r[f"lowbit_ratio@{p}"] = (qe / snn_e) if qe is not None and snn_e else None
         r["cnn_source"] = ("cell " + r["ref_cnn"]) if ref is not None and ref["status"] == "ok" else \
             "the SNN's own layers for one time step (dense MACs; no accuracy)"
     return rows
@@ -133,6 +150,12 @@ def _flat_row(cell: Cell, res: dict, energy: dict | None) -> dict:
             row[f"energy_mj@{e['profile']}"] = e.get("total_mj")
         for e in energy.get("cnn_energy") or []:
             row[f"own_cnn_energy_mj@{e['profile']}"] = e.get("total_mj")
+        lowbit = energy.get("lowbit")
+        if lowbit:
+            row["activation_bits"] = lowbit.get("activation_bits")
+            row["lowbit_macs"] = lowbit.get("lowbit_macs")
+            for e in lowbit.get("energy") or []:
+                row[f"lowbit_energy_mj@{e['profile']}"] = e.get("total_mj")
     else:
         for k in ("acs", "macs", "effective_macs", "neuron_updates", "spikes", "firing_rate", "activation_sparsity",
                   "energy_samples"):
@@ -149,7 +172,8 @@ def _table_columns(rows: list[dict]) -> list[str]:
                 extra.append(k)
     profiles = list(dict.fromkeys(k.split("@", 1)[1] for k in extra if "@" in k))
     ordered = []
-    for prefix in ("energy_mj", "cnn_energy_mj", "energy_ratio", "full_cnn_energy_ratio"):
+    for prefix in ("energy_mj", "cnn_energy_mj", "energy_ratio", "full_cnn_energy_ratio", "lowbit_energy_mj",
+                   "qcnn_lowbit_energy_mj", "lowbit_ratio"):
         ordered += [f"{prefix}@{p}" for p in profiles if f"{prefix}@{p}" in extra]
     rest = [k for k in extra if k not in ordered]
     return cols + ordered + rest

@@ -21,7 +21,7 @@ from .counting import conv_fanout, is_binary, spike_events, synaptic_ops
 from .meter import measure
 from .profiles import (DEFAULT_PROFILE, PROFILES, EnergyBreakdown, EnergyProfile, MemoryCost, get_profile,
                        load_profiles, resolve_profiles)
-from .results import Comparison, EnergyReport, LayerCount, NeuronCount
+from .results import Comparison, EnergyReport, LayerCount, LowBit, NeuronCount
 
 measure_energy = measure
 
@@ -29,6 +29,7 @@ __all__ = [
     "measure",
     "measure_energy",
     "EnergyReport",
+    "LowBit",
     "LayerCount",
     "NeuronCount",
     "EnergyProfile",

@@ -49,7 +49,7 @@ from .batches import _batch_seed, _batches, _inference, _model_device, _model_na
 from .counting import SYNAPTIC_TYPES, _BN_TYPES, _first_tensor, _neuron_types, is_binary, spike_events, synaptic_ops
 from .peers import _Peers
 from .profiles import EnergyProfile, resolve_profiles
-from .results import Comparison, EnergyReport, LayerCount, NeuronCount, _si
+from .results import Comparison, EnergyReport, LayerCount, LowBit, NeuronCount, _si
 
 __all__ = ["measure"]
 
@@ -60,12 +60,15 @@ __all__ = ["measure"]
 
 class _LayerStats:
     __slots__ = ("name", "type", "calls", "ac_calls", "mac_calls", "acs", "macs", "eff_macs", "dense",
-                 "dense_static", "nonzero", "elements", "folded_calls")
+                 "dense_static", "nonzero", "elements", "folded_calls", "lowbit_macs",
+                 "lowbit_dense")
 
     def __init__(self, name: str, type_: str):
         self.name, self.type = name, type_
         self.calls = self.ac_calls = self.mac_calls = self.folded_calls = 0
         self.acs = self.macs = self.eff_macs = self.dense = self.nonzero = self.elements = 0
+        self.lowbit_macs = 0  # a quantised CNN's MACs on nonzero low-bit activations (real fan-out)
+        self.lowbit_dense = 0  # the dense MACs of those calls
         self.dense_static = 0  # dense MACs of the calls on exactly the batch's images (run once, not per step)
 
     def cnn_macs(self, time_steps: int | None) -> float:
@@ -134,6 +137,14 @@ class _Counter:
         self.unfoldable_bns = {m for m in self.bns if isinstance(m, StepBatchNorm)}
         for m in neurons:
             self.neurons[m] = _NeuronStats(names[m], type(m).__name__)
+        # a CNN with QCFS activations (a convertible CNN): its activations are whole multiples of λ/L, L+1
+        # values, so a layer reading them multiplies by a ceil(log2(L+1))-bit operand
+        from ..models.qcfs import QCFS
+
+        qcfs = [m for m in model.modules() if isinstance(m, QCFS)] if not self.spiking else []
+        self.lowbit_steps = {float(abs(m.threshold) / m.levels) if m.threshold is not None else 1.0 / m.levels
+                             for m in qcfs}
+        self.activation_bits = max((math.ceil(math.log2(m.levels + 1)) for m in qcfs), default=None)
 
     @contextlib.contextmanager
     def counting(self, images: int):
@@ -164,6 +175,10 @@ class _Counter:
                 if self.spiking else None
             eff, dense = synaptic_ops(m, x, out)
             st.calls += 1
+            if self.lowbit_steps and not self.spiking and \
+                    spike_events(x, self.lowbit_steps, x.dim() - 1 if isinstance(m, nn.Linear) else 1) is not None:
+                st.lowbit_macs += eff
+                st.lowbit_dense += dense
             if events is not None:
                 st.ac_calls += 1
                 st.acs += synaptic_ops(m, x, out, events)[0] if events.dtype != torch.bool else eff
@@ -296,6 +311,14 @@ def _finish(counter: _Counter, model: nn.Module, images: int, profiles: list[Ene
     notes = []
     if not spiking:
         notes.append("no spiking neurons: every synaptic operation is a MAC")
+    lowbit = None
+    if counter.activation_bits is not None:
+        q = sum(st.lowbit_macs for st in counter.layers.values()) * per
+        q_dense = sum(st.lowbit_dense for st in counter.layers.values()) * per
+        rest = macs - q_dense  # the full-width MACs: layers whose input is not a QCFS output (the stem, ...)
+        lowbit = LowBit(activation_bits=counter.activation_bits, lowbit_macs=q, lowbit_dense_macs=q_dense,
+                        full_macs=rest,
+                        energy=[p.lowbit_energy(q, rest, counter.activation_bits) for p in profiles])
     return EnergyReport(
         model=name or _model_name(model), samples=images, spiking=spiking,
         time_steps=counter.time_steps if spiking else None, params=count_params(model),
@@ -304,6 +327,7 @@ def _finish(counter: _Counter, model: nn.Module, images: int, profiles: list[Ene
         activation_sparsity=None if firing is None else 1.0 - firing,
         accuracy=(correct / labelled) if labelled else None,
         layers=rows, neurons=nrows, energy=energy, comparison=None, profiles=list(profiles), notes=notes,
+        lowbit=lowbit,
     )
 
 

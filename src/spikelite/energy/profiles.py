@@ -54,6 +54,11 @@ class EnergyProfile:
             the paper's formula charges only ACs and MACs).
         memory: memory traffic per byte, or None for compute-only profiles.
         source: where the numbers come from.
+        weight_bits: the width of the weight operand the MAC and AC figures are for (32 for fp32). Used
+            only to price a MAC whose other operand is a ``b``-bit activation (a quantised CNN's,
+            :meth:`lowbit_energy`): ``ac_pj + (mac_pj - ac_pj) * min(1, b / weight_bits)``, the
+            multiplier's share scaled with the width of the narrower operand (an array multiplier's
+            energy grows with the product of its operand widths; Horowitz 2014).
     """
 
     name: str
@@ -62,12 +67,16 @@ class EnergyProfile:
     neuron_update_pj: float = 0.0
     memory: MemoryCost | None = None
     source: str = ""
+    weight_bits: int = 32
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise SpikeliteError(f"energy profile name must be a non-empty string, got {self.name!r}")
         for key in ("mac_pj", "ac_pj", "neuron_update_pj"):
             _check_cost(self.name, key, getattr(self, key))
+        if isinstance(self.weight_bits, bool) or not isinstance(self.weight_bits, int) or self.weight_bits < 1:
+            raise SpikeliteError(f"energy profile {self.name!r}: weight_bits must be a positive integer, "
+                                 f"got {self.weight_bits!r}")
         if self.memory is not None:
             if not isinstance(self.memory, MemoryCost):
                 raise SpikeliteError(f"energy profile {self.name!r}: memory must be a MemoryCost")
@@ -86,6 +95,22 @@ class EnergyProfile:
         return EnergyBreakdown(profile=self.name, ac_pj=ac_e, mac_pj=mac_e, neuron_pj=neuron_e,
                                weight_memory_pj=weight_e, state_memory_pj=state_e)
 
+    def lowbit_mac_pj(self, activation_bits: int) -> float:
+        """One MAC whose activation operand has ``activation_bits`` bits (the weight as the profile's)."""
+        share = min(1.0, activation_bits / self.weight_bits)
+        return self.ac_pj + (self.mac_pj - self.ac_pj) * share
+
+    def lowbit_energy(self, lowbit_macs: float, macs: float, activation_bits: int) -> "EnergyBreakdown":
+        """Energy of a quantised-activation CNN: ``lowbit_macs`` MACs on ``activation_bits``-bit activations
+        (priced by :meth:`lowbit_mac_pj`) and ``macs`` full-width MACs (the stem on the image, layers after
+        pooling or residual sums), in pJ; memory traffic as for any synaptic operation."""
+        mac_e = lowbit_macs * self.lowbit_mac_pj(activation_bits) + macs * self.mac_pj
+        weight_e = 0.0
+        if self.memory is not None:
+            weight_e = (lowbit_macs + macs) * self.memory.weight_bytes * self.memory.pj_per_byte
+        return EnergyBreakdown(profile=self.name, ac_pj=0.0, mac_pj=mac_e, neuron_pj=0.0,
+                               weight_memory_pj=weight_e, state_memory_pj=0.0)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -102,9 +127,9 @@ PROFILES: dict[str, EnergyProfile] = {
     for p in (
         EnergyProfile("45nm-fp32", mac_pj=4.6, ac_pj=0.9,
                       source=HOROWITZ_2014 + ": fp32 mult 3.7 + add 0.9 pJ; add 0.9 pJ (the paper's figures)"),
-        EnergyProfile("45nm-fp16", mac_pj=1.5, ac_pj=0.4,
+        EnergyProfile("45nm-fp16", mac_pj=1.5, ac_pj=0.4, weight_bits=16,
                       source=HOROWITZ_2014 + ": fp16 mult 1.1 + add 0.4 pJ; add 0.4 pJ"),
-        EnergyProfile("45nm-int8", mac_pj=0.23, ac_pj=0.03,
+        EnergyProfile("45nm-int8", mac_pj=0.23, ac_pj=0.03, weight_bits=8,
                       source=HOROWITZ_2014 + ": int8 mult 0.2 + add 0.03 pJ; add 0.03 pJ (8-bit accumulate)"),
         EnergyProfile("45nm-fp32-mem", mac_pj=4.6, ac_pj=0.9,
                       memory=MemoryCost(pj_per_byte=12.5, weight_bytes=4.0, state_bytes=4.0),
@@ -115,7 +140,7 @@ PROFILES: dict[str, EnergyProfile] = {
 }
 DEFAULT_PROFILE = "45nm-fp32"
 
-_PROFILE_KEYS = {"name", "mac_pj", "ac_pj", "neuron_update_pj", "memory", "source"}
+_PROFILE_KEYS = {"name", "mac_pj", "ac_pj", "neuron_update_pj", "memory", "source", "weight_bits"}
 _REQUIRED_KEYS = ("mac_pj", "ac_pj")
 _MEMORY_KEYS = ("pj_per_byte", "weight_bytes", "state_bytes")
 
@@ -140,7 +165,7 @@ def _profile_from_mapping(d, name: str | None, where: str) -> EnergyProfile:
     missing = [k for k in _REQUIRED_KEYS if k not in d]
     if missing:
         raise SpikeliteError(f"{where}: profile {name!r} is missing required field(s) {missing} "
-                             f"(required: {list(_REQUIRED_KEYS)}; optional: neuron_update_pj, memory, source)")
+                             f"(required: {list(_REQUIRED_KEYS)}; optional: neuron_update_pj, memory, source, weight_bits)")
     memory = d.get("memory")
     if memory is not None:
         if not isinstance(memory, dict):
@@ -159,9 +184,12 @@ def _profile_from_mapping(d, name: str | None, where: str) -> EnergyProfile:
     for k in ("mac_pj", "ac_pj", "neuron_update_pj"):
         if k in d:
             _check_cost(name, k, d[k])
+    bits = d.get("weight_bits", 32)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise SpikeliteError(f"{where}: profile {name!r}: weight_bits must be a positive integer, got {bits!r}")
     return EnergyProfile(name=name, mac_pj=float(d["mac_pj"]), ac_pj=float(d["ac_pj"]),
                          neuron_update_pj=float(d.get("neuron_update_pj", 0.0)), memory=memory,
-                         source=str(d.get("source", where)))
+                         source=str(d.get("source", where)), weight_bits=bits)
 
 
 def load_profiles(path: str | os.PathLike) -> list[EnergyProfile]:

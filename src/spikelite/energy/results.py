@@ -14,7 +14,7 @@ import json
 from ..errors import SpikeliteError
 from .profiles import EnergyBreakdown, EnergyProfile
 
-__all__ = ["LayerCount", "NeuronCount", "Comparison", "EnergyReport"]
+__all__ = ["LayerCount", "NeuronCount", "Comparison", "LowBit", "EnergyReport"]
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -79,6 +79,32 @@ class Comparison:
 
 
 @dataclasses.dataclass
+class LowBit:
+    """A quantised-activation CNN (QCFS activations, L + 1 values) priced as a low-bit network, per image.
+
+    ``lowbit_macs``: MACs whose activation operand is a nonzero QCFS output (real fan-out: zeros are
+    skipped, as an SNN skips silence), each priced at :meth:`EnergyProfile.lowbit_mac_pj` for
+    ``activation_bits`` = ceil(log2(L + 1)); ``lowbit_dense_macs``: the same calls counted dense;
+    ``full_macs``: the MACs on inputs that are not QCFS outputs (the stem on the image, layers after
+    pooling or residual sums), at the profile's full MAC price. ``energy``: one breakdown per profile.
+    The yardstick an SNN converted from this CNN must beat to be worth its time steps."""
+
+    activation_bits: int
+    lowbit_macs: float
+    lowbit_dense_macs: float
+    full_macs: float
+    energy: list[EnergyBreakdown]
+
+    def energy_for(self, profile: str) -> EnergyBreakdown | None:
+        return next((e for e in self.energy if e.profile == profile), None)
+
+    def to_dict(self) -> dict:
+        return {"activation_bits": self.activation_bits, "lowbit_macs": self.lowbit_macs,
+                "lowbit_dense_macs": self.lowbit_dense_macs, "full_macs": self.full_macs,
+                "energy": [e.to_dict() for e in self.energy]}
+
+
+@dataclasses.dataclass
 class EnergyReport:
     """What :func:`measure` found, per image (all T steps of one inference), averaged over ``samples``."""
 
@@ -106,6 +132,7 @@ class EnergyReport:
     cnn_energy: list[EnergyBreakdown] = dataclasses.field(default_factory=list)
     peers: dict | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    lowbit: LowBit | None = None
 
     def energy_for(self, profile: str | None = None) -> EnergyBreakdown:
         """The breakdown under ``profile`` (default: the first one measured)."""
@@ -147,6 +174,7 @@ class EnergyReport:
             "layers": [layer.to_dict() for layer in self.layers],
             "neurons": [n.to_dict() for n in self.neurons],
             "notes": list(self.notes),
+            "lowbit": None if self.lowbit is None else self.lowbit.to_dict(),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -245,6 +273,16 @@ def _render_table(r: EnergyReport, layers: bool) -> str:
         lines.append(f"SNN vs CNN ({c.profile}): {c.snn_energy_mj:.6f} mJ vs {c.cnn_energy_mj:.6f} mJ, "
                      f"CNN/SNN energy {ratio}{acc}")
         lines.append(f"  CNN: {c.cnn_source}; {c.accuracy_source}")
+    if r.lowbit is not None:
+        q = r.lowbit
+        lines.append("")
+        lines.append(f"as a low-bit CNN ({q.activation_bits}-bit QCFS activations, zeros skipped): "
+                     f"{_si(q.lowbit_macs)} low-bit MACs (dense {_si(q.lowbit_dense_macs)}) + {_si(q.full_macs)} "
+                     "full-width MACs")
+        rows = []
+        for p, e in zip(r.profiles, q.energy):
+            rows.append([p.name, f"{p.lowbit_mac_pj(q.activation_bits):.4g}", f"{p.mac_pj:g}", f"{e.total_mj:.6f}"])
+        lines += _grid(["profile", "low-bit MAC pJ", "MAC pJ", "total mJ"], rows, {1, 2, 3})
     if r.peers:
         lines.append("")
         lines += _render_peers(r)

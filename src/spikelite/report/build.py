@@ -133,6 +133,9 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                 tag = "compute" if p == compute else "memory"
                 head += [f"CNN mJ ({tag})", f"SNN mJ ({tag})", f"CNN/SNN ({tag})"]
             head += ["paper CNN/SNN"]
+            lowbit = bool(compute) and any(g.get("qcnn_accuracy") is not None for g in pairs)
+            if lowbit:
+                head += ["QCFS CNN acc %", "bits", "low-bit CNN mJ (compute)", "low-bit CNN/SNN (compute)"]
             rows_t = []
             for g in pairs:
                 pp = _paper(ds_name, g["family"], g["variant"])
@@ -146,12 +149,22 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                     row += [_mj(g.get(f"cnn_energy_mj@{p}")), _mj(g.get(f"energy_mj@{p}")),
                             _ratio(g.get(f"energy_ratio@{p}"))]
                 row += [_paper_cell(pp.get("energy_ratio"), lambda v: f"{v:g}x")]
+                if lowbit:
+                    bits = g.get("qcnn_activation_bits")
+                    row += [_pct(g.get("qcnn_accuracy")), "-" if bits is None else f"{bits:g}",
+                            _mj(g.get(f"qcnn_lowbit_energy_mj@{compute}")), _ratio(g.get(f"lowbit_ratio@{compute}"))]
                 rows_t.append(row)
             doc.table(head, rows_t, right=set(range(2, len(head))), paper=has_paper)
             doc.p("Every SNN is compared with its own CNN: an SNN with the CNN cell of the same model, dataset and "
                   "seed (the network it was converted from); a pruned SNN with the pruned CNN of the same schedule "
                   "when the grid has a `cnn-p` cell, otherwise with its own pruned architecture run densely for one "
-                  "step (energy only, no accuracy). CNN/SNN > 1 means the SNN spends less. Δ acc = SNN − CNN.")
+                  "step (energy only, no accuracy). CNN/SNN > 1 means the SNN spends less. Δ acc = SNN − CNN."
+                  + (" QCFS CNN: the quantised-activation CNN the SNN was converted from (`cnn-q`; for an SNN-P its "
+                     "`cnn-p` when that has QCFS activations), priced as a low-bit network: each MAC on a nonzero "
+                     "QCFS activation of that many bits at the add plus the multiplier's share scaled by bits/32, "
+                     "zeros skipped, other MACs at full width (docs/energy.md). Low-bit CNN/SNN > 1: the SNN spends "
+                     "less than that low-bit CNN; below 1 the SNN is not worth its time steps on this count."
+                     if lowbit else ""))
         # Table 3: pruning ablation
         pr = [g for g in gds if g["variant"] in ("snn-p", "cnn-p")]
         if pr:
