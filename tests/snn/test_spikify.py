@@ -373,7 +373,10 @@ def test_create_model_act_levels_swaps_every_relu_and_rebuilds():
     again = create_model(**m.spikelite_spec)
     assert [type(x) for x in again.modules()] == [type(x) for x in m.modules()]
     with pytest.raises(SpikeliteError, match="other activation"):
-        create_model("mixnet_s", act_levels=4)
+        create_model("mixnet_s", act_levels=4)  # SiLU
+    relu_mix = create_model("mixnet_s", width=0.05, act="relu", act_levels=4)  # its SE gates stay analog sigmoids
+    assert not any(isinstance(x, nn.ReLU) for x in relu_mix.modules())
+    assert any(isinstance(x, nn.Sigmoid) for x in relu_mix.modules())
     with pytest.raises(SpikeliteError, match="act_levels"):
         create_model("squeezenet1_1", act_levels=0)
 

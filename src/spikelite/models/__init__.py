@@ -147,14 +147,16 @@ def recorded_spec(spec: dict) -> dict:
 
 
 def _use_qcfs(model: nn.Module, name: str, levels: int, threshold: float | None = None) -> None:
-    """Replace every ReLU/ReLU6 module by a QCFS activation (in place); other activations are an error."""
+    """Replace every ReLU/ReLU6 module by a QCFS activation (in place); other activations are an error, except
+    the Sigmoid/Hardsigmoid gates of squeeze-excitation, which stay analog (as :func:`spikelite.snn.spikify`
+    keeps them when it converts)."""
     from .qcfs import QCFS
 
     relus, others = [], []
     for path, m in model.named_modules():
         if isinstance(m, (nn.ReLU, nn.ReLU6)):
             relus.append(path)
-        elif isinstance(m, (nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Sigmoid, nn.Hardsigmoid)) or \
+        elif isinstance(m, (nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)) or \
                 type(m).__name__ in ("Swish", "SwishMe", "HardSwish", "HardSwishMe", "GELU"):
             others.append(f"{path} ({type(m).__name__})")
     if others:
