@@ -386,6 +386,17 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool =
     return {k: v for k, v in ckpt.items() if k not in ("state_dict", "state_dict_metadata", "train_state")}
 
 
+def _same_classes(a: list[str], b: list[str]) -> bool:
+    """Equal class lists, or equal but for names one side adds after a bare key (Tiny ImageNet's
+    ``"n01443537 (goldfish, ...)"`` against ``"n01443537"`` where the names file is absent)."""
+    if a == b:
+        return True
+    if len(a) != len(b):
+        return False
+    return all(x == y or (y.startswith(x + " (") if " " not in x else x.startswith(y + " (") if " " not in y
+                          else False) for x, y in zip(a, b))
+
+
 def checkpoint_data(meta: dict, path, split: str, *, data_root: str | None = None, dataset: str | None = None):
     """The split of a checkpoint's dataset it is evaluated on: name, image size, channels, train/val split
     and normalisation from the checkpoint (``meta`` from :func:`load_model`); ``dataset``/``data_root``
@@ -409,7 +420,7 @@ def checkpoint_data(meta: dict, path, split: str, *, data_root: str | None = Non
     if data.num_classes != n_classes:
         raise SpikeliteError(f"{data.name} at {root} has {data.num_classes} classes but the checkpoint's model has "
                              f"{n_classes}: wrong dataset for this checkpoint")
-    if info.get("classes") is not None and list(info["classes"]) != list(data.classes):
+    if info.get("classes") is not None and not _same_classes(list(info["classes"]), list(data.classes)):
         raise SpikeliteError(f"the classes of {data.name} at {root} ({', '.join(data.classes[:4])}, ...) differ from "
                              f"the checkpoint's ({', '.join(info['classes'][:4])}, ...)")
     if info.get("mean") and info.get("std"):

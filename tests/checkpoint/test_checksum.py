@@ -132,3 +132,13 @@ def test_a_directory_is_called_a_directory(tmp_path, capsys):
         C.load_model(tmp_path / "empty")
     with pytest.raises(SpikeliteError, match="does not exist"):
         C.load_model(tmp_path / "missing.pt")
+
+
+def test_class_lists_match_by_key_when_one_side_lacks_the_names():
+    from spikelite.checkpoint import _same_classes
+
+    named = ["n01443537 (goldfish, Carassius auratus)", "n02123045 (tabby, tabby cat)"]
+    assert _same_classes(named, ["n01443537", "n02123045"]) and _same_classes(["n01443537", "n02123045"], named)
+    assert not _same_classes(named, ["n02123045", "n01443537"])  # order matters: labels index it
+    assert not _same_classes(named, ["n01443537"]) and not _same_classes(["cat", "dog"], ["cat", "dogs"])
+    assert not _same_classes(["n01 (a)", "n02 (b)"], ["n01 (x)", "n02 (b)"])  # two different names for one key

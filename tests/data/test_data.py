@@ -299,7 +299,8 @@ def test_tinyimagenet_layout(tmp_path):
     train = load_split("tinyimagenet", str(tmp_path), "train", val_size=3, cache_dir="off")
     val = load_split("tinyimagenet", str(base), "val", val_size=3, cache_dir="off")
     test = load_split("tinyimagenet", str(tmp_path), "test", cache_dir="off")
-    assert train.classes == ["n01", "n02", "n03"] and train.image_size == 64
+    # Labels follow the sorted wnids; the class names come from the words.txt beside wnids.txt.
+    assert train.classes == ["n01 (thing n01)", "n02 (thing n02)", "n03 (thing n03)"] and train.image_size == 64
     assert (len(train), len(val), len(test)) == (9, 3, 6) and val.class_counts() == [1, 1, 1]
     # Labels follow the sorted wnids; colours encode the class, JPEG keeps them within a few levels.
     for data in (train, test):

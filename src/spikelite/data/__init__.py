@@ -6,8 +6,10 @@ Every split is one :class:`ImageData` held entirely in memory as a ``uint8 [N, C
 * ``cifar10`` / ``cifar100`` — torchvision's pickles (``cifar-10-batches-py/``, ``cifar-100-python/``)
   or an ImageFolder root with ``train/<class>/*`` and ``test/<class>/*`` (class folders named as the
   dataset's classes, e.g. ``airplane`` ... ``truck``).
-* ``tinyimagenet`` — ``tiny-imagenet-200/`` (``train/<wnid>/images/*.JPEG``; ``val/images`` with
-  ``val/val_annotations.txt`` serves as the test split).
+* ``tinyimagenet`` — the ImageFolder layout ``train/<wnid>/*.JPEG`` (test split: ``test/<wnid>/*.JPEG``
+  beside it) or the official ``tiny-imagenet-200/`` (``train/<wnid>/images/*.JPEG``; ``val/images`` with
+  ``val/val_annotations.txt`` serves as the test split). Labels follow the sorted wnids; class names come
+  from a ``tinyimagenet-classes.tsv`` / ``words.txt`` beside the data when there is one.
 * ``fashion-mnist`` — IDX files, plain or ``.gz`` (default root: Debian's
   ``/usr/share/datasets/fashion-mnist``).
 * ``digits`` — scikit-learn's 8x8 digits, resized to 32x32 with the grey level replicated to 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -232,17 +233,184 @@ def _load_cifar(key: str, root, part: str, opts: _Options) -> _Source:
     return _cifar_pickles(key, folder, part, opts)
 
 
+_TINY_NATIVE = 64  # every Tiny ImageNet image is 64x64; any other is resized to it, with a warning
+_TINY_NAME_FILES = ("tinyimagenet-classes.tsv", "words.txt")  # "<wnid>\t<names>" lines
+_TINY_EXPECTED = ("train/<wnid>/*.JPEG (ImageFolder; its test part test/<wnid>/*.JPEG beside train/) or the official "
+                  "tiny-imagenet-200/ (wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
+                  "val/val_annotations.txt)")
+
+
+def _labelled_test_dirs(base: Path) -> list[str]:
+    """The class folders of ``base/test`` (the official archive's unlabelled ``test/images/`` is none)."""
+    test = base / "test"
+    names = _subdirs(str(test)) if test.is_dir() else []
+    return [] if names == ["images"] else names
+
+
 def _tiny_base(root: Path) -> Path | None:
     for base in (root / "tiny-imagenet-200", root):
         if ((base / "wnids.txt").is_file() or (base / "train").is_dir()
-                or (base / "val" / "val_annotations.txt").is_file()):
+                or (base / "val" / "val_annotations.txt").is_file() or _labelled_test_dirs(base)):
             return base
     return None
 
 
+def _tiny_classes(key: str, base: Path) -> list[str]:
+    """The wnids, sorted: the class order of both layouts (label i is the i-th wnid in sorted order)."""
+    wnids_file = base / "wnids.txt"
+    if wnids_file.is_file():
+        classes = sorted({line.strip() for line in wnids_file.read_text().splitlines() if line.strip()})
+        if not classes:
+            raise SpikeliteError(f"{key}: {wnids_file} lists no classes")
+        return classes
+    if (base / "train").is_dir():
+        classes = _subdirs(str(base / "train"))
+        if not classes:
+            raise SpikeliteError(f"{key}: {base / 'train'} has no class folders (expected train/<wnid>/*.JPEG)")
+        return classes
+    test = _labelled_test_dirs(base)
+    if test:  # a root that holds only the test part: its own folders name the classes
+        return test
+    raise SpikeliteError(f"{key}: {base} has neither wnids.txt nor train/ to name the classes")
+
+
+def _tiny_train(key: str, base: Path, classes: list[str]) -> tuple[str, list, list[int]]:
+    """The training images of either layout: ``train/<wnid>/images/*`` (official) or ``train/<wnid>/*``."""
+    train = base / "train"
+    if not train.is_dir():
+        raise SpikeliteError(f"{key}: no train/ folder in {base} (expected {_TINY_EXPECTED})")
+    known = set(classes)
+    extra = [d for d in _subdirs(str(train)) if d not in known]
+    if extra:
+        raise SpikeliteError(f"{key}: {train} has class folders not listed in wnids.txt: {extra[:5]}")
+    found: dict[str, tuple[str, list]] = {}  # wnid -> (layout, files)
+    for wnid in classes:
+        folder = train / wnid
+        nested = _list_images(str(folder / "images")) if (folder / "images").is_dir() else []
+        flat = _list_images(str(folder)) if folder.is_dir() else []
+        if nested and flat:
+            raise SpikeliteError(f"{key}: {folder} holds images both in images/ and directly; keep one layout "
+                                 f"(train/<wnid>/images/*.JPEG or train/<wnid>/*.JPEG)")
+        if nested or flat:
+            found[wnid] = ("tiny-imagenet-200" if nested else "imagefolder", nested or flat)
+    layouts = {layout for layout, _ in found.values()}
+    if len(layouts) > 1:
+        first = {layout: next(w for w, (lay, _) in found.items() if lay == layout) for layout in layouts}
+        raise SpikeliteError(f"{key}: {train} mixes two layouts: {train / first['tiny-imagenet-200'] / 'images'} "
+                             f"holds the images of its class, {train / first['imagefolder']} holds them directly; "
+                             f"use train/<wnid>/images/*.JPEG or train/<wnid>/*.JPEG for every class")
+    layout = layouts.pop() if layouts else "imagefolder"
+    for wnid in classes:
+        if wnid not in found:
+            folder = train / wnid
+            if layout == "tiny-imagenet-200":
+                raise SpikeliteError(f"{key}: missing {folder / 'images'} (expected train/<wnid>/images/*.JPEG "
+                                     f"for every class, as the other classes have)")
+            raise SpikeliteError(f"{key}: {folder} holds no images (expected train/<wnid>/*.JPEG for every class"
+                                 f"{' in wnids.txt' if (base / 'wnids.txt').is_file() else ''}; "
+                                 f"{', '.join(IMAGE_EXTENSIONS)})")
+    entries, labels = [], []
+    for label, wnid in enumerate(classes):
+        entries.extend(found[wnid][1])
+        labels.extend([label] * len(found[wnid][1]))
+    return layout, entries, labels
+
+
+def _tiny_test_folders(key: str, base: Path, classes: list[str]) -> tuple[list, list[int]]:
+    """``test/<wnid>/*``: exactly the training classes, each with at least one image."""
+    test = base / "test"
+    names = _labelled_test_dirs(base)
+    present, known = set(names), set(classes)
+    missing, extra = [c for c in classes if c not in present], [n for n in names if n not in known]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lacks {len(missing)} of the {len(classes)} training classes ({', '.join(missing[:5])}"
+                         f"{', ...' if len(missing) > 5 else ''})")
+        if extra:
+            parts.append(f"has {len(extra)} class folders that are not training classes ({', '.join(extra[:5])}"
+                         f"{', ...' if len(extra) > 5 else ''})")
+        raise SpikeliteError(f"{key}: the test part {test} {' and '.join(parts)}; its class folders must be "
+                             f"exactly the training classes (train/ or wnids.txt)")
+    entries, labels = [], []
+    for label, wnid in enumerate(classes):
+        files = _list_images(str(test / wnid))
+        if not files:
+            raise SpikeliteError(f"{key}: class folder {test / wnid} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        entries.extend(files)
+        labels.extend([label] * len(files))
+    return entries, labels
+
+
+def _tiny_val_annotations(key: str, base: Path, classes: list[str]) -> tuple[list, list[int], list]:
+    """The official ``val/``: ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``."""
+    ann = base / "val" / "val_annotations.txt"
+    images_dir = base / "val" / "images"
+    index = {c: i for i, c in enumerate(classes)}
+    rows = []
+    for lineno, line in enumerate(ann.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            raise SpikeliteError(f"{key}: {ann}:{lineno}: expected '<file> <wnid> ...', got {line!r}")
+        if fields[1] not in index:
+            raise SpikeliteError(f"{key}: {ann}:{lineno}: class {fields[1]!r} is not among the "
+                                 f"{len(classes)} classes")
+        rows.append((fields[0], index[fields[1]]))
+    if not rows:
+        raise SpikeliteError(f"{key}: {ann} lists no images")
+    rows.sort()
+    entries, labels = [], []
+    for fname, label in rows:
+        file = images_dir / fname
+        try:
+            entries.append(_file_entry(str(file)))
+        except OSError:
+            raise SpikeliteError(f"{key}: {ann} lists {fname}, but {file} does not exist") from None
+        labels.append(label)
+    return entries, labels, [_file_entry(str(ann))]
+
+
+def _tiny_class_names(key: str, dirs: list[Path], classes: list[str]) -> list[str]:
+    """Each wnid with its WordNet names, ``"n01443537 (goldfish, Carassius auratus)"``, from the first
+    ``tinyimagenet-classes.tsv`` / ``words.txt`` in ``dirs`` that names any of the classes; a wnid it does not
+    name (or no such file) is the wnid alone. The wnid comes first, so a checkpoint trained with the names
+    file matches data without it (:func:`spikelite.checkpoint.checkpoint_data` compares the leading word)."""
+    wanted = set(classes)
+    for folder in dirs:
+        for fname in _TINY_NAME_FILES:
+            path = folder / fname
+            if not path.is_file():
+                continue
+            names = {}
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    for line in fh:
+                        wnid, sep, name = line.rstrip("\r\n").partition("\t")
+                        if sep and wnid.strip() in wanted and name.strip():
+                            names[wnid.strip()] = name.strip()
+            except OSError as exc:
+                raise SpikeliteError(f"{key}: cannot read the class names in {path}: {exc}") from None
+            if not names:
+                continue  # a file of that name about something else
+            out = [f"{c} ({names[c]})" if c in names else c for c in classes]  # the wnid stays the class's key
+            unnamed = [c for c in classes if c not in names]
+            if unnamed:
+                warnings.warn(f"{key}: {path} names {len(names)} of the {len(classes)} classes; the others keep "
+                              f"their wnids ({', '.join(unnamed[:5])}{', ...' if len(unnamed) > 5 else ''})",
+                              stacklevel=4)
+            if len(set(out)) != len(out):
+                dup = next(n for n in out if out.count(n) > 1)
+                warnings.warn(f"{key}: {path} gives two classes the name {dup!r}; using the wnids as class names",
+                              stacklevel=4)
+                return list(classes)
+            return out
+    return list(classes)
+
+
 def _load_tinyimagenet(key: str, root, part: str, opts: _Options) -> _Source:
-    expected = "tiny-imagenet-200/ (train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt)"
-    path = _root_dir(key, root, expected, allow_missing=opts.download)
+    path = _root_dir(key, root, _TINY_EXPECTED, allow_missing=opts.download)
     if opts.channels != 3:
         raise SpikeliteError(f"{key} has RGB images; channels={opts.channels} is not available for it")
     base = _tiny_base(path) if path.is_dir() else None
@@ -250,71 +418,33 @@ def _load_tinyimagenet(key: str, root, part: str, opts: _Options) -> _Source:
         _download(key, path)
         base = _tiny_base(path)
     if base is None:
-        raise SpikeliteError(f"{key}: {path} does not hold {expected}")
-    wnids_file = base / "wnids.txt"
-    if wnids_file.is_file():
-        classes = sorted({line.strip() for line in wnids_file.read_text().splitlines() if line.strip()})
-        if not classes:
-            raise SpikeliteError(f"{key}: {wnids_file} lists no classes")
-    elif (base / "train").is_dir():
-        classes = _subdirs(str(base / "train"))
-    else:
-        raise SpikeliteError(f"{key}: {base} has neither wnids.txt nor train/ to name the classes")
-    index = {c: i for i, c in enumerate(classes)}
-    entries, labels = [], []  # entries: (path, size, mtime) of the images, in label order
+        found = ", ".join(sorted(os.listdir(path))[:10]) if path.is_dir() else "nothing"
+        raise SpikeliteError(f"{key}: {path} does not hold {_TINY_EXPECTED} (found: {found or 'an empty folder'})")
+    classes = _tiny_classes(key, base)
     extra_entries = []  # files that define the split without being images (the annotations)
     if part == "train":
-        train = base / "train"
-        if not train.is_dir():
-            raise SpikeliteError(f"{key}: no train/ folder in {base} (expected train/<wnid>/images/*.JPEG)")
-        extra = [d for d in _subdirs(str(train)) if d not in index]
-        if extra:
-            raise SpikeliteError(f"{key}: {train} has class folders not listed in wnids.txt: {extra[:5]}")
-        for wnid in classes:
-            folder = train / wnid / "images"
-            if not folder.is_dir():
-                raise SpikeliteError(f"{key}: missing {folder} (expected train/<wnid>/images/*.JPEG for every "
-                                     f"class in wnids.txt)")
-            files = _list_images(str(folder))
-            if not files:
-                raise SpikeliteError(f"{key}: {folder} holds no images")
-            entries.extend(files)
-            labels.extend([index[wnid]] * len(files))
+        layout, entries, labels = _tiny_train(key, base, classes)
+    elif _labelled_test_dirs(base):  # test/<wnid>/*.JPEG beside train/ (preferred over the official val/)
+        layout = "imagefolder"
+        entries, labels = _tiny_test_folders(key, base, classes)
+    elif (base / "val" / "val_annotations.txt").is_file():
+        layout = "tiny-imagenet-200"
+        entries, labels, extra_entries = _tiny_val_annotations(key, base, classes)
     else:
-        ann = base / "val" / "val_annotations.txt"
-        images_dir = base / "val" / "images"
-        if not ann.is_file():
-            raise SpikeliteError(f"{key}: missing {ann} (the val split, which serves as the test split, needs "
-                                 f"val/images/*.JPEG and val/val_annotations.txt)")
-        rows = []
-        for lineno, line in enumerate(ann.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) < 2:
-                raise SpikeliteError(f"{key}: {ann}:{lineno}: expected '<file> <wnid> ...', got {line!r}")
-            if fields[1] not in index:
-                raise SpikeliteError(f"{key}: {ann}:{lineno}: class {fields[1]!r} is not among the "
-                                     f"{len(classes)} classes")
-            rows.append((fields[0], index[fields[1]]))
-        if not rows:
-            raise SpikeliteError(f"{key}: {ann} lists no images")
-        rows.sort()
-        for fname, label in rows:
-            file = images_dir / fname
-            try:
-                entries.append(_file_entry(str(file)))
-            except OSError:
-                raise SpikeliteError(f"{key}: {ann} lists {fname}, but {file} does not exist") from None
-            labels.append(label)
-        extra_entries.append(_file_entry(str(ann)))
-    ident = {"dataset": key, "part": part, "layout": "tiny-imagenet-200", "path": str(base), "classes": classes}
+        raise SpikeliteError(f"{key}: {base} has no labelled test images: missing both test/<wnid>/*.JPEG (the "
+                             f"ImageFolder layout) and {base / 'val' / 'val_annotations.txt'} with val/images/*.JPEG "
+                             f"(the official layout, whose val/ serves as the test split)")
+    ident = {"dataset": key, "part": part, "layout": layout, "path": str(base), "classes": classes}
 
     def decode():
-        images = _decode_files([e[0] for e in entries], False, opts.image_size)
+        images = _decode_files([e[0] for e in entries], False, opts.image_size, native=_TINY_NATIVE,
+                               what=f"{key} ({base}, {part})")
         return _finish(images, labels, classes, opts, key)
 
-    return _cached_source(ident, _fingerprint(entries + extra_entries), opts, decode)
+    src = _cached_source(ident, _fingerprint(entries + extra_entries), opts, decode)
+    dirs = list(dict.fromkeys([base, base.parent, path, path.parent]))  # beside the data: root or its parent
+    names = _tiny_class_names(key, dirs, classes)
+    return src if names == src.classes else dataclasses.replace(src, classes=names)
 
 
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
@@ -448,7 +578,7 @@ _LOADERS = {
     "digits": _load_digits,
     "imagefolder": _load_imagefolder,
 }
-_DEFAULT_SIZE = {"digits": 32}
+_DEFAULT_SIZE = {"digits": 32, "tinyimagenet": _TINY_NATIVE}
 _DEFAULT_CHANNELS = {"fashion-mnist": 1}
 
 
@@ -474,7 +604,8 @@ def load_split(name: str, root: str | None, split: str, *, val_size: float | int
         root: the dataset folder (see the module docstring for each layout); None for ``digits``, and
             for ``fashion-mnist`` None means Debian's ``/usr/share/datasets/fashion-mnist``.
         split: ``train`` or ``val`` (the two disjoint parts of the original training set) or ``test``
-            (read only when asked for; Tiny ImageNet's val folder, digits' fixed held-out 20 %).
+            (read only when asked for; for Tiny ImageNet ``test/<wnid>/`` or else the official val folder,
+            digits' fixed held-out 20 %).
         val_size: the validation part, a fraction in [0, 1) or a count (default 10 %: 5,000 of
             CIFAR-10/100's 50,000, i.e. 45k/5k). Ignored for ``test``.
         seed: seeds the stratified train/val split (:func:`stratified_split`).
@@ -483,7 +614,8 @@ def load_split(name: str, root: str | None, split: str, *, val_size: float | int
         download: fetch cifar10, cifar100, fashion-mnist or tinyimagenet into ``root`` when they are
             not there yet (needs the internet; a clear error otherwise).
         image_size: resize every image to ``image_size`` x ``image_size`` (bilinear, antialiased when
-            shrinking). Default: the native size, except digits (32).
+            shrinking). Default: the native size, except digits (32); Tiny ImageNet's native size is 64,
+            and an image of another size among its files is resized to 64x64 on decoding, with a warning.
         channels: 1 or 3; grey datasets replicate their channel to 3 (digits defaults to 3,
             fashion-mnist to 1); imagefolder decodes to grey for 1. RGB datasets take only 3.
     """

@@ -122,23 +122,49 @@ def _decode_pil(path: str, gray: bool) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def _decode_files(paths: list[str], gray: bool, image_size: int | None) -> torch.Tensor:
-    """Decode image files into one uint8 [N, C, H, W] tensor; images of mixed sizes need ``image_size``
-    (they are each resized to it; uniform ones are resized later, in one batched pass)."""
+def _decode_files(paths: list[str], gray: bool, image_size: int | None, native: int | None = None,
+                  what: str = "images") -> torch.Tensor:
+    """Decode image files into one uint8 [N, C, H, W] tensor, written in place (no second copy of the set).
+
+    Without ``native``, all images must share one size unless ``image_size`` is given (then each image of
+    another size is resized to it; a uniform set is resized later, in one batched pass). With ``native``
+    (a dataset whose images are all ``native`` x ``native``, e.g. Tiny ImageNet's 64), an image of any other
+    size is resized to it, and a warning says how many were and names the first."""
     t0 = time.perf_counter()
+    c = 1 if gray else 3
+    if not paths:
+        return torch.zeros((0, c, 1, 1), dtype=torch.uint8)
+    odd: list[tuple[int, int, int]] = []  # (index, h, w) of the images resized on the way in
     with warnings.catch_warnings():
         # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still work.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
-        imgs = [_decode_file(path, gray) for path in paths]
-    sizes = {tuple(t.shape[1:]) for t in imgs}
-    if len(sizes) > 1:
-        first = tuple(imgs[0].shape[1:])
-        odd = next(i for i, t in enumerate(imgs) if tuple(t.shape[1:]) != first)
-        if image_size is None:
-            raise SpikeliteError(f"images differ in size: {paths[0]} is {first[0]}x{first[1]}, {paths[odd]} is "
-                                 f"{imgs[odd].shape[1]}x{imgs[odd].shape[2]}; pass image_size to resize them all")
-        imgs = [_resize(t.unsqueeze(0), image_size)[0] for t in imgs]
-    out = torch.stack(imgs) if imgs else torch.zeros((0, 1 if gray else 3, 1, 1), dtype=torch.uint8)
+        first = _decode_file(paths[0], gray)
+        target = (native, native) if native is not None else tuple(first.shape[1:])
+        out = torch.empty((len(paths), c, *target), dtype=torch.uint8)
+        for i, path in enumerate(paths):
+            img = first if i == 0 else _decode_file(path, gray)
+            size = tuple(img.shape[1:])
+            if size != target:
+                if native is None:
+                    if image_size is None:
+                        raise SpikeliteError(
+                            f"images differ in size: {paths[0]} is {first.shape[1]}x{first.shape[2]}, {path} is "
+                            f"{size[0]}x{size[1]}; pass image_size to resize them all")
+                    if target != (image_size, image_size):  # from here on every image goes to image_size
+                        resized = torch.empty((len(paths), c, image_size, image_size), dtype=torch.uint8)
+                        resized[:i] = _resize(out[:i], image_size)
+                        out, target = resized, (image_size, image_size)
+                else:
+                    odd.append((i, size[0], size[1]))
+                if size != target:
+                    img = _resize(img.unsqueeze(0), target[0])[0]
+            out[i] = img
+    if odd:
+        i, h, w = odd[0]
+        msg = (f"{what}: {len(odd)} of {len(paths)} images are not {native}x{native} (first: {paths[i]}, {h}x{w}); "
+               f"resized to {native}x{native} (bilinear, antialiased when shrinking)")
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=2)
     log.info("decoded %d images in %.1f s", len(paths), time.perf_counter() - t0)
     return out
 
