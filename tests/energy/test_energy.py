@@ -610,3 +610,65 @@ def test_profile_weight_bits(tmp_path):
     p.write_text("mac_pj: 2.0\nac_pj: 0.5\nweight_bits: 0\n")
     with pytest.raises(SpikeliteError, match="weight_bits must be a positive integer"):
         load_profiles(p)
+
+
+class PooledSNN(nn.Module):
+    """Spikes -> overlapping average pool (3x3, stride 2, ceil mode: SqueezeNet's) -> 1x1 conv, and a global
+    pool of spikes -> linear: both pools fold into the layer that reads them."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.T = T
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.lif1 = LIF(v_threshold=0.3, backend="fused")
+        self.pool = nn.AvgPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(4, 6, 1)
+        self.lif2 = LIF(v_threshold=0.3, backend="fused")
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x, record=None):
+        T, n = self.T, x.shape[0]
+        h = self.conv1(x)
+        s1 = self.lif1(h.unsqueeze(0).expand(T, *h.shape)).flatten(0, 1)
+        p = self.pool(s1)
+        c2 = self.conv2(p)
+        s2 = self.lif2(c2.view(T, n, *c2.shape[1:])).flatten(0, 1)
+        g = self.gap(s2)
+        if record is not None:
+            record.update(s1=s1, s2=s2)
+        return self.fc(g.flatten(1)).view(T, n, 10).mean(0)
+
+
+def test_average_pools_of_spikes_fold_into_the_next_layer():
+    T, n = 3, 4
+    torch.manual_seed(1)
+    net = PooledSNN(T).eval()
+    x = torch.randn(n, 3, 9, 9)  # 9 -> ceil((9 - 3) / 2) + 1 = 4: windows overlap
+    rec = {}
+    with torch.no_grad():
+        net(x, record=rec)
+    r = measure(net, x, profiles=["45nm-fp32"])
+    layers = {row.name: row for row in r.layers}
+    # each spike reaches conv2's 6 outputs once per pool window that holds it
+    windows = F.avg_pool2d(rec["s1"].double(), 3, 2, 0, True, True, 1)
+    assert 0 < float(rec["s1"].sum()) and layers["conv2"].op == "AC"
+    assert layers["conv2"].acs == pytest.approx(float(windows.sum()) * 6 / n)
+    assert layers["conv2"].macs == 0
+    # a global pool read through a flatten is not followed (the view drops the tag): the linear stays MAC
+    assert layers["fc"].op == "MAC"
+
+
+def test_pooled_qcfs_activations_stay_low_bit():
+    from spikelite.models.qcfs import QCFS
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), QCFS(4, threshold=0.5), nn.AvgPool2d(2),
+                          nn.Conv2d(4, 6, 1)).eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        a = model[1](model[0](x))
+    rep = measure(model, x, profiles=["45nm-fp32"])
+    # each nonzero activation in a 2x2 window reaches the 6 outputs of the 1x1 conv at the window's position
+    assert rep.lowbit.lowbit_macs == pytest.approx(int((a != 0).sum()) * 6 / 3)
+    assert rep.lowbit.full_macs == pytest.approx(3 * 9 * 4 * 64)  # the stem only

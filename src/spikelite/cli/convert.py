@@ -5,7 +5,9 @@ potential, spikes that carry the threshold, signed spikes), thresholds from the 
 percentile of each activation on calibration images of the checkpoint's own training split, BatchNorm as
 trained. The output is an ordinary SNN checkpoint (eval, energy, prune, export, ``train --init-from``).
 With ``--check N`` it also measures the CNN and the SNN on N validation images at each ``--check-T``, and
-the per-layer error of the time-averaged spikes against the CNN's activations.
+the per-layer error of the time-averaged spikes against the CNN's activations. Those passes (and the bias
+correction) run the SNN in windows of time steps when T x images is large (``--time-chunk``, default auto), so
+their memory does not grow with T.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ def _images(data) -> torch.Tensor:
 def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None = None, dataset: str | None = None,
                        calibration_size: int = 256, percentile: float = 99.9, signed: bool = True,
                        v_init: float = 0.5, burst: int = 1, rate: int = 1, bias_correction: bool = False, seed: int = 0, check: int = 0, check_T: tuple[int, ...] = (),
-                       force: bool = False, log=print) -> dict:
+                       force: bool = False, time_chunk="auto", log=print) -> dict:
     """Convert the CNN checkpoint at ``path`` and write the SNN checkpoint ``out``; returns a summary dict
-    (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``)."""
+    (``{"checkpoint", "source", "T", "thresholds", "check": {...}}``). ``time_chunk``: how the bias correction
+    and the check run the SNN's time steps (:attr:`spikelite.snn.SpikingNet.time_chunk`: ``"auto"``, K steps
+    per window, or None for one pass)."""
     from ..checkpoint import checkpoint_data, load_model, save_checkpoint
     from ..train import evaluate
 
@@ -58,6 +62,7 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     t0 = time.perf_counter()
     snn = convert(cnn, T=T, calibration=calibration, percentile=percentile, signed=signed, v_init=v_init, burst=burst,
                   rate=rate)
+    snn.time_chunk = time_chunk  # checked here, before any long pass (not saved: a runtime setting)
     corrected = 0
     if bias_correction:  # on another draw of training images: on the thresholds' own images it corrected less
         _, bidx = stratified_split(train_data.labels, n_cal, seed + 1) if n_cal < len(train_data) else (None, idx)
@@ -93,6 +98,22 @@ def convert_checkpoint(path: str, out: str, *, T: int = 4, data_root: str | None
     return summary
 
 
+def _time_chunk(text: str):
+    """``--time-chunk``: ``auto``, ``off`` (one pass) or a positive number of time steps per window."""
+    word = text.strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in ("off", "none"):
+        return None
+    try:
+        k = int(word)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise SpikeliteError(f"--time-chunk must be auto, off or a positive number of time steps, got {text!r}")
+    return k
+
+
 def _cli(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
@@ -102,11 +123,12 @@ def _cli(args: argparse.Namespace) -> int:
     if any(t < 1 for t in check_T):
         raise SpikeliteError(f"--check-T must be positive integers, got {args.check_T}")
     quiet = args.json
+    time_chunk = _time_chunk(args.time_chunk)
     summary = convert_checkpoint(
         args.checkpoint, args.out, T=args.T, data_root=args.data, dataset=args.dataset,
         calibration_size=args.calibration_size, percentile=args.percentile, signed=not args.unsigned,
         v_init=args.v_init, burst=args.burst, rate=args.rate, bias_correction=args.bias_correction, seed=args.seed, check=args.check, check_T=check_T, force=args.force,
-        log=(lambda *a: None) if quiet else print)
+        time_chunk=time_chunk, log=(lambda *a: None) if quiet else print)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     elif args.check and args.layers:
@@ -146,6 +168,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="also measure CNN and SNN on N validation images, and the per-layer error")
     p.add_argument("--check-T", help="comma-separated T values for --check (default: --T)")
     p.add_argument("--layers", action="store_true", help="with --check: print the per-layer error")
+    p.add_argument("--time-chunk", default="auto", metavar="K|auto|off",
+                   help="run the SNN of --check and --bias-correction in windows of at most K time steps, so memory "
+                        "does not grow with T (default auto: when T x images is large; off: all steps at once)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

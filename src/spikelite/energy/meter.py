@@ -26,6 +26,11 @@ call, so a layer can be AC in one call and MAC in another (its row then says ``A
 without spiking neurons (no :class:`~spikelite.snn.LIF`, SpikingJelly node or snnTorch neuron) is
 a CNN: all its synaptic operations are MACs whatever their inputs.
 
+Large T: a :class:`~spikelite.snn.SpikingNet` runs inference in windows of time steps when ``T x batch``
+is large (``time_chunk``, docs/performance.md), so each temporal layer is called once per window. The
+hooks add up the windows of one call and settle it after the last one (spikes or not, folded or not,
+with the thresholds known when the call began), so the counts are those of the one-pass forward.
+
 Energy: :class:`EnergyProfile` charges ``ac_pj`` per AC and ``mac_pj`` per MAC (the paper's
 ``E = 0.9 pJ x AC + 4.6 pJ x MAC``, 45 nm fp32, Horowitz 2014), optionally a per-neuron-update cost
 and memory traffic per byte (weights read per synaptic operation, membrane state read and written
@@ -44,7 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import SpikeliteError
-from ..snn import LIF, ConversionIF
+from ..snn import LIF, ConversionIF, chunk_aware, time_window
 from .batches import _batch_seed, _batches, _inference, _model_device, _model_name, _run_model
 from .counting import SYNAPTIC_TYPES, _BN_TYPES, _first_tensor, _neuron_types, is_binary, spike_events, synaptic_ops
 from .peers import _Peers
@@ -74,6 +79,22 @@ class _LayerStats:
     def cnn_macs(self, time_steps: int | None) -> float:
         """The CNN's dense MACs: static calls once, the others divided by the time steps they cover."""
         return self.dense_static + (self.dense - self.dense_static) / (time_steps or 1)
+
+
+class _PendingCall:
+    """One call of a synaptic layer or BatchNorm in a chunked run (time windows, see
+    :meth:`~spikelite.snn.SpikingNet.forward_steps`), window by window: the parts that add up, and what
+    decides how the whole call counts (spikes or not), settled after its last window so that the counts are
+    those of the one-pass call."""
+
+    __slots__ = ("amplitudes", "spikes", "acs", "eff", "dense", "nonzero", "elements", "direct", "binary",
+                 "fired", "n")
+
+    def __init__(self, amplitudes: frozenset):
+        self.amplitudes = amplitudes  # the thresholds known when the call began (its first window)
+        self.spikes = self.binary = True
+        self.direct = self.fired = False
+        self.acs = self.eff = self.dense = self.nonzero = self.elements = self.n = 0
 
 
 class _NeuronStats:
@@ -137,6 +158,8 @@ class _Counter:
         self.unfoldable_bns = {m for m in self.bns if isinstance(m, StepBatchNorm)}
         for m in neurons:
             self.neurons[m] = _NeuronStats(names[m], type(m).__name__)
+        # average pools whose input is spikes (or QCFS outputs): their output carries the events in each window
+        self.pools = [m for m in model.modules() if isinstance(m, _POOL_TYPES)]
         # a CNN with QCFS activations (a convertible CNN): its activations are whole multiples of λ/L, L+1
         # values, so a layer reading them multiplies by a ceil(log2(L+1))-bit operand
         from ..models.qcfs import QCFS
@@ -145,52 +168,118 @@ class _Counter:
         self.lowbit_steps = {float(abs(m.threshold) / m.levels) if m.threshold is not None else 1.0 / m.levels
                              for m in qcfs}
         self.activation_bits = max((math.ceil(math.log2(m.levels + 1)) for m in qcfs), default=None)
+        # a chunked run calls every temporal layer once per time window: the calls' parts until the last
+        self._pending: dict[tuple[nn.Module, int], _PendingCall] = {}
+        self._window: tuple[int, int] | None = None
+        self._window_calls: dict[nn.Module, int] = {}
 
     @contextlib.contextmanager
     def counting(self, images: int):
         """Hooks in place for one forward over ``images`` images (and removed after, so other tools
         that copy modules never meet them)."""
         self.images_in_batch = int(images)
+        self._pending.clear()
+        self._window = None
         hooks = [m.register_forward_hook(self._synaptic_hook) for m in self.layers]
         hooks += [m.register_forward_hook(self._bn_hook) for m in self.bns]
         hooks += [m.register_forward_hook(self._neuron_hook) for m in self.neurons]
+        if self.spiking or self.lowbit_steps:
+            hooks += [m.register_forward_hook(self._pool_hook) for m in self.pools]
         try:
             yield
         finally:
             for h in hooks:
                 h.remove()
+            self._pending.clear()
+
+    def _pending_call(self, m: nn.Module, win) -> tuple[tuple, _PendingCall]:
+        """The record of the call of ``m`` that time window ``win`` is part of: the k-th call of ``m`` in a
+        window continues the k-th call of the window before."""
+        if self._window != (win.run, win.index):
+            self._window = (win.run, win.index)
+            self._window_calls = {}
+        k = self._window_calls.get(m, 0)
+        self._window_calls[m] = k + 1
+        key = (m, k)
+        rec = self._pending.get(key)
+        if rec is None:
+            rec = self._pending[key] = _PendingCall(frozenset(self.amplitudes))
+        return key, rec
 
     def _is_static(self, x: torch.Tensor) -> bool:
         """A call on exactly the batch's images runs once per inference; a SpikingNet's temporal layers
         see ``T*N`` rows (a model of one's own may show ``[T, N, ...]``): T steps in one call."""
         return not self.spiking or x.dim() == 0 or x.shape[0] == self.images_in_batch
 
+    _EVENTS = "_spikelite_energy_events"
+
+    def _input_events(self, x: torch.Tensor, channel_dim: int, steps) -> torch.Tensor | None:
+        """Events per element of ``x``: pooled events when ``x`` is a tagged pool output, else spikes or
+        QCFS levels read from the values (``steps``: the amplitudes)."""
+        tag = getattr(x, self._EVENTS, None)
+        if tag is not None and tag[1] == x._version and tag[0].shape == x.shape:
+            return tag[0]
+        return spike_events(x, steps, channel_dim)
+
+    @chunk_aware  # stateless per call: in a chunked run it tags each window's pooled events
+    def _pool_hook(self, m: nn.Module, args, out) -> None:
+        """An average pool of spikes folds into the layer that reads it (both are linear): each event in a
+        window reaches that layer's outputs at the window's position, with the weight scaled by the pool's
+        divisor, so the layer costs one AC per event and fan-out (a QCFS CNN: one low-bit MAC per nonzero
+        activation in the window). The output is tagged with the events each window holds."""
+        x = _first_tensor(args)
+        if x is None or not isinstance(out, torch.Tensor) or x.dim() < 3:
+            return
+        with torch.no_grad():
+            if self.spiking:
+                ev = self._input_events(x, 1, self.amplitudes)
+                ev = None if ev is None else ev.to(torch.int64).abs()
+            else:
+                ev = self._input_events(x, 1, self.lowbit_steps)
+                ev = None if ev is None else (ev != 0)
+            if ev is None:
+                return
+            pooled = _sum_pool(m, ev.to(torch.float64 if x.device.type == "cpu" else torch.float32), out.shape)
+            if pooled is None:
+                return
+            try:
+                setattr(out, self._EVENTS, (pooled.round().to(torch.int64), out._version))
+            except Exception:  # pragma: no cover - tensors that refuse attributes
+                pass
+
+    @chunk_aware
     def _synaptic_hook(self, m: nn.Module, args, out) -> None:
         x = _first_tensor(args)
         if x is None or not isinstance(out, torch.Tensor):
             return
         st = self.layers[m]
+        win = time_window() if self.spiking else None
+        key, rec = self._pending_call(m, win) if win is not None else (None, None)
         with torch.no_grad():
-            events = spike_events(x, self.amplitudes, x.dim() - 1 if isinstance(m, nn.Linear) else 1) \
-                if self.spiking else None
+            events = self._input_events(x, x.dim() - 1 if isinstance(m, nn.Linear) else 1,
+                                        self.amplitudes if rec is None else rec.amplitudes) if self.spiking else None
             eff, dense = synaptic_ops(m, x, out)
-            st.calls += 1
-            if self.lowbit_steps and not self.spiking and \
-                    spike_events(x, self.lowbit_steps, x.dim() - 1 if isinstance(m, nn.Linear) else 1) is not None:
-                st.lowbit_macs += eff
-                st.lowbit_dense += dense
-            if events is not None:
-                st.ac_calls += 1
-                st.acs += synaptic_ops(m, x, out, events)[0] if events.dtype != torch.bool else eff
-            else:
-                st.mac_calls += 1
-                st.macs += dense
-                st.eff_macs += eff
-            st.dense += dense
-            if self._is_static(x):
-                st.dense_static += dense
-            st.nonzero += int((x != 0).sum())
-            st.elements += x.numel()
+            if self.lowbit_steps and not self.spiking:
+                levels = self._input_events(x, x.dim() - 1 if isinstance(m, nn.Linear) else 1, self.lowbit_steps)
+                if levels is not None:  # a pooled input: one low-bit MAC per nonzero activation in each window
+                    pooled = getattr(x, self._EVENTS, None) is not None
+                    st.lowbit_macs += synaptic_ops(m, x, out, levels)[0] if pooled else eff
+                    st.lowbit_dense += dense
+            acs = 0 if events is None else (synaptic_ops(m, x, out, events)[0] if events.dtype != torch.bool else eff)
+            nonzero = int((x != 0).sum())
+        if rec is None:
+            self._count_synaptic(st, events is not None, acs, eff, dense, self._is_static(x), nonzero, x.numel())
+        else:  # one window of a call: added up, and counted as the whole call after its last window
+            rec.spikes = rec.spikes and events is not None
+            rec.acs += acs
+            rec.eff += eff
+            rec.dense += dense
+            rec.nonzero += nonzero
+            rec.elements += x.numel()
+            if win.last:
+                del self._pending[key]
+                # a temporal call (T steps of the batch) is never one on exactly the batch's images
+                self._count_synaptic(st, rec.spikes, rec.acs, rec.eff, rec.dense, False, rec.nonzero, rec.elements)
         # mark the output (and its version: an in-place op changes it) so that a BatchNorm reading it
         # directly is known to fold into m even when the output happens to be all zeros
         try:
@@ -198,6 +287,24 @@ class _Counter:
         except Exception:  # pragma: no cover - tensors that refuse attributes
             pass
 
+    def _count_synaptic(self, st: _LayerStats, spikes: bool, acs: int, eff: int, dense: int, static: bool,
+                        nonzero: int, elements: int) -> None:
+        """One call of a synaptic layer: ACs when its input was spikes, else MACs."""
+        st.calls += 1
+        if spikes:
+            st.ac_calls += 1
+            st.acs += acs
+        else:
+            st.mac_calls += 1
+            st.macs += dense
+            st.eff_macs += eff
+        st.dense += dense
+        if static:
+            st.dense_static += dense
+        st.nonzero += nonzero
+        st.elements += elements
+
+    @chunk_aware
     def _bn_hook(self, m: nn.Module, args, out) -> None:
         """BatchNorm is folded into the conv/linear layer before it (free at inference), unless it
         normalises spikes: in a spiking model, a BN whose input is binary with at least one spike and
@@ -208,29 +315,46 @@ class _Counter:
         if x is None:
             return
         st = self.bns[m]
-        st.calls += 1
+        win = time_window() if self.spiking else None
         with torch.no_grad():
             tag = getattr(x, self._TAG, None)
             direct = tag is not None and tag == x._version
-            on_spikes = self.spiking and not direct and is_binary(x) and bool((x != 0).any())
+            if win is None:
+                on_spikes = self.spiking and not direct and is_binary(x) and bool((x != 0).any())
+                self._count_bn(m, st, on_spikes, x.numel(), self._is_static(x))
+                return
+            key, rec = self._pending_call(m, win)
+            rec.direct = rec.direct or direct
+            if not rec.direct and rec.binary:
+                rec.binary = is_binary(x)
+                rec.fired = rec.fired or (rec.binary and bool((x != 0).any()))
+            rec.n += x.numel()
+        if win.last:
+            del self._pending[key]
+            self._count_bn(m, st, not rec.direct and rec.binary and rec.fired, rec.n, False)
+
+    def _count_bn(self, m: nn.Module, st: _LayerStats, on_spikes: bool, n: int, static: bool) -> None:
+        st.calls += 1
         if not (on_spikes or m in self.unfoldable_bns):
             st.folded_calls += 1
             return
-        n = x.numel()
         st.macs += n
         st.dense += n
         st.eff_macs += n
-        if self._is_static(x):
+        if static:
             st.dense_static += n
         st.mac_calls += 1
 
+    @chunk_aware
     def _neuron_hook(self, m: nn.Module, args, out) -> None:
         x = _first_tensor(args)
         s = _first_tensor(out)
         if x is None or s is None:
             return
         st = self.neurons[m]
-        st.calls += 1
+        win = time_window()
+        if win is None or win.index == 0:  # a chunked run calls it once per window: one call all the same
+            st.calls += 1
         st.updates += x.numel()
         if isinstance(m, ConversionIF):  # its spikes are ±kθ: k events each; an input of that amplitude is spikes
             th = m.v_threshold.detach().to(s.dtype)
@@ -239,7 +363,32 @@ class _Counter:
         else:
             st.spikes += int((s != 0).sum())
         if self.time_steps is None and x.dim() >= 2 and isinstance(m, (LIF, ConversionIF)):
-            self.time_steps = int(x.shape[0])  # spikelite neurons are multi-step: [T, N, ...]
+            self.time_steps = int(x.shape[0]) if win is None else win.total  # multi-step neurons: [T, N, ...]
+
+
+_POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+               nn.AdaptiveAvgPool3d)
+
+
+def _sum_pool(m: nn.Module, ev: torch.Tensor, shape) -> torch.Tensor | None:
+    """``ev`` summed over each window of average pool ``m`` (None for a pool this cannot mirror exactly)."""
+    import torch.nn.functional as F
+
+    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+        nd = ev.dim() - 2
+        size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * nd
+        if any(s not in (1, None) for s in size):
+            return None  # global pooling only
+        dims = tuple(range(2, ev.dim()))
+        keep = [d for d, s in zip(dims, size) if s is None]
+        out = ev.sum(dim=tuple(d for d in dims if d not in keep), keepdim=True)
+    elif isinstance(m, nn.AvgPool1d):
+        out = F.avg_pool2d(ev.unsqueeze(-2), (1, m.kernel_size[0]), (1, m.stride[0]), (0, m.padding[0]),
+                           m.ceil_mode, True, 1).squeeze(-2)
+    else:
+        fn = F.avg_pool2d if isinstance(m, nn.AvgPool2d) else F.avg_pool3d
+        out = fn(ev, m.kernel_size, m.stride, m.padding, m.ceil_mode, True, 1)
+    return out if tuple(out.shape) == tuple(shape) else None
 
 
 # ----------------------------------------------------------------------------------------------

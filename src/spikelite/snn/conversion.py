@@ -13,7 +13,8 @@ from torch import fx, nn
 from ..errors import SpikeliteError
 from .layers import TimeBroadcast, _is_activation_module
 from .neuron import ConversionIF
-from .net import _MAX_POOL_FUNCTIONS, SpikingNet, _first_call, _owner_path, spikify
+from .net import _MAX_POOL_FUNCTIONS, SpikingNet, _owner_path, _StopForward, spikify
+from .window import chunk_aware, time_window
 
 __all__ = ["convert", "correct_bias", "layer_errors"]
 
@@ -78,6 +79,56 @@ def convert(model: nn.Module, T: int = 4, calibration: torch.Tensor | None = Non
     return net
 
 
+class _TimeMean:
+    """A neuron layer's time-averaged output ``[N, ...]`` from its calls in one forward: one call over all T
+    steps, or, in a chunked run (:meth:`SpikingNet.forward_steps` with ``time_chunk``), one call per window,
+    summed in float64 and divided by T after the last window (so memory stays that of one window)."""
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+        self._sum: torch.Tensor | None = None
+        self._windows: set[tuple[int, int]] = set()
+
+    def add(self, module: nn.Module, out: torch.Tensor) -> bool:
+        """Take one call's output; True once the average is complete."""
+        out = out.detach()
+        win = time_window()
+        if win is None:
+            self.value = out.view(module.T, -1, *out.shape[1:]).mean(0)
+            return True
+        if (win.run, win.index) in self._windows:  # a second call in the same window: the first one counts
+            return False
+        self._windows.add((win.run, win.index))
+        part = out.view(win.steps, -1, *out.shape[1:]).sum(0, dtype=torch.float64)
+        self._sum = part if self._sum is None else self._sum.add_(part)
+        if not win.last:
+            return False
+        self.value = (self._sum / win.total).to(out.dtype)
+        self._sum = None
+        return True
+
+
+def _time_mean_output(snn: SpikingNet, act: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+    """The time average of neuron layer ``act``'s output when ``snn`` runs on ``images``; the forward stops
+    once it is known. None when the layer is not called."""
+    mean = _TimeMean()
+
+    @chunk_aware
+    def grab(m, args, out):
+        if mean.add(m, out):
+            raise _StopForward
+
+    h = act.register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            snn(images)
+    except _StopForward:
+        pass
+    finally:
+        h.remove()
+    return mean.value
+
+
 def _cnn_activations(cnn: nn.Module, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
     """Every activation module's outputs on ``images``, by module path, one per call (eval mode)."""
     out: dict[str, list[torch.Tensor]] = {}
@@ -138,11 +189,8 @@ def correct_bias(snn: SpikingNet, cnn: nn.Module, images: torch.Tensor) -> int:
             target = _site_output(calls, path)
             if bn is None or target is None or target.dim() < 2 or target.shape[1] != bn.num_features:
                 continue
-            got = _first_call(snn, act, images, output=True)
-            if got is None:
-                continue
-            out = got.view(act.T, -1, *got.shape[1:]).mean(0)
-            if out.shape != target.shape:
+            out = _time_mean_output(snn, act, images)
+            if out is None or out.shape != target.shape:
                 continue
             dims = [0] + list(range(2, out.dim()))
             delta = target.float().mean(dims) - out.float().mean(dims)
@@ -160,11 +208,14 @@ def layer_errors(cnn: nn.Module, snn: SpikingNet, images: torch.Tensor) -> list[
     order, ``error = mean|SNN − CNN| / mean|CNN|``. Sites are matched by module path (a module called
     several times: by call order); functional activations (``act_fn<k>``) are left out."""
     cnn_out = _cnn_activations(cnn, images)
-    snn_out: dict[str, torch.Tensor] = {}
     layers = snn.spiking_layers()
-    handles = [act.register_forward_hook(
-        lambda mod, a, out, path=path: snn_out.__setitem__(path, out.view(mod.T, -1, *out.shape[1:]).mean(0)))
-        for path, act in layers]
+    means = {path: _TimeMean() for path, _ in layers}  # window by window in a chunked run (large T x N)
+
+    def record(mod, args, out, path):
+        means[path].add(mod, out)  # (a hook returns None: a value would replace the layer's output)
+
+    handles = [act.register_forward_hook(chunk_aware(lambda mod, a, out, path=path: record(mod, a, out, path)))
+               for path, act in layers]
     was = snn.training
     snn.eval()
     try:
@@ -174,6 +225,7 @@ def layer_errors(cnn: nn.Module, snn: SpikingNet, images: torch.Tensor) -> list[
         for h in handles:
             h.remove()
         snn.train(was)
+    snn_out = {path: m.value for path, m in means.items() if m.value is not None}
     rows = []
     for path, _ in layers:
         target = _site_output(cnn_out, path)

@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from ..errors import SpikeliteError
 from .neuron import IF, LIF, QCFS, ConversionIF
+from .window import time_window
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +151,8 @@ class SpikingActivation(nn.Module):
         self.charge_offset = float(charge_offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = self.T
+        win = time_window()  # in a chunked run: this window's steps, of win.total
+        T, total = (self.T, self.T) if win is None else (win.steps, win.total)
         if self.broadcast:
             x_seq = x.unsqueeze(0).expand(T, *x.shape)
         else:
@@ -160,10 +162,10 @@ class SpikingActivation(nn.Module):
                     "was this layer called outside its SpikingNet?"
                 )
             x_seq = x.view(T, x.shape[0] // T, *x.shape[1:])
-        if self.charge_offset:
+        if self.charge_offset:  # spread over all the steps of the call, not over one window
             th = getattr(self.neuron, "v_threshold", 1.0)
             th = th.to(x_seq.dtype) if torch.is_tensor(th) else float(th)
-            x_seq = x_seq + (self.charge_offset / T) * th
+            x_seq = x_seq + (self.charge_offset / total) * th
         return self.neuron(x_seq).flatten(0, 1)
 
     def extra_repr(self) -> str:
@@ -179,7 +181,8 @@ class TimeBroadcast(nn.Module):
         self.T = int(T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(0).expand(self.T, *x.shape).flatten(0, 1)
+        win = time_window()
+        return x.unsqueeze(0).expand(self.T if win is None else win.steps, *x.shape).flatten(0, 1)
 
     def extra_repr(self) -> str:
         return f"T={self.T}"
@@ -256,7 +259,11 @@ class StepBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        T = self.T
+        win = time_window()  # in a chunked run the window's steps, from step win.start
+        T, start = (self.T, 0) if win is None else (win.steps, win.start)
+        if win is not None and self.training:
+            raise SpikeliteError("StepBatchNorm: a chunked run (time_chunk) is for inference; batch statistics "
+                                 "would be those of one window")
         if x.shape[0] % T:
             raise SpikeliteError(f"StepBatchNorm: batch of {x.shape[0]} is not a multiple of T={T}; "
                                  "was this layer called outside its SpikingNet?")
@@ -268,7 +275,7 @@ class StepBatchNorm(nn.modules.batchnorm._BatchNorm):
         steps = x.view(T, x.shape[0] // T, *x.shape[1:])
         outs = []
         for t in range(T):
-            k = min(t, self.steps - 1)
+            k = min(start + t, self.steps - 1)
             outs.append(F.batch_norm(
                 steps[t],
                 None if self.running_mean is None else self.running_mean[k],

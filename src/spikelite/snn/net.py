@@ -45,7 +45,8 @@ from .layers import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, TIME_BN_MODES, UN
                      UNCONVERTIBLE_METHODS, SpikingActivation, StepBatchNorm, TimeBroadcast, _charge_offset, _check_T,
                      _is_activation_module, _is_bn_act, _is_unconvertible_module, _pack_saved, _PLAIN_BN, _trace,
                      _unpack_saved, make_neuron, mark_spikes)
-from .neuron import QCFS
+from .neuron import LIF, QCFS, ConversionIF
+from .window import chunk_aware, check_time_chunk, time_window, unmarked_hooks, windows
 
 __all__ = [
     "spikify",
@@ -57,7 +58,17 @@ __all__ = [
     "inference_model",
     "InferenceNet",
     "activation_percentile",
+    "AUTO_CHUNK_VALUES",
 ]
+
+_NET = object()  # forward_steps(time_chunk=...) not given: the network's own setting
+
+#: ``time_chunk="auto"``: a call on N samples of V input values each runs in windows of time steps when
+#: ``T x N x V`` exceeds this (2,048 steps x images at 3x32x32: T = 4 at batch 500 runs in one pass), with ``AUTO_CHUNK_VALUES // (N x V)`` steps per
+#: window (at least one): activation memory grows with the input's size, and the zoo's SqueezeNet 1.1 at
+#: 32x32 holds about 2 MB per step x image at its peak (docs/performance.md, "Inference at large T").
+AUTO_CHUNK_VALUES = 6 * 2 ** 20
+
 
 _NON_TENSOR_METHODS = {"size", "dim", "numel", "nelement", "element_size", "item", "tolist", "__len__"}
 _NON_TENSOR_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad"}
@@ -456,6 +467,7 @@ class SpikingNet(nn.Module):
         self._checkpoint_segments = 0
         self._temporal_bns: tuple[str, ...] = ()  # BatchNorm paths in the spiking part (set by spikify)
         self._T = int(T)
+        self._time_chunk = "auto"
         self._rebuild_eval_body()
 
     # -- structure -------------------------------------------------------------------------
@@ -591,6 +603,17 @@ class SpikingNet(nn.Module):
             if isinstance(m, (SpikingActivation, TimeBroadcast, StepBatchNorm)):
                 m.T = value
 
+    @property
+    def time_chunk(self):
+        """How inference runs time (see :meth:`forward_steps`): ``"auto"`` (the default) runs the network in
+        windows of time steps when ``T x batch`` is large (:data:`AUTO_CHUNK_VALUES`), ``K`` in windows of at
+        most K steps, ``None`` always all T steps in one pass."""
+        return getattr(self, "_time_chunk", "auto")
+
+    @time_chunk.setter
+    def time_chunk(self, value) -> None:
+        self._time_chunk = check_time_chunk(value)
+
     def inference(self, channels_last: bool = False) -> "SpikingNet":
         """An eval-only, autograd-free copy with BatchNorm folded (see :func:`inference_model`)."""
         return inference_model(self, channels_last=channels_last)
@@ -625,10 +648,25 @@ class SpikingNet(nn.Module):
             return torch.bernoulli(p.unsqueeze(0).expand(self.T, *p.shape)).flatten(0, 1)
         return x
 
-    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-step outputs ``[T, N, …]``."""
+    def forward_steps(self, x: torch.Tensor, *, time_chunk=_NET) -> torch.Tensor:
+        """Per-step outputs ``[T, N, …]``.
+
+        ``time_chunk`` (default: ``self.time_chunk``, ``"auto"``): run the temporal part of the network in
+        windows of at most that many steps, each neuron's state handed from one window to the next, so that
+        memory grows with ``time_chunk x N`` instead of ``T x N``; the layers before the first neuron (direct
+        encoding) still run once. The spikes and outputs are those of the one-pass forward (a convolution
+        over fewer rows may round differently in the last bit on some backends), and nothing is kept after
+        the call. Inference only: eval mode, no autograd (``torch.no_grad``, an :class:`InferenceNet`).
+        ``"auto"`` chunks only then, only when ``T x N x`` (input values per sample) exceeds
+        :data:`AUTO_CHUNK_VALUES` (with windows that stay under it), and only when every forward hook on the
+        network is marked :func:`~spikelite.snn.window.chunk_aware`; an explicit K raises
+        :class:`SpikeliteError` where it cannot be honoured. ``None``: one pass.
+        """
         x = self._check_input(x)
         n = x.shape[0]
+        chunk = self._chunk_for(x, self.time_chunk if time_chunk is _NET else check_time_chunk(time_chunk))
+        if chunk is not None:
+            return self._forward_chunked(x, chunk)
         use_eval = not self.training and self._eval_body
         body = self._eval_body[0] if use_eval else self.body
         if self.training:
@@ -646,6 +684,101 @@ class SpikingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_steps(x).mean(0)
 
+    # -- chunked inference (windows of time steps) -------------------------------------------
+    def _why_not_chunked(self) -> str | None:
+        """Why this call cannot run in windows of time steps, or None."""
+        if self.training:
+            return "it runs inference only (BatchNorm in training mode would see one window's statistics); call .eval()"
+        if torch.is_grad_enabled():
+            return "it runs inference only (no gradient crosses windows); run under torch.no_grad()"
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() \
+                or _fx_tracing():
+            return "the network is being traced or compiled (one pass over all T steps is what gets recorded)"
+        odd = sorted({type(m.neuron).__name__ for _, m in self.spiking_layers()
+                      if not isinstance(m.neuron, (LIF, ConversionIF))})
+        if odd:
+            return (f"neuron type(s) {', '.join(odd)} cannot hand their state from one window to the next "
+                    "(spikelite's LIF, IF and ConversionIF can)")
+        return None
+
+    def _chunk_for(self, x: torch.Tensor, chunk) -> int | None:
+        """The window length for a call on the batch ``x`` under the ``time_chunk`` setting ``chunk``, or None
+        for one pass."""
+        T = self.T
+        if chunk is None or T == 1 or not self._output_temporal[0 if self.training else 1]:
+            return None
+        if chunk == "auto":
+            per_step = max(x.numel(), 1)  # input values of one step of the batch
+            if T * per_step <= AUTO_CHUNK_VALUES or self._why_not_chunked() is not None or unmarked_hooks(self):
+                return None
+            return max(1, AUTO_CHUNK_VALUES // per_step)
+        why = self._why_not_chunked()
+        if why is not None:
+            raise SpikeliteError(f"time_chunk={chunk}: cannot run in windows of time steps: {why}")
+        return chunk if chunk < T else None
+
+    def _forward_chunked(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """:meth:`forward_steps` in windows of at most ``chunk`` steps: the static part of the graph (what does
+        not depend on a neuron: the stem under direct encoding) once, then the rest once per window."""
+        gm = self._eval_body[0] if self._eval_body else self.body
+        temporal = _temporal_nodes(gm, self.encoding)
+        interp = fx.Interpreter(gm)
+        interp.extra_traceback = False  # errors (SpikeliteError among them) come out as they were raised
+        n, T = x.shape[0], self.T
+        rate = self.encoding == "rate"
+        drawn = None
+        if rate and x.device.type != "cpu":  # one draw of all T steps: the one-pass forward's random numbers
+            drawn = self.encode(x).view(T, n, *x.shape[1:])
+        # the static nodes, once; only the values that temporal nodes read are kept
+        interp.env = static = {}
+        interp.args_iter = iter([x])
+        for node in gm.graph.nodes:
+            if node not in temporal and node.op != "output":
+                static[node] = interp.run_node(node)
+        needed = {a for node in temporal for a in _nodes_in((node.args, node.kwargs)) if a not in temporal}
+        for node in static:
+            if node not in needed:
+                static[node] = None
+        interp.env = {}
+        outs = []
+        try:
+            for win in windows(T, chunk):
+                if not rate:
+                    inp = x
+                elif drawn is not None:
+                    inp = drawn[win.start:win.start + win.steps].flatten(0, 1)
+                else:
+                    inp = torch.bernoulli(x.clamp(0.0, 1.0).unsqueeze(0).expand(win.steps, *x.shape)).flatten(0, 1)
+                with win:
+                    out = interp.run(inp, initial_env=dict(static))
+                outs.append(out.view(win.steps, n, *out.shape[1:]))
+        finally:
+            static.clear()
+            interp.env = {}
+        return torch.cat(outs)
+
+
+def _fx_tracing() -> bool:
+    probe = getattr(fx._symbolic_trace, "is_fx_symbolic_tracing", None) or fx._symbolic_trace.is_fx_tracing
+    return bool(probe())
+
+
+def _temporal_nodes(gm: fx.GraphModule, encoding: str) -> set[fx.Node]:
+    """The nodes of a converted graph whose values hold time steps: the neuron layers, the time broadcasts
+    (and modules holding either), the input under rate encoding, and everything computed from them."""
+    temporal: set[fx.Node] = set()
+    timed = (SpikingActivation, TimeBroadcast, StepBatchNorm)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if encoding == "rate":
+                temporal.add(node)
+            continue
+        if node.op == "call_module" and any(isinstance(m, timed) for m in gm.get_submodule(node.target).modules()):
+            temporal.add(node)
+        elif any(a in temporal for a in _nodes_in((node.args, node.kwargs))):
+            temporal.add(node)
+    return temporal
+
 
 class InferenceNet(_EvalOnly, SpikingNet):
     """Eval-only copy of a :class:`SpikingNet` (see :func:`inference_model`); ``T`` can still be changed."""
@@ -653,11 +786,11 @@ class InferenceNet(_EvalOnly, SpikingNet):
     channels_last: bool = False
     folded_bn: int = 0
 
-    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_steps(self, x: torch.Tensor, *, time_chunk=_NET) -> torch.Tensor:
         with torch.inference_mode():
             if self.channels_last and isinstance(x, torch.Tensor):
                 x = _to_channels_last(x)
-            return super().forward_steps(x)
+            return super().forward_steps(x, time_chunk=time_chunk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -674,17 +807,20 @@ def _spiking_copy(net: SpikingNet) -> InferenceNet:
     new = InferenceNet(body, None, work.T, work.encoding, out_t, out_t, work.in_channels, work.input_dim,
                        work.neuron_config)
     new.compact_spikes = False
+    new.time_chunk = net.time_chunk
     if hasattr(work, "spikelite_spec"):
         new.spikelite_spec = work.spikelite_spec
     return new
 
 
-def inference_model(model: nn.Module, channels_last: bool = False) -> nn.Module:
+def inference_model(model: nn.Module, channels_last: bool = False, time_chunk=_NET) -> nn.Module:
     """An eval-only, autograd-free copy of ``model`` with BatchNorm folded where that is exact.
 
     Args:
         model: a :class:`SpikingNet` or a plain CNN (anything ``torch.fx`` can trace). Not modified.
         channels_last: store 4-D conv weights and inputs in NHWC order (a speed option; same values).
+        time_chunk: for a SpikingNet, the copy's :attr:`SpikingNet.time_chunk` (default: the network's own,
+            ``"auto"`` unless set): ``K`` runs it in windows of at most K time steps, ``None`` in one pass.
 
     Returns:
         an :class:`InferenceNet` (for a SpikingNet; ``T`` can still be set) or an
@@ -696,7 +832,13 @@ def inference_model(model: nn.Module, channels_last: bool = False) -> nn.Module:
         raise SpikeliteError("model is already an inference copy")
     if not isinstance(channels_last, bool):
         raise SpikeliteError(f"channels_last must be True or False, got {channels_last!r}")
+    if time_chunk is not _NET:
+        time_chunk = check_time_chunk(time_chunk)
+        if not isinstance(model, SpikingNet):
+            raise SpikeliteError("time_chunk applies to a SpikingNet; a CNN has no time steps")
     new = _spiking_copy(model) if isinstance(model, SpikingNet) else _cnn_copy(model)
+    if time_chunk is not _NET:
+        new.time_chunk = time_chunk
     new.folded_bn = fold_batchnorm(new.body)
     if isinstance(new, InferenceNet):
         new._rebuild_eval_body()
@@ -770,12 +912,26 @@ class _StopForward(Exception):
 
 def _first_call(net: nn.Module, module: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor | None:
     """``module``'s input (or ``output``) at its first call when ``net`` runs on ``x``; the rest of the forward
-    is skipped. None when the module is not called."""
+    is skipped. None when the module is not called. In a chunked run (:meth:`SpikingNet.forward_steps`) the
+    module's first call in every window, concatenated (time-major, as one pass gives it), and the forward is
+    stopped after the last window; the static input of a broadcast neuron layer (the same in every window) is
+    taken once."""
     got: list[torch.Tensor] = []
+    windows_seen: set[int] = set()
 
+    @chunk_aware
     def grab(m, args, out=None):
-        got.append((out if output else args[0]).detach())
-        raise _StopForward
+        value = (out if output else args[0]).detach()
+        win = time_window()
+        if win is None:
+            got.append(value)
+            raise _StopForward
+        if win.index not in windows_seen:
+            windows_seen.add(win.index)
+            if output or not getattr(m, "broadcast", False) or not got:
+                got.append(value)
+        if win.last:
+            raise _StopForward
 
     h = module.register_forward_hook(grab) if output else module.register_forward_pre_hook(grab)
     try:
@@ -785,7 +941,9 @@ def _first_call(net: nn.Module, module: nn.Module, x: torch.Tensor, output: bool
         pass
     finally:
         h.remove()
-    return got[0] if got else None
+    if not got:
+        return None
+    return got[0] if len(got) == 1 else torch.cat(got)
 
 
 def balance_thresholds(net: "SpikingNet", calibration: torch.Tensor, percentile: float = 99.9) -> list[float]:

@@ -45,6 +45,7 @@ from . import native as _native
 from ..errors import SpikeliteError
 from ..models.qcfs import QCFS  # noqa: F401  (re-exported: the CNN-side twin of ConversionIF)
 from .surrogate import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle, get_surrogate
+from .window import TimeWindow, time_window
 
 __all__ = ["LIF", "IF", "ConversionIF", "QCFS", "lif_multistep", "lif_multistep_reference"]
 
@@ -53,6 +54,13 @@ def _charge(x, v, tau, decay_input: bool, reset_value: float):
     if decay_input:
         return v + (x - (v - reset_value)) / tau
     return v - (v - reset_value) / tau + x
+
+
+def _no_grad_in_window(name: str, x_seq: torch.Tensor, module: nn.Module) -> None:
+    """A chunked run is inference: no gradient flows from one window into the state of the next."""
+    if torch.is_grad_enabled() and (x_seq.requires_grad or any(p.requires_grad for p in module.parameters())):
+        raise SpikeliteError(f"{name}: a chunked run (time_chunk) is for inference and carries no gradient from one "
+                             "window to the next; run it under torch.no_grad() or without time_chunk")
 
 
 def lif_multistep_reference(
@@ -340,6 +348,32 @@ _NATIVE_SURROGATE = {Sigmoid: 0, ATan: 1, FastSigmoid: 2, Triangle: 3, Rectangle
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
+@torch.no_grad()
+def lif_steps_from(x_seq: torch.Tensor, v: torch.Tensor | None, tau: torch.Tensor, v_threshold: torch.Tensor,
+                   v_reset: float | None, decay_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """LIF over ``x_seq`` ``[T, ...]`` from the membrane ``v`` (None: from rest), without autograd: returns the
+    spikes and the membrane after the last step. The update is the one every other path computes, operation
+    for operation (so the spikes are theirs, bit for bit): a chunked run (:mod:`.window`) hands ``v`` from
+    one window to the next. ``tau`` and ``v_threshold`` are 0-d tensors of ``x_seq``'s dtype."""
+    r = 0.0 if v_reset is None else float(v_reset)
+    no_leak = not decay_input and bool(torch.isinf(tau))  # IF: V - (V - r)/inf + X is V + X exactly
+    out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+    if v is None:
+        v = torch.full_like(x_seq[0], r)
+    for t in range(x_seq.shape[0]):
+        x = x_seq[t]
+        if no_leak:
+            h = torch.add(v, x)
+        elif decay_input:  # V + (X - (V - r)) / tau
+            h = torch.sub(x, v if r == 0.0 else v - r).div_(tau).add_(v)
+        else:  # V - (V - r) / tau + X
+            h = torch.sub(v, (v if r == 0.0 else v - r) / tau).add_(x)
+        fired = h >= v_threshold
+        out[t] = fired
+        v = torch.where(fired, h - v_threshold, h) if v_reset is None else h.masked_fill_(fired, r)
+    return out, v
+
+
 def lif_multistep_native(x_seq, args: tuple):
     """LIF over ``x_seq`` with the native C++ operator and ``args`` from :meth:`LIF.native_args`, or None
     when the operator is unavailable."""
@@ -448,6 +482,9 @@ class LIF(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 2:
             raise SpikeliteError(f"LIF expects a sequence [T, N, ...], got shape {tuple(x_seq.shape)}")
+        win = time_window()
+        if win is not None:
+            return self._forward_window(x_seq, win)
         args = self.native_args(x_seq)
         if args is not None:
             out = lif_multistep_native(x_seq, args)
@@ -466,6 +503,29 @@ class LIF(nn.Module):
         return lif_multistep_reference(
             x_seq, tau, v_th, self.v_reset, self.decay_input, self.detach_reset, self.surrogate
         )
+
+    def _forward_window(self, x_seq: torch.Tensor, win: TimeWindow) -> torch.Tensor:
+        """One window of a chunked run: from the membrane the previous window left (rest in the first), keeping
+        the one after this window's last step for the next. Inference only (no gradient crosses windows)."""
+        _no_grad_in_window(type(self).__name__, x_seq, self)
+        key = win.slot(self)
+        done = self._window_native(x_seq, win.states.get(key))
+        if done is None:
+            tau = self.tau.detach().to(x_seq.dtype)
+            v_th = self.v_threshold.detach().to(x_seq.dtype)
+            done = lif_steps_from(x_seq, win.states.get(key), tau, v_th, self.v_reset, self.decay_input)
+        spikes, win.states[key] = done
+        return spikes
+
+    def _window_native(self, x_seq: torch.Tensor, v: torch.Tensor | None) -> tuple | None:
+        """One window on the native operator (``lif_steps``: the forward kernel from the membrane ``v``, None
+        for rest, returning the membrane after the last step too): ``(spikes, membrane)``, or None where
+        the native operator does not run this layer (:meth:`native_args`)."""
+        args = self.native_args(x_seq)
+        if args is None:
+            return None
+        tau, th, r, _, decay, soft, _, _ = args
+        return tuple(_native.ops().lif_steps(x_seq, v, tau, th, r, decay, soft))
 
     def config(self) -> dict:
         """Constructor arguments that rebuild this neuron (learned values live in the state_dict)."""
@@ -588,19 +648,33 @@ class ConversionIF(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 2:
             raise SpikeliteError(f"ConversionIF expects a sequence [T, N, ...], got shape {tuple(x_seq.shape)}")
+        win = time_window()
+        if win is not None:  # one window of a chunked run: from the state the previous window left
+            _no_grad_in_window(type(self).__name__, x_seq, self)
+            key = win.slot(self)
+            with torch.no_grad():
+                out, win.states[key] = self._forward_fast(x_seq, self.v_threshold.detach().to(x_seq.dtype),
+                                                          win.states.get(key), win.start)
+            return out
         th = self.v_threshold.to(x_seq.dtype)
         if torch.is_grad_enabled() and (x_seq.requires_grad or th.requires_grad):
             return self._forward_autograd(x_seq, th)
         with torch.no_grad():
-            return self._forward_fast(x_seq, th)
+            return self._forward_fast(x_seq, th)[0]
 
-    def _forward_fast(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
-        """In place, no graph: evaluation and calibration at any T."""
+    def _forward_fast(self, x_seq: torch.Tensor, th: torch.Tensor, state: tuple | None = None,
+                      start: int = 0) -> tuple[torch.Tensor, tuple]:
+        """In place, no graph: evaluation and calibration at any T. ``state``: the ``(membrane, count)`` after
+        step ``start - 1`` (None: the initial ones, ``start`` 0); returns the outputs and the state after the
+        last step."""
         outs = []  # stacked at the end, not written into slices of one tensor: ONNX export traces this
-        v = (x_seq[0] * 0).add_(th * self.v_init)
-        count = torch.zeros_like(v) if (self.signed or self.burst > 1) else None
-        for t in range(x_seq.shape[0]):
-            v.add_(x_seq[t])
+        if state is None:
+            v = (x_seq[0] * 0).add_(th * self.v_init)
+            count = torch.zeros_like(v) if (self.signed or self.burst > 1) else None
+        else:
+            v, count = state
+        for t in range(start, start + x_seq.shape[0]):
+            v.add_(x_seq[t - start])
             if self.burst > 1:  # as many spikes as the membrane holds thresholds, at most burst, count <= rate*t
                 s = torch.floor(v / th)
                 lo = -count if self.signed else torch.zeros_like(count)
@@ -614,7 +688,7 @@ class ConversionIF(nn.Module):
             o = s * th
             v.sub_(o)
             outs.append(o)
-        return torch.stack(outs)
+        return torch.stack(outs), (v, count)
 
     def _forward_autograd(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
         """Step by step under autograd: fine-tuning a converted network, with the rate code's straight-through

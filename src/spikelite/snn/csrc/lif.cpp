@@ -153,12 +153,16 @@ at::Tensor empty_steps(const Seq& q) {
 }
 
 // One chunk of elements through time. Flags are template arguments so the inner loops have no branches
-// and vectorise; the chunk's membranes stay in a small stack array between steps.
+// and vectorise; the chunk's membranes stay in a small stack array between steps. They start at v0 (one
+// step's layout) when given, else at rest, and end in v_end when given (a chunked run's windows).
 template <typename S, bool decay, bool soft, bool inv, bool keep_h>
-void forward_chunk(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, int64_t M, int64_t b, int64_t n,
-                   S tau, S itau, S th, S r) {
+void forward_chunk(const S* x, int64_t xstep, S* spikes, S* h_out, const S* v0, S* v_end, int64_t T, int64_t M,
+                   int64_t b, int64_t n, S tau, S itau, S th, S r) {
   S v[kChunk];
-  for (int64_t i = 0; i < n; ++i) v[i] = r;
+  if (v0)
+    for (int64_t i = 0; i < n; ++i) v[i] = v0[b + i];
+  else
+    for (int64_t i = 0; i < n; ++i) v[i] = r;
   for (int64_t t = 0; t < T; ++t) {
     const S* __restrict__ xt = x + t * xstep + b;
     S* __restrict__ st = spikes + t * M + b;
@@ -171,6 +175,8 @@ void forward_chunk(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, in
       v[i] = after_fire<S, soft>(h, s, th, r);
     }
   }
+  if (v_end)
+    for (int64_t i = 0; i < n; ++i) v_end[b + i] = v[i];
 }
 
 template <typename S>
@@ -181,21 +187,23 @@ struct Consts {
 };
 
 template <typename S, bool decay, bool soft, bool inv, bool keep_h>
-void forward_kernel(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, int64_t M, const Params& p) {
+void forward_kernel(const S* x, int64_t xstep, S* spikes, S* h_out, const S* v0, S* v_end, int64_t T, int64_t M,
+                    const Params& p) {
   const Consts<S> c(p);
   at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; b += kChunk)
-      forward_chunk<S, decay, soft, inv, keep_h>(x, xstep, spikes, h_out, T, M, b, std::min(kChunk, end - b),
-                                                 c.tau, c.itau, c.th, c.r);
+      forward_chunk<S, decay, soft, inv, keep_h>(x, xstep, spikes, h_out, v0, v_end, T, M, b,
+                                                 std::min(kChunk, end - b), c.tau, c.itau, c.th, c.r);
   });
 }
 
 template <typename S, bool keep_h>
-void forward_dispatch(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, int64_t M, const Params& p) {
+void forward_dispatch(const S* x, int64_t xstep, S* spikes, S* h_out, int64_t T, int64_t M, const Params& p,
+                      const S* v0 = nullptr, S* v_end = nullptr) {
   const bool inv = exact_inverse(p.tau);
 #define SPIKELITE_FWD(D, SO, I) \
   if (p.decay_input == D && p.soft == SO && inv == I) \
-    return forward_kernel<S, D, SO, I, keep_h>(x, xstep, spikes, h_out, T, M, p);
+    return forward_kernel<S, D, SO, I, keep_h>(x, xstep, spikes, h_out, v0, v_end, T, M, p);
   SPIKELITE_FWD(true, false, true) SPIKELITE_FWD(true, false, false) SPIKELITE_FWD(true, true, true)
   SPIKELITE_FWD(true, true, false) SPIKELITE_FWD(false, false, true) SPIKELITE_FWD(false, false, false)
   SPIKELITE_FWD(false, true, true) SPIKELITE_FWD(false, true, false)
@@ -324,6 +332,29 @@ std::pair<at::Tensor, at::Tensor> run_forward(const Seq& q, const Params& p, boo
                                         nullptr, T, M, p);
   });
   return {spikes, h};
+}
+
+// One window of a chunked run (spikelite.snn.window): spikes from the membrane v0 (one step of x; undefined:
+// from rest), and the membrane after the last step, in the layout of one step of the spikes. Inference only.
+std::tuple<at::Tensor, at::Tensor> run_steps(const Seq& q, const at::Tensor& v0, const Params& p) {
+  const at::Tensor& x = q.x;
+  const int64_t T = x.size(0), M = x.numel() / T;
+  at::Tensor spikes = empty_steps(q);
+  const at::Tensor step = spikes.select(0, 0);
+  at::Tensor v_end = at::empty_strided(step.sizes(), step.strides(), x.options());
+  at::Tensor v_in;
+  if (v0.defined()) {
+    TORCH_CHECK(v0.sizes() == step.sizes(), "spikelite_native::lif_steps: membrane of shape ", v0.sizes(),
+                " for steps of shape ", step.sizes());
+    v_in = at::empty_strided(step.sizes(), step.strides(), x.options()).copy_(v0);  // the kernel's element order
+  }
+  if (M == 0) return {spikes, v_end};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_lif_steps", [&] {
+    forward_dispatch<scalar_t, false>(x.const_data_ptr<scalar_t>(), q.step, spikes.mutable_data_ptr<scalar_t>(),
+                                      nullptr, T, M, p, v_in.defined() ? v_in.const_data_ptr<scalar_t>() : nullptr,
+                                      v_end.mutable_data_ptr<scalar_t>());
+  });
+  return {spikes, v_end};
 }
 
 // dL/dX from the saved input q and dL/dS
@@ -491,13 +522,21 @@ at::Tensor lif(const at::Tensor& x, double tau, double th, double r, double alph
 }
 
 // The pieces on their own, for tests and benchmarks: forward returning (spikes, H), and backward from
-// the input X (H recomputed).
+// the input X (H recomputed); and one window of a chunked run: (spikes, membrane after the last step) from a
+// given membrane.
 std::tuple<at::Tensor, at::Tensor> lif_forward(const at::Tensor& x, double tau, double th, double r,
                                                bool decay_input, bool soft) {
   check(x);
   Params p{tau, th, r, 1.0, decay_input, soft, false, 0};
   auto out = run_forward(as_seq(x), p, true);
   return {out.first, out.second};
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_steps(const at::Tensor& x, const std::optional<at::Tensor>& v0, double tau,
+                                             double th, double r, bool decay_input, bool soft) {
+  check(x);
+  Params p{tau, th, r, 1.0, decay_input, soft, false, 0};
+  return run_steps(as_seq(x), v0.has_value() ? *v0 : at::Tensor(), p);
 }
 
 at::Tensor lif_backward(const at::Tensor& x, const at::Tensor& grad, double tau, double th, double r, double alpha,
@@ -514,6 +553,7 @@ using spikelite_native::bn_lif;
 using spikelite_native::lif;
 using spikelite_native::lif_backward;
 using spikelite_native::lif_forward;
+using spikelite_native::lif_steps;
 
 TORCH_LIBRARY(spikelite_native, m) {
   m.def("lif(Tensor x, float tau, float th, float r, float alpha, bool decay_input, bool soft, bool detach, "
@@ -522,6 +562,7 @@ TORCH_LIBRARY(spikelite_native, m) {
         "float momentum, float eps, int T, bool broadcast, float tau, float th, float r, float alpha, "
         "bool decay_input, bool soft, bool detach, int surrogate) -> Tensor");
   m.def("lif_forward(Tensor x, float tau, float th, float r, bool decay_input, bool soft) -> (Tensor, Tensor)");
+  m.def("lif_steps(Tensor x, Tensor? v0, float tau, float th, float r, bool decay_input, bool soft) -> (Tensor, Tensor)");
   m.def("lif_backward(Tensor x, Tensor grad, float tau, float th, float r, float alpha, bool decay_input, "
         "bool soft, bool detach, int surrogate) -> Tensor");
 }
@@ -533,5 +574,6 @@ TORCH_LIBRARY_IMPL(spikelite_native, CompositeImplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(spikelite_native, CPU, m) {
   m.impl("lif_forward", &lif_forward);
+  m.impl("lif_steps", &lif_steps);
   m.impl("lif_backward", &lif_backward);
 }
