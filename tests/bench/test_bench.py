@@ -533,14 +533,13 @@ def test_committed_cifar10_study_imports_its_checkpoints():
     assert by_model["squeezenet1_1"] == [
         ("cnn", None, None), ("cnn-q", None, None), ("cnn-p", None, "ref-1"), ("snn", 4, None), ("snn-p", 4, "ref-1")]
     for name, n_blocks in (("mnasnet_b1", 16), ("mixnet_s", 16), ("shufflenetv2_x1_0", 16)):
-        rows = [r for r in by_model[name] if r[0] != "cnn-q"]  # the convertible CNN: MnasNet's so far
+        rows = [r for r in by_model[name] if r[0] != "cnn-q"]
         assert [(v, t) for v, t, _ in rows] == [("cnn", None), ("cnn-p", None), ("snn", 4), ("snn-p", 4)]
         # the pruned pair keeps the same 12 of 16 blocks (a quarter removed), read from the files
         cnn_p, snn_p = rows[1][2], rows[3][2]
         assert cnn_p == snn_p and cnn_p.startswith("keep:") and len(cnn_p[5:].split("+")) == n_blocks - 4
     assert by_model["xception_mini"] == [("cnn", None, None), ("cnn-q", None, None), ("snn", 4, None)]  # no pruned pair
-    assert all(("cnn-q", None, None) in by_model[m] for m in ("mnasnet_b1", "shufflenetv2_x1_0"))
-    assert not any(r[0] == "cnn-q" for r in by_model["mixnet_s"])  # MixNet's convertible CNN: not trained yet
+    assert all(("cnn-q", None, None) in by_model[m] for m in ("mnasnet_b1", "mixnet_s", "shufflenetv2_x1_0"))
     assert all(c.checkpoint and c.deps == [] for c in cells)
     for c in cells:
         assert (REPO / c.checkpoint).stat().st_size <= 5 << 20  # the limit per checkpoint

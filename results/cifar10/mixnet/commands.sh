@@ -52,11 +52,36 @@ spikelite train -c configs/snn_finetune_cifar10.yaml --init-from results/cifar10
 
 # --- The conversion route (session 16, 2026-12-06), in progress ---
 # 9. MixNet's ReLU variant (act=relu: a convertible CNN needs ReLU/QCFS activations; the squeeze-excitation gates
-#    stay sigmoid), 40 epochs of the unified recipe from scratch. Stopped for CPU time after epoch 3 (36.50 %; 139-277 s
-#    an epoch on one shared thread), resumed alone with 2 threads (--threads 2; 44-51 s an epoch) and stopped again
-#    at the end of epoch 32 of 40 for the session's end: 73.42 % (the ReLU CNN so far; the SiLU CNN of command 1:
-#    71.42 % in 15 epochs). Its resumable last.pt (end of epoch 32) is wip/ (0.9 MB).
-#    Resume it where it stopped:
-#      mkdir -p "$RUNS/relu40" && cp results/cifar10/mixnet/wip/{last.pt,log.csv,config.yaml} "$RUNS/relu40/"
+#    stay sigmoid), 40 epochs of the unified recipe from scratch, over sessions 16-17: stopped for CPU time after
+#    epoch 3 and again after epoch 32 (73.42 %), resumed each time with --resume (the command below); 1-2 threads,
+#    44-57 s an epoch alone with 2 threads, 139-277 s on one shared thread. Best 75.14 % at epoch 37 (74.72 % at 40),
+#    against 71.42 % for the SiLU CNN of command 1 (15 epochs). cnn-relu40/ (best.pt, log.csv, config.yaml).
 spikelite train -c configs/cnn_cifar10.yaml --data "$DATA" --model mixnet_s --width 0.05 --model-opt act=relu \
   --epochs 40 --threads 1 --channels-last --out "$RUNS/relu40" --save-every-steps 100 --no-tensorboard --resume
+# 10. Session 17 (2026-12-06, code b3034fa: act_levels keeps the SE gates sigmoid). Its QCFS CNN with L = 8:
+#     67.36 % before training, 72.44 % after 5 epochs at lr 0.01 (cosine); 15 min 29 s wall (148-241 s an epoch,
+#     one thread shared with two other jobs). Converted at T = 4 (rate 2, bursts of 8): 70.96 % (-1.48: the SE gate
+#     multiplies each step's spikes by a gate computed from that step's spikes, not from their mean, so the
+#     conversion is not exact through squeeze-excitation). One SNN fine-tuning epoch from there (AdamW lr 5e-4,
+#     distilled from command 9's CNN, BatchNorm statistics kept) made it worse: 69.02 % (1,118 s). Not kept.
+spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from "$RUNS/relu40/best.pt" \
+  --model-opt act_levels=8 --model-opt act_threshold=1.0 --epochs 5 --lr 0.01 --warmup-epochs 0 --channels-last \
+  --threads 1 --out "$RUNS/q8" --no-tensorboard
+spikelite convert "$RUNS/q8/best.pt" --out "$RUNS/snn-q8.pt" --T 4 --burst 8 --rate 2 --check 5000 --check-T 4 --threads 1
+# 11. L = 16 instead: 73.38 % before training, **74.30 %** after 4 epochs at lr 0.01 (74.24 % at 5; cosine); 14 min 0 s
+#     wall (139-172 s an epoch, one shared thread). cnn-q16/ (the study's cnn-q).
+spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from "$RUNS/relu40/best.pt" \
+  --model-opt act_levels=16 --model-opt act_threshold=1.0 --epochs 5 --lr 0.01 --warmup-epochs 0 --channels-last \
+  --threads 1 --out "$RUNS/q16" --no-tensorboard
+# 12. Its SNN, converted with no training: T = 4, rate 4 (up to 4 spikes per step on average, thresholds λ/4), bursts
+#     of up to 16: **74.22 %** on all 5,000 validation images (the QCFS CNN: 74.30 %; -0.08: with 4 levels in each
+#     step, each step's spikes are close to the activation itself, and so is the SE gate). 52 s (34 s the check).
+#     snn-q16/ (the study's snn; convert.log the check's output).
+spikelite convert "$RUNS/q16/best.pt" --out "$RUNS/snn-q16.pt" --T 4 --burst 16 --rate 4 --check 5000 --check-T 4 --threads 1
+# 13. Its energy on 1,000 seeded validation images against command 9's CNN (code beaa5b2: average pools of spikes
+#     fold into the next layer): 1.717M ACs and 2.704M MACs per image (the depthwise blocks' linear projections feed
+#     the next 1x1 convs with non-spikes, and the SE paths), 65.7 % of spike slots used (4 per step): 0.01398 mJ
+#     (45nm-fp32) against the CNN's 0.00739 mJ: this SNN costs 1.89x its CNN (paper's MixNet SNN: 0.0093 mJ).
+#     snn-q16/energy.txt.
+spikelite energy results/cifar10/mixnet/snn-q16/best.pt --samples 1000 --cnn results/cifar10/mixnet/cnn-relu40/best.pt \
+  --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 1
