@@ -120,7 +120,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                 rows_t.append(row)
             doc.table(head, rows_t, right=set(range(2, len(head))), paper=has_paper)
             doc.p("ACs, MACs and energy per image (all T steps); MACs are the operations whose input is not binary "
-                  "(the stem on the image, layers after linear bottlenecks or pooling). Firing rate: spikes per "
+                  "(the stem on the image, layers after linear bottlenecks, squeeze-excitation paths; an average pool of spikes "
+                  "folds into the layer after it, which counts ACs). Firing rate: spikes per "
                   "neuron update over all neuron layers."
                   + (" Paper columns: the paper's SNN-SqueezeNet figures are 16,610k ACs + 4,470k MACs = 0.0355 mJ; "
                      "its parameter counts are the CNN's." if has_paper else ""))
