@@ -17,14 +17,6 @@ from spikelite.data import load_split, stratified_split
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "default-cache"))
-    D.clear_memory_cache()
-    yield
-    D.clear_memory_cache()
-
-
 class _Py2Pickler(pickle._Pickler):
     """Writes str and bytes as Python 2 ``str`` (BINSTRING), as cPickle wrote the original CIFAR files."""
 

@@ -17,27 +17,6 @@ from spikelite.data import decode as DD
 from spikelite.data import Augment, BatchLoader, ImageData, load_split, stratified_split
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    """Never touch the user's cache; never reuse another test's in-memory sources."""
-    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "default-cache"))
-    D.clear_memory_cache()
-    yield
-    D.clear_memory_cache()
-
-
-def _count_decodes(monkeypatch):
-    calls = []
-    real = DD._decode_file
-
-    def counting(path, gray):
-        calls.append(path)
-        return real(path, gray)
-
-    monkeypatch.setattr(DD, "_decode_file", counting)
-    return calls
-
-
 def _color(label: int, i: int = 0) -> tuple[int, int, int]:
     """A solid colour that identifies (label, i) even after JPEG compression."""
     return (20 + 40 * (label % 6), 30 + 25 * (i % 8), 200 - 30 * (label // 6))
@@ -459,11 +438,11 @@ def test_train_val_split_is_seeded_and_disjoint():
 # --------------------------------------------------------------------------------------------
 
 
-def test_disk_cache_hit_and_invalidation(tmp_path, monkeypatch):
+def test_disk_cache_hit_and_invalidation(tmp_path, monkeypatch, decode_calls):
     root = tmp_path / "data"
     _write_folder(root / "train", ["a", "b"], 4)
     cache = tmp_path / "cache"
-    calls = _count_decodes(monkeypatch)
+    calls = decode_calls
     first = load_split("imagefolder", str(root), "train", val_size=0, cache_dir=str(cache))
     assert len(calls) == 8
     files = list((cache / "data").glob("*.pt"))
@@ -495,10 +474,10 @@ def test_disk_cache_hit_and_invalidation(tmp_path, monkeypatch):
     assert len(fourth) == 7 and len(calls) == 31
 
 
-def test_cache_off_default_dir_and_corrupt_file(tmp_path, monkeypatch):
+def test_cache_off_default_dir_and_corrupt_file(tmp_path, monkeypatch, decode_calls):
     root = tmp_path / "data"
     _write_folder(root, ["a", "b"], 2)
-    calls = _count_decodes(monkeypatch)
+    calls = decode_calls
     load_split("imagefolder", str(root), "train", val_size=0, cache_dir="off")
     assert not (tmp_path / "default-cache").exists()
     D.clear_memory_cache()

@@ -9,7 +9,6 @@ from PIL import Image
 
 from spikelite import SpikeliteError
 from spikelite import data as D
-from spikelite.data import decode as DD
 from spikelite.data import load_split
 
 WNIDS = ("n02123045", "n01443537", "n04067472")  # created unsorted; sorted: goldfish, tabby, reel
@@ -20,26 +19,6 @@ def named(wnid, names=NAMES):
     """A class as the loader names it: the wnid first (the class's key), its names after it."""
     return f"{wnid} ({names[wnid]})"
 PER_CLASS = 10
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKELITE_CACHE", str(tmp_path / "default-cache"))
-    D.clear_memory_cache()
-    yield
-    D.clear_memory_cache()
-
-
-def _count_decodes(monkeypatch):
-    calls = []
-    real = DD._decode_file
-
-    def counting(path, gray):
-        calls.append(path)
-        return real(path, gray)
-
-    monkeypatch.setattr(DD, "_decode_file", counting)
-    return calls
 
 
 def _color(label: int, i: int) -> tuple[int, int, int]:
@@ -185,10 +164,10 @@ def test_class_names_files(tmp_path):
     assert load() == [f"{w} (w-{w})" for w in sorted(WNIDS)]
 
 
-def test_cache_is_reused_and_names_are_read_after_it(tmp_path, monkeypatch):
+def test_cache_is_reused_and_names_are_read_after_it(tmp_path, monkeypatch, decode_calls):
     root = _write_imagefolder(tmp_path / "data", special=False)
     cache = tmp_path / "cache"
-    calls = _count_decodes(monkeypatch)
+    calls = decode_calls
     first = load_split("tinyimagenet", str(root), "train", val_size=3, cache_dir=str(cache))
     assert len(calls) == 3 * PER_CLASS
     (entry,) = (cache / "data").glob("tinyimagenet-train-*.pt")

@@ -11,28 +11,15 @@ from torch import nn
 
 from spikelite.energy import measure
 from spikelite.models import create_model
-from spikelite.snn import chunk_aware, convert, neuron, spikify, time_window
+from spikelite.snn import chunk_aware, convert, spikify, time_window
 from spikelite.snn import net as snn_net
+from spikelite.snn.net import recalibrate_bn
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # no torch.compile (the native operator is used)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _isolated(isolated_run):  # tests/conftest.py: eager kernels (the native operator), one thread
     yield
-    torch.set_num_threads(before)
 
-
-def _settle_bn(model, x):
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
 
 
 def _report(net, x, chunk, **kw) -> dict:
@@ -71,7 +58,8 @@ def test_chunked_counts_equal_the_one_pass_counts(kind):
     torch.manual_seed(0)
     cnn = create_model("squeezenet1_1", num_classes=10, image_size=32).double()
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    _settle_bn(cnn, x)
+    recalibrate_bn(cnn, x)  # BatchNorm statistics of real activations
+    cnn.eval()
     net = NETS[kind](cnn, x)
     one_pass, windows = _report(net, x, None, batch_size=2)
     assert windows == 0
@@ -90,7 +78,8 @@ def test_auto_chunking_inside_measure_keeps_the_counts(monkeypatch):
     torch.manual_seed(0)
     cnn = create_model("mnasnet_b1", num_classes=10, image_size=32, width=0.12).double()
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    _settle_bn(cnn, x)
+    recalibrate_bn(cnn, x)  # BatchNorm statistics of real activations
+    cnn.eval()
     net = convert(cnn, T=6, calibration=x)
     one_pass, windows = _report(net, x, None)
     assert windows == 0

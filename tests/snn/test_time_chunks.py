@@ -18,34 +18,25 @@ from torch import nn
 from spikelite import SpikeliteError
 from spikelite.models import create_model
 from spikelite.snn import (IF, LIF, ConversionIF, StepBatchNorm, balance_thresholds, chunk_aware, convert, correct_bias,
-                           inference_model, layer_errors, neuron, spikify, time_window)
+                           inference_model, layer_errors, spikify, time_window)
 from spikelite.snn import net as snn_net
 from spikelite.snn import native as _native
 from spikelite.snn.neuron import lif_steps_from
 from spikelite.snn.window import windows
+from spikelite.snn.net import recalibrate_bn
 
 T = 7
 CHUNK = 3  # 7 = 3 + 3 + 1: a window of one step at the end
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setattr(neuron._KERNELS, "broken", True)  # no torch.compile (the native operator is used)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _isolated(isolated_run):  # tests/conftest.py: eager kernels (the native operator), one thread
     yield
-    torch.set_num_threads(threads)
 
 
 def _settle_bn(model, x):
-    """BatchNorm running statistics of real activations, so that every layer's input has a real scale."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
+    """BatchNorm running statistics of real activations (one cumulative pass), then eval mode."""
+    recalibrate_bn(model, x)
     return model.eval()
 
 
