@@ -389,12 +389,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool =
 def _same_classes(a: list[str], b: list[str]) -> bool:
     """Equal class lists, or equal but for names one side adds after a bare key (Tiny ImageNet's
     ``"n01443537 (goldfish, ...)"`` against ``"n01443537"`` where the names file is absent)."""
-    if a == b:
-        return True
-    if len(a) != len(b):
-        return False
-    return all(x == y or (y.startswith(x + " (") if " " not in x else x.startswith(y + " (") if " " not in y
-                          else False) for x, y in zip(a, b))
+    def key(c: str) -> str:
+        return c.split(" (", 1)[0]
+
+    return len(a) == len(b) and all(x == y or (key(x) == key(y) and key(x) in (x, y)) for x, y in zip(a, b))
 
 
 def checkpoint_data(meta: dict, path, split: str, *, data_root: str | None = None, dataset: str | None = None):

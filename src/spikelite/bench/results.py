@@ -34,7 +34,7 @@ def _qcnn_id(cell: Cell) -> str:
     only when that cell has QCFS activations)."""
     if cell.variant == "snn":
         return _cell_id(cell.dataset, cell.model, "cnn-q", cell.seed)
-    return _cell_id(cell.dataset, cell.model, "cnn-p", cell.seed, None, cell.schedule)
+    return _ref_cnn_id(cell)
 
 
 def _ref_cnn_id(cell: Cell) -> str | None:

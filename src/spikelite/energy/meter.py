@@ -46,6 +46,7 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpikeliteError
@@ -372,8 +373,6 @@ _POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, n
 
 def _sum_pool(m: nn.Module, ev: torch.Tensor, shape) -> torch.Tensor | None:
     """``ev`` summed over each window of average pool ``m`` (None for a pool this cannot mirror exactly)."""
-    import torch.nn.functional as F
-
     if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
         nd = ev.dim() - 2
         size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * nd

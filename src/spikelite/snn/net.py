@@ -64,8 +64,9 @@ __all__ = [
 _NET = object()  # forward_steps(time_chunk=...) not given: the network's own setting
 
 #: ``time_chunk="auto"``: a call on N samples of V input values each runs in windows of time steps when
-#: ``T x N x V`` exceeds this (2,048 steps x images at 3x32x32: T = 4 at batch 500 runs in one pass), with ``AUTO_CHUNK_VALUES // (N x V)`` steps per
-#: window (at least one): activation memory grows with the input's size, and the zoo's SqueezeNet 1.1 at
+#: ``T x N x V`` exceeds this (2,048 steps x images at 3x32x32: T = 4 at batch 500 runs in one pass), with
+#: ``AUTO_CHUNK_VALUES // (N x V)`` steps per window (at least one): activation memory grows with the input's
+#: size, and the zoo's SqueezeNet 1.1 at
 #: 32x32 holds about 2 MB per step x image at its peak (docs/performance.md, "Inference at large T").
 AUTO_CHUNK_VALUES = 6 * 2 ** 20
 
