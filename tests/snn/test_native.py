@@ -289,3 +289,50 @@ def test_recomputed_pairs_with_hooks_keep_the_python_path():
     assert any("Recompute" in n for n in names) and any("NativeBNLIF" in n for n in names), names
     for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
         assert torch.equal(p.grad, q.grad), n
+
+
+@needs_native
+def test_native_conversion_if_equals_the_python_steps_for_every_variant(monkeypatch):
+    """ConversionIF's inference forward as one C++ call: the same outputs, membrane and count to the bit as its
+    Python steps, for signed/unsigned, bursts and rates, both float dtypes, channels-last views and windows."""
+    from spikelite.snn import ConversionIF
+
+    g = torch.Generator().manual_seed(0)
+    calls = []
+    real = ConversionIF._forward_native
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ConversionIF, "_forward_native", spy)
+    for signed, (burst, rate), dtype, cl in itertools.product([True, False], [(1, 1), (4, 1), (8, 2)],
+                                                              [torch.float32, torch.float64], [False, True]):
+        n = ConversionIF(v_threshold=0.731, signed=signed, burst=burst, rate=rate)
+        x = torch.randn(6, 3, 5, 4, 4, generator=g, dtype=dtype) * 0.9
+        if cl:  # each step channels-last: the kernel reads the view in its own layout and keeps it
+            x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        th = n.v_threshold.to(dtype)
+        with torch.no_grad():
+            out, (v, c) = n._forward_fast(x, th)
+            calls.clear()
+            with monkeypatch.context() as m:
+                m.setattr(ConversionIF, "_forward_native", lambda *a, **k: None)
+                ref, (v_ref, c_ref) = n._forward_fast(x, th)
+            assert torch.equal(out, ref) and torch.equal(v, v_ref), (signed, burst, rate, dtype, cl)
+            assert (c is None) == (c_ref is None) and (c is None or torch.equal(c, c_ref))
+            assert out.stride() == ref.stride()
+            assert (out < 0).any() == signed and (out.abs() > th * 1.5).any() == (burst > 1)  # each rule exercised
+            # windows: 4 + 2 steps from the handed-over state are the 6 steps of one call
+            a, state = n._forward_fast(x[:4], th)
+            b, _ = n._forward_fast(x[4:], th, state, 4)
+            assert torch.equal(torch.cat([a, b]), out)
+    assert calls and all(calls)
+    # where it does not run (tracing, other dtypes) the Python steps do
+    n = ConversionIF(v_threshold=0.5)
+    assert n._forward_native(torch.ones(2, 3, dtype=torch.bfloat16), torch.tensor(0.5), None, 0) is None
+    with pytest.raises(RuntimeError, match="both the membrane and the count"):
+        ops.conversion_if_steps(torch.ones(2, 3), torch.zeros(3), None, 1.0, 0.5, True, 1, 1, 0)
+    with pytest.raises(RuntimeError, match="rate <= burst"):
+        ops.conversion_if_steps(torch.ones(2, 3), None, None, 1.0, 0.5, True, 1, 2, 0)

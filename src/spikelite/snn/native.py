@@ -1,10 +1,13 @@
-"""Build and load spikelite's native CPU kernels (``csrc/lif.cpp``) on first use.
+"""Build and load spikelite's native CPU kernels (``csrc/lif.cpp``: the LIF and ConversionIF neurons) on first use.
 
 The LIF layer's whole-sequence forward and backward as one C++ operator, ``torch.ops.spikelite_native.lif``,
 with its autograd node in C++: a call costs one dispatcher round trip, against the Python autograd
 function and two ``torch.compile`` wrapper calls of the compiled path, which dominate at T = 1–2 on small
 feature maps (docs/performance.md). ``lif_steps`` runs the same forward from a given membrane and also returns
-the membrane after its last step: one window of a chunked run (:mod:`spikelite.snn.window`). It is compiled with the system's C++ compiler against the installed
+the membrane after its last step: one window of a chunked run (:mod:`spikelite.snn.window`).
+``conversion_if_steps`` is :class:`~spikelite.snn.neuron.ConversionIF`'s inference forward (signed spikes,
+bursts, rate; from a given membrane and count, returning both), the same arithmetic as its Python steps in
+one pass over memory. It is compiled with the system's C++ compiler against the installed
 torch the first time it is needed and cached under ``$SPIKELITE_CACHE`` (default
 ``$XDG_CACHE_HOME/spikelite`` or ``~/.cache/spikelite``), keyed by the source, torch, the compiler and the
 CPU; later processes load the cached library in milliseconds. One process builds it: others that need

@@ -667,6 +667,9 @@ class ConversionIF(nn.Module):
         """In place, no graph: evaluation and calibration at any T. ``state``: the ``(membrane, count)`` after
         step ``start - 1`` (None: the initial ones, ``start`` 0); returns the outputs and the state after the
         last step."""
+        done = self._forward_native(x_seq, th, state, start)
+        if done is not None:
+            return done
         outs = []  # stacked at the end, not written into slices of one tensor: ONNX export traces this
         if state is None:
             v = (x_seq[0] * 0).add_(th * self.v_init)
@@ -689,6 +692,22 @@ class ConversionIF(nn.Module):
             v.sub_(o)
             outs.append(o)
         return torch.stack(outs), (v, count)
+
+    def _forward_native(self, x_seq: torch.Tensor, th: torch.Tensor, state: tuple | None,
+                        start: int) -> tuple[torch.Tensor, tuple] | None:
+        """:meth:`_forward_fast` as one C++ call (``spikelite_native::conversion_if_steps``: every step of a
+        chunk of neurons with its membrane and count in registers, the same arithmetic and rounding), or None
+        where it does not run: not a CPU float32/float64 tensor, under tracing, ONNX export or torch.compile
+        (they record the Python steps), or no operator (:mod:`spikelite.snn.native`)."""
+        if (x_seq.device.type != "cpu" or x_seq.dtype not in _NATIVE_DTYPES or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or _native.ops() is None):
+            return None
+        v0, c0 = (None, None) if state is None else state
+        if v0 is not None and c0 is None:  # a plain neuron keeps no count: an unused zero one for the kernel
+            c0 = torch.zeros_like(v0)
+        out, v, count = _native.ops().conversion_if_steps(x_seq, v0, c0, float(th), self.v_init, self.signed,
+                                                          self.burst, self.rate, start)
+        return out, (v, count if (self.signed or self.burst > 1) else None)
 
     def _forward_autograd(self, x_seq: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
         """Step by step under autograd: fine-tuning a converted network, with the rate code's straight-through

@@ -547,9 +547,119 @@ at::Tensor lif_backward(const at::Tensor& x, const at::Tensor& grad, double tau,
   return run_backward(as_seq(x), grad, p);
 }
 
+
+// ConversionIF (spikelite.snn.neuron.ConversionIF) forward, inference only: the integrate-and-fire neuron of
+// rate-coded conversion, whose spikes carry its threshold th, with signed spikes, bursts and rate r. Per step
+// t (its index in the whole run, `start` + the step's index here), the Python formulas' arithmetic in S:
+//   V += X_t;  burst > 1: S = min(max(floor(V / th), signed ? -C : 0), min(r(t+1) - C, burst)),  C += S
+//              burst = 1: S = [V >= th] - (signed ? [V < 0 and C > 0] : 0),                      C += S
+//   O_t = S·th;  V -= O_t
+// V starts at X_0·0 + th·v_init (v0/c0 absent) or at v0 with count c0 (one window of a chunked run).
+template <typename S, bool burst, bool signed_>
+void cif_chunk(const S* x, int64_t xstep, S* out, const S* v0, const S* c0, S* v_end, S* c_end, int64_t T,
+               int64_t M, int64_t b, int64_t n, S th, S vi, S rate, S maxb, int64_t start) {
+  S v[kChunk], c[kChunk];
+  if (v0) {
+    for (int64_t i = 0; i < n; ++i) v[i] = v0[b + i];
+  } else {
+    const S* __restrict__ x0 = x + b;
+    for (int64_t i = 0; i < n; ++i) v[i] = x0[i] * S(0) + vi;
+  }
+  if (c0)
+    for (int64_t i = 0; i < n; ++i) c[i] = c0[b + i];
+  else
+    for (int64_t i = 0; i < n; ++i) c[i] = S(0);
+  for (int64_t t = 0; t < T; ++t) {
+    const S* __restrict__ xt = x + t * xstep + b;
+    S* __restrict__ ot = out + t * M + b;
+    const S cap = rate * S(start + t + 1);
+    for (int64_t i = 0; i < n; ++i) {
+      const S h = v[i] + xt[i];
+      S s;
+      if constexpr (burst) {
+        s = std::floor(h / th);
+        const S lo = signed_ ? -c[i] : S(0);
+        S hi = cap - c[i];
+        hi = maxb < hi ? maxb : hi;   // NaN stays NaN through these comparisons, as through torch's
+        s = s < lo ? lo : s;          // minimum / maximum
+        s = hi < s ? hi : s;
+        c[i] = c[i] + s;
+      } else {
+        s = h >= th ? S(1) : S(0);
+        if constexpr (signed_) {
+          s = s - ((h < S(0) && c[i] > S(0)) ? S(1) : S(0));
+          c[i] = c[i] + s;
+        }
+      }
+      const S o = s * th;
+      ot[i] = o;
+      v[i] = h - o;
+    }
+  }
+  if (v_end)
+    for (int64_t i = 0; i < n; ++i) v_end[b + i] = v[i];
+  if (c_end)
+    for (int64_t i = 0; i < n; ++i) c_end[b + i] = c[i];
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conversion_if_steps(const at::Tensor& x_in,
+                                                                   const std::optional<at::Tensor>& v0_opt,
+                                                                   const std::optional<at::Tensor>& c0_opt,
+                                                                   double th, double v_init, bool signed_,
+                                                                   int64_t burst, int64_t rate, int64_t start) {
+  check(x_in);
+  TORCH_CHECK(burst >= 1 && rate >= 1 && rate <= burst, "spikelite_native::conversion_if_steps: burst ", burst,
+              " and rate ", rate, " need 1 <= rate <= burst");
+  TORCH_CHECK(v0_opt.has_value() == c0_opt.has_value(),
+              "spikelite_native::conversion_if_steps: give both the membrane and the count, or neither");
+  const Seq q = as_seq(x_in);
+  const at::Tensor& x = q.x;
+  const int64_t T = x.size(0), M = x.numel() / T;
+  at::Tensor out = empty_steps(q);
+  const at::Tensor step = out.select(0, 0);
+  at::Tensor v_end = at::empty_strided(step.sizes(), step.strides(), x.options());
+  at::Tensor c_end = at::empty_strided(step.sizes(), step.strides(), x.options());
+  at::Tensor v_in, c_in;
+  if (v0_opt.has_value()) {
+    TORCH_CHECK(v0_opt->sizes() == step.sizes() && c0_opt->sizes() == step.sizes(),
+                "spikelite_native::conversion_if_steps: state of shape ", v0_opt->sizes(), " for steps of shape ",
+                step.sizes());
+    v_in = at::empty_strided(step.sizes(), step.strides(), x.options()).copy_(*v0_opt);  // the kernel's order
+    c_in = at::empty_strided(step.sizes(), step.strides(), x.options()).copy_(*c0_opt);
+  }
+  if (M == 0) return {out, v_end, c_end};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_conversion_if_steps", [&] {
+    using S = scalar_t;
+    // the Python formulas' constants: th·v_init and the caps are products of a tensor and a Python number,
+    // computed in the tensor's dtype
+    const S ths = S(th), vi = ths * S(v_init), rs = S(rate), maxb = S(burst);
+    const S* xp = x.const_data_ptr<S>();
+    S* op = out.mutable_data_ptr<S>();
+    const S* vp = v_in.defined() ? v_in.const_data_ptr<S>() : nullptr;
+    const S* cp = c_in.defined() ? c_in.const_data_ptr<S>() : nullptr;
+    S* ve = v_end.mutable_data_ptr<S>();
+    S* ce = c_end.mutable_data_ptr<S>();
+    const int64_t xstep = q.step;
+    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; b += kChunk) {
+        const int64_t n = std::min(kChunk, end - b);
+        if (burst > 1) {
+          if (signed_) cif_chunk<S, true, true>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
+          else cif_chunk<S, true, false>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
+        } else {
+          if (signed_) cif_chunk<S, false, true>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
+          else cif_chunk<S, false, false>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
+        }
+      }
+    });
+  });
+  return {out, v_end, c_end};
+}
+
 }  // namespace spikelite_native
 
 using spikelite_native::bn_lif;
+using spikelite_native::conversion_if_steps;
 using spikelite_native::lif;
 using spikelite_native::lif_backward;
 using spikelite_native::lif_forward;
@@ -565,6 +675,8 @@ TORCH_LIBRARY(spikelite_native, m) {
   m.def("lif_steps(Tensor x, Tensor? v0, float tau, float th, float r, bool decay_input, bool soft) -> (Tensor, Tensor)");
   m.def("lif_backward(Tensor x, Tensor grad, float tau, float th, float r, float alpha, bool decay_input, "
         "bool soft, bool detach, int surrogate) -> Tensor");
+  m.def("conversion_if_steps(Tensor x, Tensor? v0, Tensor? c0, float th, float v_init, bool signed, int burst, "
+        "int rate, int start) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(spikelite_native, CompositeImplicitAutograd, m) {
@@ -575,5 +687,6 @@ TORCH_LIBRARY_IMPL(spikelite_native, CompositeImplicitAutograd, m) {
 TORCH_LIBRARY_IMPL(spikelite_native, CPU, m) {
   m.impl("lif_forward", &lif_forward);
   m.impl("lif_steps", &lif_steps);
+  m.impl("conversion_if_steps", &conversion_if_steps);
   m.impl("lif_backward", &lif_backward);
 }
