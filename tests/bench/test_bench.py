@@ -402,8 +402,8 @@ def test_imported_checkpoints_are_measured_not_trained(tmp_path):
     assert 0 < q_e < float(qrows["cnn-q"]["energy_mj@45nm-fp32"])  # cheaper than the same net at full width
     assert qrows["snn"]["qcnn_accuracy"] == qrows["cnn-q"]["accuracy"]
     assert float(qrows["snn"]["qcnn_lowbit_energy_mj@45nm-fp32"]) == q_e
-    assert float(qrows["snn"]["lowbit_ratio@45nm-fp32"]) == pytest.approx(
-        q_e / float(qrows["snn"]["energy_mj@45nm-fp32"]))
+    assert float(qrows["snn"]["lowbit_ratio@45nm-fp32"]) == pytest.approx(  # from the CSV's 6-digit figures
+        q_e / float(qrows["snn"]["energy_mj@45nm-fp32"]), rel=2e-5)
     from spikelite.report import build_report
 
     md = Path(build_report(q_out)["markdown"]).read_text()

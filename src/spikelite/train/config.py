@@ -234,7 +234,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 if supported, else fp16) | bf16 | fp16 | off; CUDA only
     threads: Optional[int] = None  # torch CPU threads for this run
-    channels_last: bool = False  # keep conv weights (and so activations) in NHWC order: a speed option
+    channels_last: bool | str = "auto"  # NHWC conv weights (and so activations), a speed option; auto: on the CPU
     recompute_neurons: bool = False  # SNN: recompute BatchNorm → neuron pairs in backward (less memory, same math)
     compact_spikes: bool = True  # SNN: spike maps kept for backward as 1-byte booleans (off: floats, faster at T=1-2)
     # retain: glibc keeps freed memory (no mmap/munmap per step); system: leave it alone. The default follows
@@ -264,6 +264,8 @@ class TrainConfig:
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("malloc", self.malloc, MALLOC_MODES)
         _check_min("epochs", self.epochs, 0)
+        if isinstance(self.channels_last, str) and self.channels_last != "auto":
+            raise SpikeliteError(f"channels_last must be true, false or auto, got {self.channels_last!r}")
         if self.recompute_neurons and self.mode != "snn":
             raise SpikeliteError("recompute_neurons applies to spiking networks only (mode snn), not to mode "
                                  f"{self.mode}")

@@ -22,7 +22,7 @@ from ..data import Augment, BatchLoader, ImageData, default_augment
 from ..errors import SpikeliteError
 from ..snn import SpikingNet
 from .config import LATE_KEYS, RUNTIME_KEYS, TrainConfig, _flatten, recipe_view
-from .metrics import _classification_loss, distillation_loss, evaluate
+from .metrics import _classification_loss, _inference_copy, distillation_loss, evaluate
 from .optim import _make_optimizer, lr_at
 from .prepare import _check_fits_data, _data_info, _initial_model, _load_run_data
 from .runtime import (
@@ -99,7 +99,8 @@ def _load_teacher(cfg: TrainConfig, train_data: ImageData, data_info: dict, devi
     teacher.eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
-    return teacher, {**meta, "path": path}
+    # its forward as an inference copy (BatchNorm folded, NHWC on the CPU): the same outputs up to rounding
+    return _inference_copy(teacher, device), {**meta, "path": path}
 
 
 def _recipe_diff(old: dict, new: dict) -> list[str]:
@@ -236,9 +237,10 @@ class _Run:
             model, self.src_meta = _initial_model(cfg, self.train_data, torch.device("cpu"), self.log)
         _check_fits_data(describe_model(model)["model_spec"], self.train_data, "model")
         self.model = model.to(self.device)
-        if cfg.channels_last:
+        nhwc = cfg.channels_last if isinstance(cfg.channels_last, bool) else self.device.type == "cpu"
+        if nhwc:
             # NHWC weights make every convolution (and so every activation) channels_last: the same
-            # math up to float32 rounding in BatchNorm; a CPU speed option (docs/performance.md).
+            # math up to float32 rounding; a CPU speed option (docs/performance.md), on there by default.
             self.model.to(memory_format=torch.channels_last)
         self.is_snn = isinstance(model, SpikingNet)
         if self.is_snn:
@@ -414,6 +416,8 @@ class _Run:
                 if self.teacher is not None:
                     with torch.no_grad(), _autocast(self.device, self.amp_dtype):
                         target = self.teacher(x)
+                    if target.is_inference():  # an inference copy's output: a normal tensor for the loss
+                        target = target.clone()
                     d = cfg.distill
                     loss = (1 - d.weight) * loss + d.weight * distillation_loss(logits, target.float(), d.temperature)
                 self.optimizer.zero_grad(set_to_none=True)
