@@ -93,6 +93,8 @@ def _overrides_from_args(args: argparse.Namespace) -> dict:
         ov["channels_last"] = False
     if args.recompute_neurons:
         ov["recompute_neurons"] = True
+    if args.no_recompute_neurons:
+        ov["recompute_neurons"] = False
     if args.no_compact_spikes:
         ov["compact_spikes"] = False
     if args.spike_inputs:
@@ -195,9 +197,12 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                       help="NHWC memory format for conv weights and activations (default auto: on the CPU, off on "
                            "CUDA) [channels_last]")
     nhwc.add_argument("--no-channels-last", action="store_true", help="keep the default NCHW memory format")
-    p.add_argument("--recompute-neurons", action="store_true",
-                   help="SNN: keep only each BatchNorm -> neuron pair's input for backward and recompute the pair "
-                        "(less memory, same gradients) [recompute_neurons]")
+    recompute = p.add_mutually_exclusive_group()
+    recompute.add_argument("--recompute-neurons", action="store_true",
+                           help="SNN: keep only each BatchNorm -> neuron pair's input for backward and recompute the "
+                                "pair (less memory, same gradients; default auto: on for CPU runs) [recompute_neurons]")
+    recompute.add_argument("--no-recompute-neurons", action="store_true",
+                           help="SNN: keep every tensor backward needs (more memory)")
     p.add_argument("--no-compact-spikes", action="store_true",
                    help="SNN: keep spike maps for backward as floats instead of 1-byte booleans (about a third more "
                         "activation memory, 5-9%% less time per step at T = 1-2 on a 2-core CPU; same gradients) [compact_spikes]")

@@ -235,7 +235,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 if supported, else fp16) | bf16 | fp16 | off; CUDA only
     threads: Optional[int] = None  # torch CPU threads for this run
     channels_last: bool | str = "auto"  # NHWC conv weights (and so activations), a speed option; auto: on the CPU
-    recompute_neurons: bool = False  # SNN: recompute BatchNorm → neuron pairs in backward (less memory, same math)
+    recompute_neurons: bool | str = "auto"  # SNN: recompute BatchNorm → neuron pairs in backward (less memory,
+    # same math); auto: on for SNN runs on the CPU (measured to cost no time there), off elsewhere
     compact_spikes: bool = True  # SNN: spike maps kept for backward as 1-byte booleans (off: floats, faster at T=1-2)
     # retain: glibc keeps freed memory (no mmap/munmap per step); system: leave it alone. The default follows
     # SPIKELITE_MALLOC, the switch of the other CLI commands, so benchmark cells and train obey it too.
@@ -266,7 +267,9 @@ class TrainConfig:
         _check_min("epochs", self.epochs, 0)
         if isinstance(self.channels_last, str) and self.channels_last != "auto":
             raise SpikeliteError(f"channels_last must be true, false or auto, got {self.channels_last!r}")
-        if self.recompute_neurons and self.mode != "snn":
+        if isinstance(self.recompute_neurons, str) and self.recompute_neurons != "auto":
+            raise SpikeliteError(f"recompute_neurons must be true, false or auto, got {self.recompute_neurons!r}")
+        if self.recompute_neurons is True and self.mode != "snn":
             raise SpikeliteError("recompute_neurons applies to spiking networks only (mode snn), not to mode "
                                  f"{self.mode}")
         if not self.compact_spikes and self.mode != "snn":

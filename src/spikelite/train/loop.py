@@ -244,7 +244,9 @@ class _Run:
             self.model.to(memory_format=torch.channels_last)
         self.is_snn = isinstance(model, SpikingNet)
         if self.is_snn:
-            model.recompute_neurons = cfg.recompute_neurons  # same gradients, less memory (docs/performance.md)
+            # same gradients, less memory (docs/performance.md); auto: on the CPU, where it costs no time
+            model.recompute_neurons = cfg.recompute_neurons if isinstance(cfg.recompute_neurons, bool) \
+                else self.device.type == "cpu"
             model.compact_spikes = cfg.compact_spikes  # same gradients; off: more memory, less time
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         per_rank = cfg.batch_size // dist_env.world_size
