@@ -9,7 +9,8 @@ over rounds of (SNN seconds per image) / (T x the CNN's seconds per image in the
 
 Recipes (``--recipes``, comma-separated):
 
-* ``cnn``     configs/cnn_cifar10.yaml, --channels-last (the study's CNN runs);
+* ``cnn``     configs/cnn_cifar10.yaml with ``--cnn-args`` (default --model-opt pool=avg --channels-last: the
+  study's CNN runs);
 * ``snn``     configs/snn_finetune_cifar10.yaml from ``--cnn`` (the CNN converted), T = ``--T``;
 * ``snn-kd``  the same, distilled from ``--cnn`` (--distill-from);
 * ``cnn-p``   the CNN recipe from ``--cnn-p`` (a pruned CNN checkpoint);
@@ -53,9 +54,9 @@ def _spikelite() -> list[str]:
 def recipe_command(name: str, args, out: Path) -> list[str]:
     if name.endswith("*"):
         return recipe_command(name[:-1], args, out) + shlex.split(args.variant)
-    common = ["--data", args.data, "--out", str(out), "--epochs", "1", "--train-subset", str(args.images),
+    common = (["--data", args.data] if args.data else []) + ["--out", str(out), "--epochs", "1", "--train-subset", str(args.images),
               "--val-subset", str(args.val_images), "--threads", str(args.threads), "--no-tensorboard", "--quiet"]
-    cnn_recipe = ["train", "-c", str(ROOT / "configs/cnn_cifar10.yaml"), "--model-opt", "pool=avg", "--channels-last"]
+    cnn_recipe = ["train", "-c", str(ROOT / "configs/cnn_cifar10.yaml")] + shlex.split(args.cnn_args)
     snn_recipe = ["train", "-c", str(ROOT / "configs/snn_finetune_cifar10.yaml"), "--T", str(args.T)]
     snn_extra = shlex.split(args.snn_args)
     if name == "cnn":
@@ -100,7 +101,7 @@ def eval_rate(checkpoint: str, args) -> float:
     retain_freed_memory()  # as `spikelite eval` does (malloc: retain)
     torch.set_num_threads(args.threads)
     model, meta = load_model(checkpoint, device="cpu")
-    data, _ = checkpoint_data(meta, checkpoint, "val", data_root=args.data)
+    data, _ = checkpoint_data(meta, checkpoint, "val", data_root=args.data or None)
     data = data.subset(torch.arange(min(args.eval_images, len(data))))
     evaluate(model, data.subset(torch.arange(min(args.eval_batch, len(data)))), batch_size=args.eval_batch,
              fast=args.fast)  # warm-up: kernels chosen, memory reserved
@@ -111,7 +112,8 @@ def eval_rate(checkpoint: str, args) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="CIFAR-10 folder (train/<class>/*.jpg)")
+    ap.add_argument("--data", default=None, help="CIFAR-10 folder (train/<class>/*.jpg); none for a dataset that "
+                                                  "needs no folder (e.g. -- --dataset digits)")
     ap.add_argument("--cnn", default=str(CNN), help="the CNN checkpoint the SNN recipes convert [%(default)s]")
     ap.add_argument("--cnn-p", default=str(CNN_P), help="a pruned CNN checkpoint for cnn-p / snn-p")
     ap.add_argument("--recipes", default="cnn,snn,snn-kd", help="comma-separated: cnn, snn, snn-kd, cnn-p, snn-p")
@@ -120,6 +122,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--T", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cnn-args", default="--model-opt pool=avg --channels-last",
+                    help="extra arguments for the CNN recipes [%(default)s: the study's SqueezeNet CNN runs]")
     ap.add_argument("--snn-args", default="", help="extra arguments for the SNN recipes only")
     ap.add_argument("--variant", default=None, help="also run each SNN recipe with these extra arguments (NAME*)")
     ap.add_argument("--eval", action="store_true", help="also time `spikelite eval` of the CNN and its SNN")
@@ -179,9 +183,10 @@ def main(argv=None):
     if args.eval:
         with tempfile.TemporaryDirectory(prefix="train_loop_eval_") as tmp:
             snn = Path(args.snn) if args.snn else Path(tmp) / "snn.pt"
-            conv = subprocess.CompletedProcess([], 0) if args.snn else subprocess.run(_spikelite() + ["convert", args.cnn, "--T", str(args.T), "--out", str(snn),
-                                                  "--data", args.data, "--threads", str(args.threads)],
-                                  capture_output=True, text=True)
+            convert = _spikelite() + ["convert", args.cnn, "--T", str(args.T), "--out", str(snn),
+                                      "--threads", str(args.threads)] + (["--data", args.data] if args.data else [])
+            conv = subprocess.CompletedProcess([], 0) if args.snn else subprocess.run(convert, capture_output=True,
+                                                                                      text=True)
             if conv.returncode != 0:
                 raise SystemExit(f"convert failed:\n{conv.stderr[-3000:]}")
             pairs = []

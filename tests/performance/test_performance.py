@@ -1,6 +1,7 @@
 """Performance options (issue 9): inference copies with BatchNorm folded, activation checkpointing."""
 
 import copy
+import os
 import pickle
 
 import pytest
@@ -483,3 +484,34 @@ def test_an_invalid_malloc_switch_is_one_clear_cli_error_for_every_command(monke
     assert main(["models", "--format", "csv"]) == 0 and calls == [1]
     monkeypatch.setenv("SPIKELITE_MALLOC", "system")
     assert main(["models", "--format", "csv"]) == 0 and calls == [1]
+
+
+def test_train_loop_benchmark_times_the_real_recipes(tmp_path):
+    # benchmarks/train_loop.py end to end on digits: the real `spikelite train` recipes run as processes, every
+    # SNN recipe reported against T x its CNN in the same round, and the evaluation of a CNN and its SNN
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "train_loop.py"
+    env = dict(os.environ, SPIKELITE_COMPILE="0")
+    tiny = ["--dataset", "digits", "--model", "shufflenetv2_x0_3", "--width", "0.25", "--image-size", "8",
+            "--batch-size", "32", "--val-size", "200"]
+    made = subprocess.run([sys.executable, "-m", "spikelite", "train", "--cnn", *tiny, "--epochs", "1",
+                           "--train-subset", "128", "--val-subset", "64", "--threads", "1", "--quiet",
+                           "--no-tensorboard", "--out", str(tmp_path / "cnn")], capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = subprocess.run([sys.executable, str(bench), "--cnn", str(tmp_path / "cnn" / "last.pt"), "--images", "64",
+                          "--val-images", "32", "--rounds", "1", "--threads", "1", "--recipes", "snn", "--cnn-args=",
+                          "--eval", "--eval-images", "64", "--json", str(tmp_path / "out.json"), "--", *tiny],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "out.json").read_text())
+    assert [r["recipe"] for r in res["rows"]] == ["cnn", "snn"]  # the CNN baseline is always run
+    assert all(r["images"] == 64 and r["epoch_seconds"] > 0 for r in res["rows"])
+    snn = res["summary"]["snn"]
+    assert snn["baseline"] == "cnn" and snn["ratio_to_T_cnn"] == pytest.approx(
+        res["rows"][0]["images_per_second"] / res["rows"][1]["images_per_second"] / 4)
+    assert 0 < res["summary"]["eval"]["snn_fraction_of_cnn"] < 1.5
+    assert "x (T x cnn)" in out.stdout and "eval    CNN" in out.stdout
