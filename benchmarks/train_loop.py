@@ -78,11 +78,12 @@ def run_recipe(name: str, args, work: Path, round_: int) -> dict:
     out = work / f"{name}-r{round_}"
     cmd = recipe_command(name, args, out)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"recipe {name} failed ({proc.returncode}):\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    rows = list(csv.DictReader(open(out / "log.csv")))
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     row = rows[-1]
     seconds = float(row["epoch_seconds"])
     return {"recipe": name, "round": round_, "epoch_seconds": seconds, "images": args.images,
@@ -186,7 +187,7 @@ def main(argv=None):
             convert = _spikelite() + ["convert", args.cnn, "--T", str(args.T), "--out", str(snn),
                                       "--threads", str(args.threads)] + (["--data", args.data] if args.data else [])
             conv = subprocess.CompletedProcess([], 0) if args.snn else subprocess.run(convert, capture_output=True,
-                                                                                      text=True)
+                                                                                      text=True, check=False)
             if conv.returncode != 0:
                 raise SystemExit(f"convert failed:\n{conv.stderr[-3000:]}")
             pairs = []

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._runtime import resolve_device
 from ..checkpoint import checkpoint_data, load_model, unwrap
 from ..data import BatchLoader, ImageData
-from .._runtime import resolve_device
 from ..errors import SpikeliteError
 from ..snn import InferenceModel, InferenceNet, SpikingNet, inference_model
 from .runtime import _autocast
@@ -130,7 +130,8 @@ def _inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     try:
         return inference_model(model, channels_last=device.type == "cpu")
-    except Exception:  # not traceable by torch.fx, or a layer the copy does not know: evaluate it as it is
+    except (SpikeliteError, RuntimeError, TypeError, AttributeError, NotImplementedError):
+        # not traceable by torch.fx, or a layer the copy does not know: evaluate it as it is
         return model
 
 
