@@ -336,3 +336,34 @@ def test_native_conversion_if_equals_the_python_steps_for_every_variant(monkeypa
         ops.conversion_if_steps(torch.ones(2, 3), torch.zeros(3), None, 1.0, 0.5, True, 1, 1, 0)
     with pytest.raises(RuntimeError, match="rate <= burst"):
         ops.conversion_if_steps(torch.ones(2, 3), None, None, 1.0, 0.5, True, 1, 2, 0)
+
+
+@needs_native
+def test_native_conversion_if_training_equals_the_python_steps():
+    """Fine-tuning a converted network: ConversionIF's training forward on the native kernel gives the Python
+    steps' outputs and input gradients to the bit (the straight-through mask included), and its learned
+    threshold's gradient up to the order of summation."""
+    from spikelite.snn import ConversionIF
+
+    g = torch.Generator().manual_seed(1)
+    for signed, (burst, rate), dtype, cl, learn in itertools.product(
+            [True, False], [(1, 1), (4, 1), (8, 2)], [torch.float32, torch.float64], [False, True], [False, True]):
+        n = ConversionIF(v_threshold=0.731, signed=signed, burst=burst, rate=rate, learn_threshold=learn).to(dtype)
+        x0 = torch.randn(5, 3, 6, 4, 4, generator=g, dtype=dtype) * 0.9
+        if cl:
+            x0 = x0.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        w = torch.randn(x0.shape, generator=g, dtype=dtype)
+        got = []
+        for native in (True, False):
+            x = x0.clone().requires_grad_()
+            n.zero_grad()
+            out = n(x) if native else n._forward_autograd(x, n.v_threshold.to(dtype))
+            out.backward(w)
+            got.append((out.detach(), x.grad, n.v_threshold.grad.clone() if learn else None, out.grad_fn.name()))
+        (o, gx, gth, node), (o_ref, gx_ref, gth_ref, _) = got
+        assert "ConversionIFTrain" in node
+        case = (signed, burst, rate, dtype, cl, learn)
+        assert torch.equal(o, o_ref) and torch.equal(gx, gx_ref), case
+        assert 0 < (gx == 0).float().mean() < 1, case  # the mask both passes and stops gradients
+        if learn:
+            assert torch.allclose(gth, gth_ref, rtol=1e-5 if dtype == torch.float32 else 1e-12), case

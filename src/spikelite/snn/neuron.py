@@ -570,6 +570,26 @@ class IF(LIF):
         return cfg
 
 
+class _ConversionIFTrain(torch.autograd.Function):
+    """:meth:`ConversionIF._forward_autograd` as one native forward (``conversion_if_train``: the outputs and each
+    step's straight-through mask) and a one-line backward: the same outputs and gradients, without the per-step
+    graph of Python operators."""
+
+    @staticmethod
+    def forward(ctx, x_seq, th, v_init, signed, burst, rate):
+        out, inside = _native.ops().conversion_if_train(x_seq.detach(), float(th), v_init, signed, burst, rate)
+        ctx.save_for_backward(inside, out if th.requires_grad else None, th)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        inside, out, th = ctx.saved_tensors
+        gx = grad * inside if ctx.needs_input_grad[0] else None
+        # d(k·θ)/dθ = k, the spike count of each step (an integer: recovered exactly from the output)
+        gth = (grad * torch.round(out / th)).sum().reshape(th.shape) if ctx.needs_input_grad[1] else None
+        return gx, gth, None, None, None, None
+
+
 class ConversionIF(nn.Module):
     """The integrate-and-fire neuron of rate-coded CNN → SNN conversion: its spikes carry its threshold.
 
@@ -658,6 +678,8 @@ class ConversionIF(nn.Module):
             return out
         th = self.v_threshold.to(x_seq.dtype)
         if torch.is_grad_enabled() and (x_seq.requires_grad or th.requires_grad):
+            if self._native_ok(x_seq):
+                return _ConversionIFTrain.apply(x_seq, th, self.v_init, self.signed, self.burst, self.rate)
             return self._forward_autograd(x_seq, th)
         with torch.no_grad():
             return self._forward_fast(x_seq, th)[0]
@@ -693,14 +715,20 @@ class ConversionIF(nn.Module):
             outs.append(o)
         return torch.stack(outs), (v, count)
 
+    @staticmethod
+    def _native_ok(x_seq: torch.Tensor) -> bool:
+        """Whether the native kernels run this input: a CPU float32/float64 tensor, not under tracing, ONNX export
+        or torch.compile (they record the Python steps), and the operator built."""
+        return not (x_seq.device.type != "cpu" or x_seq.dtype not in _NATIVE_DTYPES or torch.jit.is_tracing()
+                    or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or _native.ops() is None)
+
     def _forward_native(self, x_seq: torch.Tensor, th: torch.Tensor, state: tuple | None,
                         start: int) -> tuple[torch.Tensor, tuple] | None:
         """:meth:`_forward_fast` as one C++ call (``spikelite_native::conversion_if_steps``: every step of a
         chunk of neurons with its membrane and count in registers, the same arithmetic and rounding), or None
         where it does not run: not a CPU float32/float64 tensor, under tracing, ONNX export or torch.compile
         (they record the Python steps), or no operator (:mod:`spikelite.snn.native`)."""
-        if (x_seq.device.type != "cpu" or x_seq.dtype not in _NATIVE_DTYPES or torch.jit.is_tracing()
-                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or _native.ops() is None):
+        if not self._native_ok(x_seq):
             return None
         v0, c0 = (None, None) if state is None else state
         if v0 is not None and c0 is None:  # a plain neuron keeps no count: an unused zero one for the kernel

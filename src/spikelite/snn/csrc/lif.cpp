@@ -555,10 +555,14 @@ at::Tensor lif_backward(const at::Tensor& x, const at::Tensor& grad, double tau,
 //              burst = 1: S = [V >= th] - (signed ? [V < 0 and C > 0] : 0),                      C += S
 //   O_t = S·th;  V -= O_t
 // V starts at X_0·0 + th·v_init (v0/c0 absent) or at v0 with count c0 (one window of a chunked run).
+// With `inside` (training): also [0 <= X_0 + ... + X_t <= r(t+1)·th] per step, the rate code's straight-through
+// gradient mask (ConversionIF._forward_autograd), the running sum in S as the Python loop adds it.
 template <typename S, bool burst, bool signed_>
 void cif_chunk(const S* x, int64_t xstep, S* out, const S* v0, const S* c0, S* v_end, S* c_end, int64_t T,
-               int64_t M, int64_t b, int64_t n, S th, S vi, S rate, S maxb, int64_t start) {
-  S v[kChunk], c[kChunk];
+               int64_t M, int64_t b, int64_t n, S th, S vi, S rate, S maxb, int64_t start, bool* inside = nullptr) {
+  S v[kChunk], c[kChunk], tot[kChunk];
+  if (inside)
+    for (int64_t i = 0; i < n; ++i) tot[i] = S(0);
   if (v0) {
     for (int64_t i = 0; i < n; ++i) v[i] = v0[b + i];
   } else {
@@ -573,6 +577,14 @@ void cif_chunk(const S* x, int64_t xstep, S* out, const S* v0, const S* c0, S* v
     const S* __restrict__ xt = x + t * xstep + b;
     S* __restrict__ ot = out + t * M + b;
     const S cap = rate * S(start + t + 1);
+    if (inside) {
+      bool* __restrict__ it = inside + t * M + b;
+      const S top = cap * th;
+      for (int64_t i = 0; i < n; ++i) {
+        tot[i] = tot[i] + xt[i];
+        it[i] = tot[i] >= S(0) && tot[i] <= top;
+      }
+    }
     for (int64_t i = 0; i < n; ++i) {
       const S h = v[i] + xt[i];
       S s;
@@ -656,10 +668,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conversion_if_steps(const at::Ten
   return {out, v_end, c_end};
 }
 
+// ConversionIF's training forward (fine-tuning a converted network): its outputs from rest over the whole
+// sequence, and the straight-through mask of each step (bool, in the outputs' layout).
+std::tuple<at::Tensor, at::Tensor> conversion_if_train(const at::Tensor& x_in, double th, double v_init, bool signed_,
+                                                       int64_t burst, int64_t rate) {
+  check(x_in);
+  TORCH_CHECK(burst >= 1 && rate >= 1 && rate <= burst, "spikelite_native::conversion_if_train: burst ", burst,
+              " and rate ", rate, " need 1 <= rate <= burst");
+  const Seq q = as_seq(x_in);
+  const at::Tensor& x = q.x;
+  const int64_t T = x.size(0), M = x.numel() / T;
+  at::Tensor out = empty_steps(q);
+  at::Tensor inside = at::empty_strided(out.sizes(), out.strides(), x.options().dtype(at::kBool));
+  if (M == 0) return {out, inside};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_conversion_if_train", [&] {
+    using S = scalar_t;
+    const S ths = S(th), vi = ths * S(v_init), rs = S(rate), maxb = S(burst);
+    const S* xp = x.const_data_ptr<S>();
+    S* op = out.mutable_data_ptr<S>();
+    bool* ip = inside.mutable_data_ptr<bool>();
+    const int64_t xstep = q.step;
+    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; b += kChunk) {
+        const int64_t n = std::min(kChunk, end - b);
+        if (burst > 1) {
+          if (signed_) cif_chunk<S, true, true>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths, vi,
+                                                rs, maxb, 0, ip);
+          else cif_chunk<S, true, false>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths, vi, rs,
+                                         maxb, 0, ip);
+        } else {
+          if (signed_) cif_chunk<S, false, true>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths,
+                                                 vi, rs, maxb, 0, ip);
+          else cif_chunk<S, false, false>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths, vi, rs,
+                                          maxb, 0, ip);
+        }
+      }
+    });
+  });
+  return {out, inside};
+}
+
 }  // namespace spikelite_native
 
 using spikelite_native::bn_lif;
 using spikelite_native::conversion_if_steps;
+using spikelite_native::conversion_if_train;
 using spikelite_native::lif;
 using spikelite_native::lif_backward;
 using spikelite_native::lif_forward;
@@ -677,6 +730,7 @@ TORCH_LIBRARY(spikelite_native, m) {
         "bool soft, bool detach, int surrogate) -> Tensor");
   m.def("conversion_if_steps(Tensor x, Tensor? v0, Tensor? c0, float th, float v_init, bool signed, int burst, "
         "int rate, int start) -> (Tensor, Tensor, Tensor)");
+  m.def("conversion_if_train(Tensor x, float th, float v_init, bool signed, int burst, int rate) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(spikelite_native, CompositeImplicitAutograd, m) {
@@ -688,5 +742,6 @@ TORCH_LIBRARY_IMPL(spikelite_native, CPU, m) {
   m.impl("lif_forward", &lif_forward);
   m.impl("lif_steps", &lif_steps);
   m.impl("conversion_if_steps", &conversion_if_steps);
+  m.impl("conversion_if_train", &conversion_if_train);
   m.impl("lif_backward", &lif_backward);
 }
