@@ -14,7 +14,8 @@ RUNS=${RUNS:-runs/tinyimagenet}
 #    32x32 maps as on CIFAR-10; 95 M MACs per image), average pooling (the SNN's pooling), NHWC.
 #    Alone on the 2 cores an epoch takes 528 s (170 images/s, 704 steps) plus 14 s of validation; it shared them
 #    with the session's benchmarks and tests and was paused (SIGSTOP) while those were timed.
-#    Validation after each epoch: 4.90, 12.24, 10.46, 11.60 % (wip/log.csv; epochs 2-4 shared the cores). Not finished in session 18: its resumable state
+#    Validation after each epoch: 4.90, 12.24, 10.46, 11.60, 21.38 % (wip/log.csv; epochs 2-4 shared the cores;
+#    epoch 5 took 1,030 s). wip/last.pt is the state at the end of epoch 5 (step 3,520 of 9,856). Not finished in session 18: its resumable state
 #    is committed as wip/last.pt (the SGD momentum stored as bfloat16 to stay under 5 MB; torch casts it back to
 #    float32 on load, so the resumed run differs from an uninterrupted one by that rounding only). To continue:
 #      mkdir -p "$RUNS/cnn" && cp results/tinyimagenet/squeezenet1_1/wip/last.pt "$RUNS/cnn/"
