@@ -184,12 +184,12 @@ def main(argv=None):
     if args.eval:
         with tempfile.TemporaryDirectory(prefix="train_loop_eval_") as tmp:
             snn = Path(args.snn) if args.snn else Path(tmp) / "snn.pt"
-            convert = _spikelite() + ["convert", args.cnn, "--T", str(args.T), "--out", str(snn),
-                                      "--threads", str(args.threads)] + (["--data", args.data] if args.data else [])
-            conv = subprocess.CompletedProcess([], 0) if args.snn else subprocess.run(convert, capture_output=True,
-                                                                                      text=True, check=False)
-            if conv.returncode != 0:
-                raise SystemExit(f"convert failed:\n{conv.stderr[-3000:]}")
+            if not args.snn:  # the CNN converted by spikelite convert's default method
+                convert = _spikelite() + ["convert", args.cnn, "--T", str(args.T), "--out", str(snn),
+                                          "--threads", str(args.threads)] + (["--data", args.data] if args.data else [])
+                conv = subprocess.run(convert, capture_output=True, text=True, check=False)
+                if conv.returncode != 0:
+                    raise SystemExit(f"convert failed:\n{conv.stderr[-3000:]}")
             pairs = []
             for _ in range(args.rounds):
                 c = eval_rate(args.cnn, args)

@@ -614,6 +614,27 @@ void cif_chunk(const S* x, int64_t xstep, S* out, const S* v0, const S* c0, S* v
     for (int64_t i = 0; i < n; ++i) c_end[b + i] = c[i];
 }
 
+// Every chunk of neurons through cif_chunk, in parallel, with the flags as template arguments. The Python
+// formulas' constants: th·v_init and the caps are products of a tensor and a Python number, computed in S.
+template <typename S>
+void cif_run(const S* x, int64_t xstep, S* out, const S* v0, const S* c0, S* v_end, S* c_end, bool* inside,
+             int64_t T, int64_t M, double th, double v_init, bool signed_, int64_t burst, int64_t rate, int64_t start) {
+  const S ths = S(th), vi = ths * S(v_init), rs = S(rate), maxb = S(burst);
+  at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; b += kChunk) {
+      const int64_t n = std::min(kChunk, end - b);
+#define SPIKELITE_CIF(B, SG) \
+  cif_chunk<S, B, SG>(x, xstep, out, v0, c0, v_end, c_end, T, M, b, n, ths, vi, rs, maxb, start, inside)
+      if (burst > 1) {
+        if (signed_) SPIKELITE_CIF(true, true); else SPIKELITE_CIF(true, false);
+      } else {
+        if (signed_) SPIKELITE_CIF(false, true); else SPIKELITE_CIF(false, false);
+      }
+#undef SPIKELITE_CIF
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conversion_if_steps(const at::Tensor& x_in,
                                                                    const std::optional<at::Tensor>& v0_opt,
                                                                    const std::optional<at::Tensor>& c0_opt,
@@ -641,29 +662,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conversion_if_steps(const at::Ten
   }
   if (M == 0) return {out, v_end, c_end};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_conversion_if_steps", [&] {
-    using S = scalar_t;
-    // the Python formulas' constants: th·v_init and the caps are products of a tensor and a Python number,
-    // computed in the tensor's dtype
-    const S ths = S(th), vi = ths * S(v_init), rs = S(rate), maxb = S(burst);
-    const S* xp = x.const_data_ptr<S>();
-    S* op = out.mutable_data_ptr<S>();
-    const S* vp = v_in.defined() ? v_in.const_data_ptr<S>() : nullptr;
-    const S* cp = c_in.defined() ? c_in.const_data_ptr<S>() : nullptr;
-    S* ve = v_end.mutable_data_ptr<S>();
-    S* ce = c_end.mutable_data_ptr<S>();
-    const int64_t xstep = q.step;
-    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; b += kChunk) {
-        const int64_t n = std::min(kChunk, end - b);
-        if (burst > 1) {
-          if (signed_) cif_chunk<S, true, true>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
-          else cif_chunk<S, true, false>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
-        } else {
-          if (signed_) cif_chunk<S, false, true>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
-          else cif_chunk<S, false, false>(xp, xstep, op, vp, cp, ve, ce, T, M, b, n, ths, vi, rs, maxb, start);
-        }
-      }
-    });
+    cif_run<scalar_t>(x.const_data_ptr<scalar_t>(), q.step, out.mutable_data_ptr<scalar_t>(),
+                      v_in.defined() ? v_in.const_data_ptr<scalar_t>() : nullptr,
+                      c_in.defined() ? c_in.const_data_ptr<scalar_t>() : nullptr, v_end.mutable_data_ptr<scalar_t>(),
+                      c_end.mutable_data_ptr<scalar_t>(), nullptr, T, M, th, v_init, signed_, burst, rate, start);
   });
   return {out, v_end, c_end};
 }
@@ -682,28 +684,8 @@ std::tuple<at::Tensor, at::Tensor> conversion_if_train(const at::Tensor& x_in, d
   at::Tensor inside = at::empty_strided(out.sizes(), out.strides(), x.options().dtype(at::kBool));
   if (M == 0) return {out, inside};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_conversion_if_train", [&] {
-    using S = scalar_t;
-    const S ths = S(th), vi = ths * S(v_init), rs = S(rate), maxb = S(burst);
-    const S* xp = x.const_data_ptr<S>();
-    S* op = out.mutable_data_ptr<S>();
-    bool* ip = inside.mutable_data_ptr<bool>();
-    const int64_t xstep = q.step;
-    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; b += kChunk) {
-        const int64_t n = std::min(kChunk, end - b);
-        if (burst > 1) {
-          if (signed_) cif_chunk<S, true, true>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths, vi,
-                                                rs, maxb, 0, ip);
-          else cif_chunk<S, true, false>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths, vi, rs,
-                                         maxb, 0, ip);
-        } else {
-          if (signed_) cif_chunk<S, false, true>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths,
-                                                 vi, rs, maxb, 0, ip);
-          else cif_chunk<S, false, false>(xp, xstep, op, nullptr, nullptr, nullptr, nullptr, T, M, b, n, ths, vi, rs,
-                                          maxb, 0, ip);
-        }
-      }
-    });
+    cif_run<scalar_t>(x.const_data_ptr<scalar_t>(), q.step, out.mutable_data_ptr<scalar_t>(), nullptr, nullptr,
+                      nullptr, nullptr, inside.mutable_data_ptr<bool>(), T, M, th, v_init, signed_, burst, rate, 0);
   });
   return {out, inside};
 }
