@@ -47,6 +47,9 @@ CNN = ROOT / "results/cifar10/squeezenet1_1/cnn-20ep/best.pt"
 CNN_P = ROOT / "results/cifar10/squeezenet1_1/cnn-p/best.pt"
 
 
+RECIPES = ("cnn", "snn", "snn-kd", "cnn-p", "snn-p")
+
+
 def _spikelite() -> list[str]:
     return [sys.executable, "-m", "spikelite"]
 
@@ -139,6 +142,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {', '.join(unknown)}: choose from {', '.join(RECIPES)}")
     if "cnn" not in recipes:
         recipes.insert(0, "cnn")
     if "snn-p" in recipes and "cnn-p" not in recipes:
