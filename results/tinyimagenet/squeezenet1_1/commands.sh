@@ -14,11 +14,20 @@ RUNS=${RUNS:-runs/tinyimagenet}
 #    32x32 maps as on CIFAR-10; 95 M MACs per image), average pooling (the SNN's pooling), NHWC.
 #    Alone on the 2 cores an epoch takes 528 s (170 images/s, 704 steps) plus 14 s of validation; it shared them
 #    with the session's benchmarks and tests and was paused (SIGSTOP) while those were timed.
-#    Validation after each epoch: 4.90, 12.24, 10.46, 11.60, 21.38 % (wip/log.csv; epochs 2-4 shared the cores;
-#    epoch 5 took 1,030 s). wip/last.pt is the state at the end of epoch 5 (step 3,520 of 9,856). Not finished in session 18: its resumable state
-#    is committed as wip/last.pt (the SGD momentum stored as bfloat16 to stay under 5 MB; torch casts it back to
-#    float32 on load, so the resumed run differs from an uninterrupted one by that rounding only). To continue:
-#      mkdir -p "$RUNS/cnn" && cp results/tinyimagenet/squeezenet1_1/wip/last.pt "$RUNS/cnn/"
-#      spikelite train --data "$DATA" --out "$RUNS/cnn" --resume --threads 2   # the recipe comes from last.pt
+#    Validation after each epoch: 4.90, 12.24, 10.46, 11.60, 21.38 (session 18; epochs 2-4 shared the cores),
+#    22.53, 27.33, 30.14, 31.09, 38.34, 38.93, 44.91, 46.02, **46.65 %** (session 19, resumed from the state at
+#    step 3,600 of 9,856 with `--resume`; epochs 8-14 alone: 439-460 s each, 195-205 images/s; 6-7 shared the cores with short conversion checks). cnn/ (log.csv, train.log).
 spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --out "$RUNS/cnn" --epochs 14 \
   --model-opt pool=avg --channels-last --threads 2 --save-every-steps 100 --no-tensorboard
+
+# 2. The convertible CNN (session 19, code 11d74f1): command 1's CNN with QCFS activations (L = 4, a learned threshold
+#    λ per layer, each starting at the 99.9th percentile of the ReLU output it replaces), 2 epochs at lr 0.01
+#    (cosine, no warm-up): 26.27 % before any training, 41.02, **42.81 %**. 706 + 725 s an epoch alone (the QCFS
+#    activation makes an epoch 1.6x the ReLU CNN's 450 s). cnn-q/.
+spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn/best.pt" \
+  --model-opt act_levels=4 --model-opt act_threshold=1.0 --epochs 2 --lr 0.01 --warmup-epochs 0 \
+  --threads 2 --out "$RUNS/q4" --save-every-steps 100 --no-tensorboard
+# 3. Its SNN, converted with no training: ConversionIF neurons with bursts (B = 4), thresholds = the learned λ, T = 4,
+#    so the SNN computes the QCFS CNN: **42.81 %** on all 10,000 validation images (the QCFS CNN 42.82 % in the same
+#    check), above the paper's Tiny ImageNet SqueezeNet SNN (41 %). 144 s wall (101 s the check). snn/ (convert.log).
+spikelite convert "$RUNS/q4/best.pt" --out "$RUNS/snn-q4.pt" --T 4 --burst 4 --check 10000 --check-T 4 --threads 2
