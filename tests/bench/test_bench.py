@@ -517,6 +517,24 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert seconds < 60
 
 
+def test_committed_tinyimagenet_study_imports_its_checkpoints():
+    # results/tinyimagenet/study.yaml: its cells are committed Tiny ImageNet checkpoints (200 classes, 64 px)
+    spec = B.load_spec(REPO / "results/tinyimagenet/study.yaml", roots={"tinyimagenet": "/nonexistent"},
+                       check_paths=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        problems: list = []
+        BS._check_imports(spec, problems)
+        assert problems == []
+        cells = B.expand_grid(spec)
+    assert [(c.model.name, c.variant, c.T) for c in cells] == [
+        ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "snn", 4)]
+    for c in cells:
+        meta = torch.load(REPO / c.checkpoint, map_location="cpu", weights_only=False)
+        assert meta["data"]["dataset"] == "tinyimagenet" and meta["model_spec"]["num_classes"] == 200
+        assert (REPO / c.checkpoint).stat().st_size <= 5 << 20
+
+
 def test_committed_cifar10_study_imports_its_checkpoints():
     # results/cifar10/study.yaml: every cell is a committed checkpoint that the spec's rules accept
     spec = B.load_spec(REPO / "results/cifar10/study.yaml", roots={"cifar10": "/nonexistent"}, check_paths=False)
