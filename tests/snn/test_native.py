@@ -367,3 +367,75 @@ def test_native_conversion_if_training_equals_the_python_steps():
         assert 0 < (gx == 0).float().mean() < 1, case  # the mask both passes and stops gradients
         if learn:
             assert torch.allclose(gth, gth_ref, rtol=1e-5 if dtype == torch.float32 else 1e-12), case
+
+
+def _qcfs_pair(levels=4, threshold=1.5, dtype=torch.float32):
+    from spikelite.models.qcfs import QCFS
+
+    q = QCFS(levels, threshold=threshold).to(dtype)
+    eager = QCFS(levels, threshold=threshold).to(dtype)
+    eager._native_ok = lambda x: False  # the eager formula, on the same λ
+    return q, eager
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided", "big"])
+def test_native_qcfs_equals_the_eager_formula(dtype, layout):
+    # the learned-λ QCFS (models/qcfs.py) runs spikelite_native::qcfs_forward/backward: the forward bit for bit
+    # the eager formula's, the input gradient the same up to its rounding of (g·λ)/λ, λ's up to summation order
+    g = torch.Generator().manual_seed(3)
+    shape = (64, 96, 32, 32) if layout == "big" else (6, 8, 5, 7)  # big: the vectorised blocks of the reduction
+    x = torch.randn(*shape, generator=g, dtype=dtype) * 2
+    x.view(-1)[:6] = torch.tensor([0.0, 1.5, 3.0, -0.0, 0.75, 1.5 / 8], dtype=dtype)  # clamp edges, rounding ties
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.cat([x, x], dim=3)[..., ::2]  # not dense: copied for the kernel
+    grad = torch.randn(*shape, generator=g, dtype=dtype)
+    for levels, lam in ((4, 1.5), (8, 0.37), (1, 2.0)):
+        q, eager = _qcfs_pair(levels, lam, dtype)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = q(xa), eager(xb)
+        assert "QCFSNative" in ya.grad_fn.name() and "QCFSNative" not in yb.grad_fn.name()
+        assert torch.equal(ya, yb)
+        ya.backward(grad)
+        yb.backward(grad)
+        tol = 1e-6 if dtype == torch.float32 else 1e-14
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=tol * grad.abs().max().item())
+        assert ((xa.grad == 0) == (xb.grad == 0)).all()  # the same elements inside the clamp
+        torch.testing.assert_close(q.lam.grad, eager.lam.grad, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                                   atol=1e-6)
+        with torch.no_grad():  # evaluation runs the same kernel
+            assert torch.equal(q(x), eager(x))
+
+
+@needs_native
+def test_native_qcfs_trains_a_network_like_the_eager_one():
+    # a small QCFS CNN: one step's outputs equal and its weight gradients within float rounding of the eager ones
+    from spikelite.models import create_model
+    from spikelite.models import qcfs as Q
+
+    torch.manual_seed(0)
+    m = create_model("squeezenet1_1", num_classes=10, image_size=32, act_levels=4, act_threshold=1.0).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def step(native):
+        for mod in m.modules():
+            if isinstance(mod, Q.QCFS):
+                if native:
+                    mod.__dict__.pop("_native_ok", None)
+                else:
+                    mod._native_ok = lambda x: False
+        m.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        out = m(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        return out.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    out_n, g_n = step(True)
+    out_e, g_e = step(False)
+    assert torch.equal(out_n, out_e)
+    for name, ge in g_e.items():
+        if ge.norm() > 1e-4:  # conv biases before BatchNorm get ~0 gradients: rounding noise only
+            assert (g_n[name] - ge).norm() <= 1e-4 * ge.norm(), name

@@ -16,6 +16,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace spikelite_native {
@@ -690,6 +691,81 @@ std::tuple<at::Tensor, at::Tensor> conversion_if_train(const at::Tensor& x_in, d
   return {out, inside};
 }
 
+
+// QCFS with a learned threshold λ (models/qcfs.py), the CNN-side twin of ConversionIF, as one pass each way over a
+// dense tensor (any memory format: x, its gradient and the output share strides). Forward: the Python formula's
+// operations in its order, each rounded in S (-ffp-contract=off), y = floor(clamp(x/λ, 0, 1)·L + 1/2) / L · λ.
+// Backward: the straight-through rounding, so dy/dx = [0 < x/λ < 1] and dy/dλ = q − [0 < x/λ < 1]·x/λ with
+// q = floor(clamp(x/λ, 0, 1)·L + 1/2) / L; the λ gradient is summed in blocks of 1,024 in S, the blocks in double.
+void check_dense(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), "spikelite_native::qcfs runs on CPU tensors, got ", t.device(), " for ", what);
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "spikelite_native::qcfs takes float32 or float64, got ", t.scalar_type(), " for ", what);
+  TORCH_CHECK(t.is_non_overlapping_and_dense(), "spikelite_native::qcfs needs a dense tensor for ", what);
+}
+
+at::Tensor qcfs_forward(const at::Tensor& x, double lam, int64_t levels) {
+  check_dense(x, "x");
+  TORCH_CHECK(lam > 0 && levels >= 1, "spikelite_native::qcfs_forward: lam > 0 and levels >= 1 needed");
+  at::Tensor y = at::empty_like(x);
+  const int64_t n = x.numel();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_qcfs_forward", [&] {
+    using S = scalar_t;
+    const S* xp = x.const_data_ptr<S>();
+    S* yp = y.mutable_data_ptr<S>();
+    const S l = S(lam), L = S(levels), half = S(0.5);
+    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        S u = xp[i] / l;
+        u = u < S(0) ? S(0) : (u > S(1) ? S(1) : u);
+        yp[i] = std::floor(u * L + half) / L * l;
+      }
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> qcfs_backward(const at::Tensor& grad, const at::Tensor& x, double lam,
+                                                 int64_t levels) {
+  check_dense(x, "x");
+  check_dense(grad, "grad");
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.strides() == x.strides() && grad.scalar_type() == x.scalar_type(),
+              "spikelite_native::qcfs_backward: grad and x must share shape, strides and dtype");
+  at::Tensor gx = at::empty_like(x);
+  const int64_t n = x.numel();
+  double glam = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spikelite_qcfs_backward", [&] {
+    using S = scalar_t;
+    const S* xp = x.const_data_ptr<S>();
+    const S* gp = grad.const_data_ptr<S>();
+    S* gxp = gx.mutable_data_ptr<S>();
+    const S l = S(lam), L = S(levels), half = S(0.5);
+    glam = at::parallel_reduce(0, n, kGrain, 0.0, [&](int64_t b, int64_t e, double acc) {
+      // blocks of kLanes independent partial sums (a loop the compiler vectorises), each block added in double
+      constexpr int64_t kLanes = 16;
+      auto one = [&](int64_t i) -> S {
+        const S u = xp[i] / l;
+        const bool inside = u > S(0) && u < S(1);  // open, as torch.clamp's gradient
+        const S c = u < S(0) ? S(0) : (u > S(1) ? S(1) : u);
+        const S q = std::floor(c * L + half) / L;
+        const S g = gp[i];
+        gxp[i] = inside ? g : S(0);
+        return g * (inside ? q - u : q);
+      };
+      int64_t i = b;
+      for (; i + 64 * kLanes <= e; i += 64 * kLanes) {
+        S part[kLanes] = {};
+        for (int64_t j = 0; j < 64 * kLanes; j += kLanes)
+          for (int64_t k = 0; k < kLanes; ++k) part[k] += one(i + j + k);
+        for (int64_t k = 0; k < kLanes; ++k) acc += double(part[k]);
+      }
+      for (; i < e; ++i) acc += double(one(i));
+      return acc;
+    }, std::plus<double>());
+  });
+  return {gx, at::scalar_tensor(glam, x.options().device(at::kCPU))};
+}
+
 }  // namespace spikelite_native
 
 using spikelite_native::bn_lif;
@@ -699,6 +775,8 @@ using spikelite_native::lif;
 using spikelite_native::lif_backward;
 using spikelite_native::lif_forward;
 using spikelite_native::lif_steps;
+using spikelite_native::qcfs_backward;
+using spikelite_native::qcfs_forward;
 
 TORCH_LIBRARY(spikelite_native, m) {
   m.def("lif(Tensor x, float tau, float th, float r, float alpha, bool decay_input, bool soft, bool detach, "
@@ -713,6 +791,8 @@ TORCH_LIBRARY(spikelite_native, m) {
   m.def("conversion_if_steps(Tensor x, Tensor? v0, Tensor? c0, float th, float v_init, bool signed, int burst, "
         "int rate, int start) -> (Tensor, Tensor, Tensor)");
   m.def("conversion_if_train(Tensor x, float th, float v_init, bool signed, int burst, int rate) -> (Tensor, Tensor)");
+  m.def("qcfs_forward(Tensor x, float lam, int levels) -> Tensor");
+  m.def("qcfs_backward(Tensor grad, Tensor x, float lam, int levels) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(spikelite_native, CompositeImplicitAutograd, m) {
@@ -726,4 +806,6 @@ TORCH_LIBRARY_IMPL(spikelite_native, CPU, m) {
   m.impl("conversion_if_steps", &conversion_if_steps);
   m.impl("conversion_if_train", &conversion_if_train);
   m.impl("lif_backward", &lif_backward);
+  m.impl("qcfs_forward", &qcfs_forward);
+  m.impl("qcfs_backward", &qcfs_backward);
 }
