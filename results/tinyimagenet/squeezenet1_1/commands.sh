@@ -47,6 +47,11 @@ spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy ref-1 --finetune-e
 #  spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn_p_ref1.pt" \
 #    --model-opt act_levels=4 --model-opt act_threshold=1.0 --epochs 6 --lr 0.05 --warmup-epochs 0 \
 #    --threads 2 --out "$RUNS/pq4" --save-every-steps 100 --no-tensorboard --distill-from "$RUNS/cnn/best.pt"
-# 6. (in progress) A stronger CNN: command 1's CNN, 16 more epochs at lr 0.05 (cosine, no warm-up).
+# 6. (in progress) A stronger CNN: command 1's CNN, 16 more epochs at lr 0.05 (cosine, no warm-up). Session 19 ran
+#    step 1 to 1,200 of 11,264 (epoch 1: 23.00 %, the restart's learning rate; 61 s per 100 steps alone) and stopped;
+#    its resumable state is wip-cnn2/last.pt (SGD momentum as bfloat16 to stay under 5 MiB, with config.yaml and
+#    log.csv). To continue:
+#      mkdir -p "$RUNS/cnn2" && cp results/tinyimagenet/squeezenet1_1/wip-cnn2/last.pt "$RUNS/cnn2/"
+#      spikelite train --data "$DATA" --out "$RUNS/cnn2" --resume --threads 2   # the recipe comes from last.pt
 spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn/best.pt" --cnn --epochs 16 \
   --lr 0.05 --warmup-epochs 0 --threads 2 --out "$RUNS/cnn2" --save-every-steps 100 --no-tensorboard
