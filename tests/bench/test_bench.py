@@ -517,16 +517,20 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert seconds < 60
 
 
-def test_committed_tinyimagenet_study_imports_its_checkpoints():
-    # results/tinyimagenet/study.yaml: its cells are committed Tiny ImageNet checkpoints (200 classes, 64 px)
-    spec = B.load_spec(REPO / "results/tinyimagenet/study.yaml", roots={"tinyimagenet": "/nonexistent"},
-                       check_paths=False)
+def _committed_study_cells(study: str, dataset: str) -> list:
+    """The cells of a committed study spec, after the spec's own import checks found no problem."""
+    spec = B.load_spec(REPO / study, roots={dataset: "/nonexistent"}, check_paths=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
         problems: list = []
         BS._check_imports(spec, problems)
         assert problems == []
-        cells = B.expand_grid(spec)
+        return B.expand_grid(spec)
+
+
+def test_committed_tinyimagenet_study_imports_its_checkpoints():
+    # results/tinyimagenet/study.yaml: its cells are committed Tiny ImageNet checkpoints (200 classes, 64 px)
+    cells = _committed_study_cells("results/tinyimagenet/study.yaml", "tinyimagenet")
     assert [(c.model.name, c.variant, c.T) for c in cells] == [
         ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "snn", 4)]
     for c in cells:
@@ -537,13 +541,7 @@ def test_committed_tinyimagenet_study_imports_its_checkpoints():
 
 def test_committed_cifar10_study_imports_its_checkpoints():
     # results/cifar10/study.yaml: every cell is a committed checkpoint that the spec's rules accept
-    spec = B.load_spec(REPO / "results/cifar10/study.yaml", roots={"cifar10": "/nonexistent"}, check_paths=False)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(REPO)
-        problems: list = []
-        BS._check_imports(spec, problems)
-        assert problems == []
-        cells = B.expand_grid(spec)
+    cells = _committed_study_cells("results/cifar10/study.yaml", "cifar10")
     by_model: dict = {}
     for c in cells:
         by_model.setdefault(c.model.name, []).append((c.variant, c.T, c.schedule))

@@ -40,22 +40,18 @@ class _RoundSTE(torch.autograd.Function):
         return grad, None
 
 
-_NATIVE_DTYPES = (torch.float32, torch.float64)
-
-
-def _native_ops():
-    """The native kernel library (built on first use by :mod:`spikelite.snn.native`, which keeps every C++ kernel
-    of the package in one library), or None. Imported lazily: the models do not depend on the SNN side, only
-    on the library loader that lives there."""
+def _native():
+    """:mod:`spikelite.snn.native`, which builds and loads the package's one C++ kernel library. Imported lazily:
+    the models do not depend on the SNN side, only on the library loader that lives there."""
     from ..snn import native
 
-    return native.ops()
+    return native
 
 
 class _QCFSNative(torch.autograd.Function):
     """The learned-λ QCFS as one native pass each way (``spikelite_native::qcfs_forward`` / ``qcfs_backward``):
     the same forward arithmetic as the eager formula, bit for bit, and the same straight-through gradients
-    (λ's summed in double), without the seven intermediate tensors the eager version allocates and keeps."""
+    (λ's summed in blocks, the blocks in double), without the seven intermediate tensors the eager version allocates and keeps."""
 
     @staticmethod
     def forward(ctx, x, lam, levels: int):
@@ -64,14 +60,14 @@ class _QCFSNative(torch.autograd.Function):
         lam_value = float(lam)
         ctx.save_for_backward(x)
         ctx.lam, ctx.levels = lam_value, levels
-        return _native_ops().qcfs_forward(x, lam_value, levels)
+        return _native().ops().qcfs_forward(x, lam_value, levels)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         if grad.stride() != x.stride() or grad.dtype != x.dtype:
             grad = torch.empty_like(x).copy_(grad)
-        gx, glam = _native_ops().qcfs_backward(grad, x, ctx.lam, ctx.levels)
+        gx, glam = _native().ops().qcfs_backward(grad, x, ctx.lam, ctx.levels)
         return gx, glam.to(x.dtype), None
 
 
@@ -128,11 +124,9 @@ class QCFS(nn.Module):
 
     @staticmethod
     def _native_ok(x: torch.Tensor) -> bool:
-        """Whether the native kernel runs this input: a CPU float32/float64 tensor, not under tracing, ONNX
-        export or torch.compile (they record the eager formula), and the library built (``SPIKELITE_NATIVE=0``
-        turns it off)."""
-        return not (x.device.type != "cpu" or x.dtype not in _NATIVE_DTYPES or torch.jit.is_tracing()
-                    or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or _native_ops() is None)
+        """Whether the native kernel runs this input (:func:`spikelite.snn.native.runs_on`; ``SPIKELITE_NATIVE=0``
+        keeps the eager formula)."""
+        return _native().runs_on(x)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}" + ("" if self.lam is None else f", threshold={self.threshold:.4g}")

@@ -38,7 +38,7 @@ import torch
 
 from .._io import exclusive_lock
 
-__all__ = ["ops", "library_path", "build"]
+__all__ = ["ops", "runs_on", "library_path", "build"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "lif.cpp"
 _LOCK = threading.Lock()
@@ -149,6 +149,13 @@ def _build_once(compiler: str, path: Path) -> None:
             _say(f"compiling the native LIF operator failed after {time.perf_counter() - t0:.0f} s")
             raise
         _say(f"native LIF operator compiled in {time.perf_counter() - t0:.0f} s: {path}")
+
+
+def runs_on(x: torch.Tensor) -> bool:
+    """Whether the native kernels run a call on ``x``: a CPU float32/float64 tensor, not under tracing, ONNX export
+    or torch.compile (they must record the eager formula), and the library built (:func:`ops`)."""
+    return not (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or ops() is None)
 
 
 def ops():

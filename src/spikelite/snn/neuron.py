@@ -717,10 +717,8 @@ class ConversionIF(nn.Module):
 
     @staticmethod
     def _native_ok(x_seq: torch.Tensor) -> bool:
-        """Whether the native kernels run this input: a CPU float32/float64 tensor, not under tracing, ONNX export
-        or torch.compile (they record the Python steps), and the operator built."""
-        return not (x_seq.device.type != "cpu" or x_seq.dtype not in _NATIVE_DTYPES or torch.jit.is_tracing()
-                    or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or _native.ops() is None)
+        """Whether the native kernels run this input (:func:`spikelite.snn.native.runs_on`)."""
+        return _native.runs_on(x_seq)
 
     def _forward_native(self, x_seq: torch.Tensor, th: torch.Tensor, state: tuple | None,
                         start: int) -> tuple[torch.Tensor, tuple] | None:
