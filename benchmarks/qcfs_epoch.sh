@@ -9,14 +9,16 @@ DATA=${DATA:?set DATA to a folder holding train/<class>/*.jpg}
 S=${SPIKELITE:-spikelite}
 base="--cnn -c configs/cnn_cifar10.yaml --data $DATA --init-from results/cifar10/squeezenet1_1/cnn-20ep/best.pt --epochs 1 --train-subset 2560 --lr 0.01 --warmup-epochs 0 --threads 2 --no-tensorboard --val-subset 500"
 q="--model-opt act_levels=4 --model-opt act_threshold=1.0"
+fail() { echo "qcfs_epoch.sh: the $v run failed; the end of its log ($out.log):" >&2; tail -3 "$out.log" >&2; exit 1; }
 for r in 1 2; do
   for v in relu eager native; do
-    rm -rf "${TMPDIR:-/tmp}/ab_$v"
+    out="${TMPDIR:-/tmp}/ab_$v"
+    rm -rf "$out" "$out.log"
     case $v in
-      relu) $S train $base --out "${TMPDIR:-/tmp}/ab_$v" >/dev/null 2>&1 ;;
-      eager) SPIKELITE_NATIVE=0 $S train $base $q --out "${TMPDIR:-/tmp}/ab_$v" >/dev/null 2>&1 ;;
-      native) $S train $base $q --out "${TMPDIR:-/tmp}/ab_$v" >/dev/null 2>&1 ;;
+      relu) $S train $base --out "$out" >"$out.log" 2>&1 || fail ;;
+      eager) SPIKELITE_NATIVE=0 $S train $base $q --out "$out" >"$out.log" 2>&1 || fail ;;
+      native) $S train $base $q --out "$out" >"$out.log" 2>&1 || fail ;;
     esac
-    echo "round $r $v $(tail -1 "${TMPDIR:-/tmp}/ab_$v"/log.csv | cut -d, -f1,7,9,11,14)"
+    echo "round $r $v $(tail -1 "$out/log.csv" | cut -d, -f1,7,9,11,14)"
   done
 done
