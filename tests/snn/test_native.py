@@ -1,4 +1,4 @@
-"""The native C++ LIF operator (spikelite/snn/csrc/lif.cpp): same spikes and gradients as the eager fused path,
+"""The native C++ LIF operator (spikelite/csrc/kernels.cpp): same spikes and gradients as the eager fused path,
 every layout, no-grad calls, and the build: cached, written atomically, and optional."""
 
 import itertools
@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from spikelite.snn import native as _native
+from spikelite import native as _native
 from spikelite.snn import IF, LIF
 
 ops = _native.ops()
@@ -174,7 +174,7 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 def test_build_is_cached_and_atomic_and_a_broken_compiler_falls_back(tmp_path):
     probe = """
         import warnings, torch
-        from spikelite.snn import native as _native
+        from spikelite import native as _native
         from spikelite.snn import LIF
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")

@@ -20,7 +20,7 @@ from spikelite.models import create_model
 from spikelite.snn import (IF, LIF, ConversionIF, StepBatchNorm, balance_thresholds, chunk_aware, convert, correct_bias,
                            inference_model, layer_errors, spikify, time_window)
 from spikelite.snn import net as snn_net
-from spikelite.snn import native as _native
+from spikelite import native as _native
 from spikelite.snn.neuron import lif_steps_from
 from spikelite.snn.window import windows
 from spikelite.snn.net import recalibrate_bn

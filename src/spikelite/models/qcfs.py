@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from .. import native
 from ..errors import SpikeliteError
 
 __all__ = ["QCFS"]
@@ -40,14 +41,6 @@ class _RoundSTE(torch.autograd.Function):
         return grad, None
 
 
-def _native():
-    """:mod:`spikelite.snn.native`, which builds and loads the package's one C++ kernel library. Imported lazily:
-    the models do not depend on the SNN side, only on the library loader that lives there."""
-    from ..snn import native
-
-    return native
-
-
 class _QCFSNative(torch.autograd.Function):
     """The learned-λ QCFS as one native pass each way (``spikelite_native::qcfs_forward`` / ``qcfs_backward``):
     the same forward arithmetic as the eager formula, bit for bit, and the same straight-through gradients
@@ -60,14 +53,14 @@ class _QCFSNative(torch.autograd.Function):
         lam_value = float(lam)
         ctx.save_for_backward(x)
         ctx.lam, ctx.levels = lam_value, levels
-        return _native().ops().qcfs_forward(x, lam_value, levels)
+        return native.ops().qcfs_forward(x, lam_value, levels)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         if grad.stride() != x.stride() or grad.dtype != x.dtype:
             grad = torch.empty_like(x).copy_(grad)
-        gx, glam = _native().ops().qcfs_backward(grad, x, ctx.lam, ctx.levels)
+        gx, glam = native.ops().qcfs_backward(grad, x, ctx.lam, ctx.levels)
         return gx, glam.to(x.dtype), None
 
 
@@ -124,9 +117,9 @@ class QCFS(nn.Module):
 
     @staticmethod
     def _native_ok(x: torch.Tensor) -> bool:
-        """Whether the native kernel runs this input (:func:`spikelite.snn.native.runs_on`; ``SPIKELITE_NATIVE=0``
+        """Whether the native kernel runs this input (:func:`spikelite.native.runs_on`; ``SPIKELITE_NATIVE=0``
         keeps the eager formula)."""
-        return _native().runs_on(x)
+        return native.runs_on(x)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}" + ("" if self.lam is None else f", threshold={self.threshold:.4g}")

@@ -17,7 +17,7 @@ For soft reset the charge uses 0 in place of V_reset. ``detach_reset`` detaches 
 Four implementations compute the same thing:
 
 * ``backend="native"`` (what ``"auto"`` picks on CPU for fixed τ and threshold and a built-in surrogate):
-  a C++ operator (``csrc/lif.cpp``, built on first use, see :mod:`spikelite.snn.native`) that runs the
+  a C++ operator (``csrc/kernels.cpp``, built on first use, see :mod:`spikelite.native`) that runs the
   whole sequence forward and backward through time in one call each, with its autograd node in C++.
   It saves only its input (H is recomputed in backward, so the forward writes spikes only). Without a
   C++ compiler it is skipped (one warning) and the compiled path is used.
@@ -41,7 +41,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from . import native as _native
+from .. import native as _native
 from ..errors import SpikeliteError
 from ..models.qcfs import QCFS  # noqa: F401  (re-exported: the CNN-side twin of ConversionIF)
 from .surrogate import ATan, FastSigmoid, Rectangle, Sigmoid, Surrogate, Triangle, get_surrogate
@@ -717,7 +717,7 @@ class ConversionIF(nn.Module):
 
     @staticmethod
     def _native_ok(x_seq: torch.Tensor) -> bool:
-        """Whether the native kernels run this input (:func:`spikelite.snn.native.runs_on`)."""
+        """Whether the native kernels run this input (:func:`spikelite.native.runs_on`)."""
         return _native.runs_on(x_seq)
 
     def _forward_native(self, x_seq: torch.Tensor, th: torch.Tensor, state: tuple | None,
@@ -725,7 +725,7 @@ class ConversionIF(nn.Module):
         """:meth:`_forward_fast` as one C++ call (``spikelite_native::conversion_if_steps``: every step of a
         chunk of neurons with its membrane and count in registers, the same arithmetic and rounding), or None
         where it does not run: not a CPU float32/float64 tensor, under tracing, ONNX export or torch.compile
-        (they record the Python steps), or no operator (:mod:`spikelite.snn.native`)."""
+        (they record the Python steps), or no operator (:mod:`spikelite.native`)."""
         if not self._native_ok(x_seq):
             return None
         v0, c0 = (None, None) if state is None else state

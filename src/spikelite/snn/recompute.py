@@ -215,7 +215,7 @@ class RecomputedNeuron(nn.Module):
             momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
         keep = not bn.training or bn.track_running_stats
-        from . import native as _native
+        from .. import native as _native
 
         return _native.ops().bn_lif(z, bn.weight, bn.bias, bn.running_mean if keep else None,
                                     bn.running_var if keep else None, use_batch, momentum, bn.eps, act.T,

@@ -1,4 +1,4 @@
-"""Build and load spikelite's native CPU kernels (``csrc/lif.cpp``: the LIF and ConversionIF neurons) on first use.
+"""Build and load spikelite's native CPU kernels (``csrc/kernels.cpp``: the LIF and ConversionIF neurons) on first use.
 
 The LIF layer's whole-sequence forward and backward as one C++ operator, ``torch.ops.spikelite_native.lif``,
 with its autograd node in C++: a call costs one dispatcher round trip, against the Python autograd
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-from .._io import exclusive_lock
+from ._io import exclusive_lock
 
 __all__ = ["ops", "runs_on", "library_path", "build"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "lif.cpp"
+_SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "ops": the loaded namespace, or "error": why it is unavailable
 
@@ -96,7 +96,7 @@ def library_path(compiler: str) -> Path:
 
 
 def build(compiler: str, target: Path) -> Path:
-    """Compile ``csrc/lif.cpp`` into ``target`` (written to a temporary file, then renamed)."""
+    """Compile ``csrc/kernels.cpp`` into ``target`` (written to a temporary file, then renamed)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=target.parent)
     os.close(fd)
@@ -139,7 +139,7 @@ def _build_once(compiler: str, path: Path) -> None:
             return
         if failed.exists():
             raise RuntimeError(f"{failed.read_text().strip()} (recorded in {failed}; delete it to retry)")
-        _say(f"compiling the native LIF operator (csrc/lif.cpp) with {Path(compiler).name}, once for this torch, "
+        _say(f"compiling the native LIF operator (csrc/kernels.cpp) with {Path(compiler).name}, once for this torch, "
              f"compiler and CPU; this takes about a minute (cached in {path.parent})")
         t0 = time.perf_counter()
         try:
