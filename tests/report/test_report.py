@@ -161,3 +161,15 @@ def test_report_cli_errors_and_output_dir(run_dir, tmp_path, capsys):
     assert (tmp_path / "rep" / "figures" / "firing_rates.png").is_file()
     with pytest.raises(SpikeliteError):
         R.build_report(tmp_path / "empty")
+
+
+def test_paper_figures_per_dataset():
+    # Tiny ImageNet: the paper's SNN accuracy and energy per family (issue 26), the pruned SqueezeNet's for SNN-P
+    from spikelite.report.paper import _paper, _paper_note
+
+    assert _paper("tinyimagenet", "squeezenet", "snn") == {"snn_acc": 41.0, "energy_mj": 0.1543}
+    assert _paper("tinyimagenet", "squeezenet", "snn-p")["snn_acc"] == 45.0
+    assert {f: _paper("tinyimagenet", f, "snn")["snn_acc"] for f in ("mnasnet", "mixnet", "shufflenetv2", "xception")} \
+        == {"mnasnet": 38.0, "mixnet": 34.0, "shufflenetv2": 11.0, "xception": 23.0}
+    assert "16,610k ACs + 4,470k MACs = 0.0355 mJ" in _paper_note("cifar10")
+    assert "accuracy and energy per image only" in _paper_note("tinyimagenet") and _paper_note("cifar100") == ""

@@ -11,7 +11,7 @@ from .._io import atomic_write, read_json
 from ..errors import SpikeliteError
 from .document import _Doc
 from .figures import _fig_firing, _fig_scatter, _fig_vs_T
-from .paper import PAPER, PAPER_SOURCE, _paper
+from .paper import PAPER, PAPER_SOURCE, _paper, _paper_note
 from .tables import _group, _k, _label, _mj, _paper_cell, _pct, _profiles, _ratio, _seeds_note
 
 # ----------------------------------------------------------------------------------------------
@@ -123,8 +123,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                   "(the stem on the image, layers after linear bottlenecks, squeeze-excitation paths; an average pool of spikes "
                   "folds into the layer after it, which counts ACs). Firing rate: spikes per "
                   "neuron update over all neuron layers."
-                  + (" Paper columns: the paper's SNN-SqueezeNet figures are 16,610k ACs + 4,470k MACs = 0.0355 mJ; "
-                     "its parameter counts are the CNN's." if has_paper else ""))
+                  + _paper_note(ds_name))
         # Table 2: CNN vs SNN
         pairs = [g for g in gds if g["variant"] in ("snn", "snn-p")]
         if pairs:

@@ -44,7 +44,7 @@ def _fig_scatter(groups: list[dict], datasets: list[str], profiles: list[str]) -
     colors = _colors(models)
     fig = _new_figure(5.2 * len(profiles) + 1.6, 3.9 * len(datasets))
     axes = fig.subplots(len(datasets), len(profiles), squeeze=False)
-    paper_drawn = False
+    paper_drawn: list[str] = []  # the paper points drawn, as their legend names them
     for i, ds in enumerate(datasets):
         for j, prof in enumerate(profiles):
             ax = axes[i][j]
@@ -67,7 +67,7 @@ def _fig_scatter(groups: list[dict], datasets: list[str], profiles: list[str]) -
                 for fam, lab in (("squeezenet", "paper SNN-SqueezeNet"), ("squeezenet-p", "paper SNN-SqueezeNet-P")):
                     v = paper.get(fam, {})
                     if v.get("energy_mj") and v.get("snn_acc"):
-                        paper_drawn = True
+                        paper_drawn.append(f"{lab[len('paper '):]} ({v['snn_acc']:g} %)")
                         ax.scatter([v["energy_mj"]], [v["snn_acc"]], marker="*", s=120, facecolors="none",
                                    edgecolors="#b8860b", linewidths=1.2, zorder=3, label=lab)
             ax.set_xscale("log")
@@ -84,7 +84,7 @@ def _fig_scatter(groups: list[dict], datasets: list[str], profiles: list[str]) -
     handles.append(Line2D([], [], color="black", ls="--", label="Pareto front"))
     if paper_drawn:
         handles.append(Line2D([], [], color="#b8860b", marker="*", markerfacecolor="none", ms=10, ls="",
-                              label="paper: SNN-SqueezeNet (75 %),\nSNN-SqueezeNet-P (81 %)"))
+                              label="paper: " + ",\n".join(dict.fromkeys(paper_drawn))))
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return _png(fig)
 
