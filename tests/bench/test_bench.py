@@ -532,7 +532,8 @@ def test_committed_tinyimagenet_study_imports_its_checkpoints():
     # results/tinyimagenet/study.yaml: its cells are committed Tiny ImageNet checkpoints (200 classes, 64 px)
     cells = _committed_study_cells("results/tinyimagenet/study.yaml", "tinyimagenet")
     assert [(c.model.name, c.variant, c.T) for c in cells] == [
-        ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "snn", 4)]
+        ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "snn", 4),
+        ("mnasnet_b1", "cnn", None), ("mnasnet_b1", "cnn-q", None), ("mnasnet_b1", "snn", 4)]
     for c in cells:
         meta = torch.load(REPO / c.checkpoint, map_location="cpu", weights_only=False)
         assert meta["data"]["dataset"] == "tinyimagenet" and meta["model_spec"]["num_classes"] == 200
