@@ -596,6 +596,52 @@ def test_existing_run_needs_resume_and_the_same_recipe(tmp_path):
         T.train(_cfg(tmp_path, epochs=1, data__train_subset=64, optim__neuron_weight_decay=0.1), resume=True)
 
 
+def test_state_dtype_bfloat16_stores_a_smaller_last_pt_that_resumes(tmp_path, monkeypatch):
+    # the optimizer's momentum in last.pt as bfloat16 (a resumable file under a size cap); the weights stay float32
+    first: dict = {}
+    save_last = TL._Run._save_last
+
+    def keep_first(run):  # keep the first mid-run last.pt (step 1 of 4) to resume from below
+        save_last(run)
+        first.setdefault(run.out.name, (run.last_path.read_bytes(), run.step))
+
+    monkeypatch.setattr(TL._Run, "_save_last", keep_first)
+    full = T.train(_cfg(tmp_path, "full", epochs=2, data__train_subset=64, save_every_steps=1))
+    small = T.train(_cfg(tmp_path, "small", epochs=2, data__train_subset=64, save_every_steps=1, state_dtype="bfloat16"))
+    assert full["steps"] == small["steps"] == 4 and first["small"][1] == 1
+    a, b = (C.read_checkpoint(tmp_path / n / "last.pt") for n in ("full", "small"))
+    moments = [st["momentum_buffer"] for st in b["train_state"]["optimizer"]["state"].values()
+               if st["momentum_buffer"].numel() > 1]
+    assert moments and all(m.dtype == torch.bfloat16 for m in moments)
+    assert all(v.dtype == torch.float32 for v in b["state_dict"].values() if v.is_floating_point())
+    ref = {k: st["momentum_buffer"] for k, st in a["train_state"]["optimizer"]["state"].items()}
+    for k, st in b["train_state"]["optimizer"]["state"].items():  # the same run, its momentum rounded to bfloat16
+        assert ((st["momentum_buffer"].float() - ref[k]).abs() <= ref[k].abs() * 2 ** -8).all()
+    assert (tmp_path / "small" / "last.pt").stat().st_size < 0.9 * (tmp_path / "full" / "last.pt").stat().st_size
+    # resumed from step 1 (a runtime key: float32 from here, the recipe still matches): the optimizer takes the
+    # stored momentum back as float32, and the run finishes (its weights then differ from the uninterrupted run's
+    # by what that rounding grows into; a float32 last.pt resumes bit for bit, test_sigkill_... below)
+    (tmp_path / "small" / "last.pt").write_bytes(first["small"][0])
+    stored = C.read_checkpoint(tmp_path / "small" / "last.pt")["train_state"]["optimizer"]["state"]
+    loaded: dict = {}
+    load = torch.optim.SGD.load_state_dict
+
+    def spy(opt, state):
+        load(opt, state)
+        loaded.update({i: opt.state[p]["momentum_buffer"].clone() for i, p in
+                       enumerate(p for g in opt.param_groups for p in g["params"])})
+
+    monkeypatch.setattr(torch.optim.SGD, "load_state_dict", spy)
+    more = T.train(_cfg(tmp_path, "small", epochs=2, data__train_subset=64, save_every_steps=1), resume=True)
+    assert more["steps"] == 4 and loaded.keys() == stored.keys()
+    for i, m in loaded.items():
+        assert m.dtype == torch.float32 and torch.equal(m, stored[i]["momentum_buffer"].float())
+    c = C.read_checkpoint(tmp_path / "small" / "last.pt")
+    assert all(st["momentum_buffer"].dtype == torch.float32 for st in c["train_state"]["optimizer"]["state"].values())
+    with pytest.raises(SpikeliteError, match="state_dtype must be one of float32, bfloat16, got 'fp16'"):
+        _cfg(tmp_path, "bad", state_dtype="fp16")
+
+
 # ----------------------------------------------------------------------------------------------
 # resume after SIGKILL and DDP (subprocesses)
 # ----------------------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ _FLAGS = [
     ("--malloc", "malloc", str, "retain (glibc keeps freed memory: no page faults per step; docs/performance.md) "
                                 "or system"),
     ("--save-every-steps", "save_every_steps", int, "also write last.pt every N steps"),
+    ("--state-dtype", "state_dtype", str, "optimizer state in last.pt: float32, or bfloat16 (a third smaller; a "
+                                          "resume rounds once)"),
     ("--eval-every", "eval_every", int, "validate every N epochs"),
 ]
 

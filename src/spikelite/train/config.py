@@ -243,6 +243,10 @@ class TrainConfig:
     malloc: str = dataclasses.field(default_factory=_default_malloc)
     out: str = "runs/train"  # the run directory
     save_every_steps: int = 0  # also write last.pt every N optimizer steps (0: epoch ends only)
+    # the optimizer's state (SGD momentum, Adam moments) as last.pt stores it: float32, or bfloat16 for a resumable
+    # file about a third smaller (a resume casts it back to the parameters' dtype; the run then differs from an
+    # uninterrupted one by that rounding, once per resume)
+    state_dtype: str = "float32"
     eval_every: int = 1  # evaluate on the validation split every N epochs (and after the last)
     quiet: bool = False
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
@@ -279,6 +283,8 @@ class TrainConfig:
         _check_min("seed", self.seed, 0)
         _check_min("save_every_steps", self.save_every_steps, 0)
         _check_min("eval_every", self.eval_every, 1)
+        if self.state_dtype not in STATE_DTYPES:
+            raise SpikeliteError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {self.state_dtype!r}")
         if self.threads is not None:
             _check_min("threads", self.threads, 1)
         if self.device != "auto":
@@ -298,12 +304,14 @@ class TrainConfig:
         return plain(dataclasses.asdict(self))
 
 
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # state_dtype: how last.pt stores optimizer state
+
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "snn": SNNConfig,
              "distill": DistillConfig}
 # Keys that may change when a run is resumed: where things are and how they are reported, not the recipe.
 RUNTIME_KEYS = frozenset({
     "out", "device", "threads", "channels_last", "recompute_neurons", "compact_spikes", "malloc", "quiet", "tensorboard",
-    "save_every_steps", "eval_every", "init_from",
+    "save_every_steps", "state_dtype", "eval_every", "init_from",
     "distill.teacher",
     "data.root", "data.cache_dir", "data.download", "data.eval_batch_size",
 })

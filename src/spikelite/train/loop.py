@@ -21,7 +21,7 @@ from ..checkpoint import model_from_checkpoint, describe_model, load_model, read
 from ..data import Augment, BatchLoader, ImageData, default_augment
 from ..errors import SpikeliteError
 from ..snn import SpikingNet
-from .config import LATE_KEYS, RUNTIME_KEYS, TrainConfig, _flatten, recipe_view
+from .config import LATE_KEYS, RUNTIME_KEYS, STATE_DTYPES, TrainConfig, _flatten, recipe_view
 from .metrics import _classification_loss, _inference_copy, distillation_loss, evaluate
 from .optim import _make_optimizer, lr_at
 from .prepare import _check_fits_data, _data_info, _initial_model, _load_run_data
@@ -185,6 +185,19 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
         torch.backends.cudnn.benchmark = prev_benchmark
         dist_env.teardown()
         held.close()
+
+
+def _stored_optimizer_state(state: dict, dtype: torch.dtype) -> dict:
+    """The optimizer's ``state_dict`` as last.pt stores it: floating per-parameter tensors (momentum, moments) at
+    ``dtype``; counters and one-element tensors (Adam's ``step``) unchanged. torch's ``load_state_dict`` casts them
+    back to each parameter's dtype on resume."""
+    if dtype == torch.float32:
+        return state
+
+    def cast(v):
+        return v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and v.numel() > 1 else v
+
+    return {**state, "state": {k: {n: cast(v) for n, v in st.items()} for k, st in state["state"].items()}}
 
 
 class _Run:
@@ -352,7 +365,7 @@ class _Run:
             "batch": self.batch,
             "step": self.step,
             "world_size": self.dist.world_size,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _stored_optimizer_state(self.optimizer.state_dict(), STATE_DTYPES[self.cfg.state_dtype]),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": _rng_state(self.dist, self.device),
             "partial": dict(self.partial),
