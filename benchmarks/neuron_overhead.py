@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from spikelite.snn import native as _native
+from spikelite import native as _native
 from spikelite.allocator import apply_malloc_mode
 from spikelite.snn import LIF
 from spikelite.snn.neuron import _KERNELS

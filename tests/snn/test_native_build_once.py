@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spikelite.snn import native as _native
+from spikelite import native as _native
 
 ops = _native.ops()
 pytestmark = pytest.mark.skipif(ops is None, reason=f"native kernels unavailable: {_native._STATE.get('error')}")
@@ -20,7 +20,7 @@ PREBUILT = str(_native.library_path(_native._compiler())) if ops is not None els
 CHILD = textwrap.dedent("""
     import os, shutil, sys, time
     from pathlib import Path
-    from spikelite.snn import native
+    from spikelite import native
 
     def counted_build(compiler, target):
         with open(os.environ["COUNT"], "a") as f:

@@ -53,7 +53,7 @@ def test_matches_spikingjelly(v_reset, decay_input, detach_reset, sur, tau, back
 
 def test_auto_backend_picks_native_then_compiled_for_fixed_and_fused_for_learnable(monkeypatch):
     import spikelite.snn.neuron as nmod
-    from spikelite.snn import native as _native
+    from spikelite import native as _native
 
     x = torch.rand(3, 2, 4, requires_grad=True) * 2
     fixed = LIF()
