@@ -50,10 +50,10 @@ spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy ref-1 --finetune-e
 # 6. (in progress) A stronger CNN: command 1's CNN, 16 more epochs at lr 0.05 (cosine, no warm-up). Session 19 ran
 #    step 1 to 1,200 of 11,264 (epoch 1: 23.00 %, the restart's learning rate; 61 s per 100 steps alone) and stopped.
 #    Session 20 (code 07dc6a7-5c39ff3, the CNN path unchanged) resumed it on one thread beside other runs to step
-#    6,900 (1.2 s a step), then on two threads with --state-dtype bfloat16 to step 9,300 (shared with a test run for
-#    22 min): validation after epochs 2-13: 32.40, 28.92, 33.28, 36.40, 38.99, 40.35, 40.46, 43.69, 45.34, 45.99,
-#    50.06, **51.26 %** (macro-F1 0.509), above command 1's 46.65 %. Its resumable state (SGD momentum as bfloat16,
-#    4.9 MB) is wip-cnn2/last.pt, with config.yaml and log.csv. To continue (about 20 min alone on 2 threads):
+#    6,900 (1.2 s a step), then on two threads with --state-dtype bfloat16 to step 10,200 (shared with a test run for
+#    22 min): validation after epochs 2-14: 32.40, 28.92, 33.28, 36.40, 38.99, 40.35, 40.46, 43.69, 45.34, 45.99,
+#    50.06, 51.26, **51.92 %** (macro-F1 0.516), above command 1's 46.65 %. Its resumable state (SGD momentum as
+#    bfloat16, 4.9 MB) is wip-cnn2/last.pt, with config.yaml and log.csv. To continue (about 11 min alone on 2 threads):
 #      mkdir -p "$RUNS/cnn2" && cp results/tinyimagenet/squeezenet1_1/wip-cnn2/last.pt "$RUNS/cnn2/"
 #      spikelite train --data "$DATA" --out "$RUNS/cnn2" --resume --threads 2 --state-dtype bfloat16   # recipe from last.pt
 spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn/best.pt" --cnn --epochs 16 \
