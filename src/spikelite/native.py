@@ -1,4 +1,4 @@
-"""Build and load spikelite's native CPU kernels (``csrc/kernels.cpp``: the LIF and ConversionIF neurons) on first use.
+"""Build and load spikelite's native CPU kernels (``csrc/kernels.cpp``: LIF, ConversionIF, QCFS) on first use.
 
 The LIF layer's whole-sequence forward and backward as one C++ operator, ``torch.ops.spikelite_native.lif``,
 with its autograd node in C++: a call costs one dispatcher round trip, against the Python autograd
