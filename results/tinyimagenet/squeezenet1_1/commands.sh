@@ -23,18 +23,18 @@ spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --out "$RUNS/cnn
 # 2. The convertible CNN (session 19, code 11d74f1): command 1's CNN with QCFS activations (L = 4, a learned threshold
 #    λ per layer, each starting at the 99.9th percentile of the ReLU output it replaces), 2 epochs at lr 0.01
 #    (cosine, no warm-up): 26.27 % before any training, 41.02, **42.81 %**. 706 + 725 s an epoch alone (the QCFS
-#    activation makes an epoch 1.6x the ReLU CNN's 450 s). cnn-q/.
+#    activation makes an epoch 1.6x the ReLU CNN's 450 s). cnn-q/ (superseded by command 7; in git history at 4862365).
 spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn/best.pt" \
   --model-opt act_levels=4 --model-opt act_threshold=1.0 --epochs 2 --lr 0.01 --warmup-epochs 0 \
   --threads 2 --out "$RUNS/q4" --save-every-steps 100 --no-tensorboard
 # 3. Its SNN, converted with no training: ConversionIF neurons with bursts (B = 4), thresholds = the learned λ, T = 4,
 #    so the SNN computes the QCFS CNN: **42.81 %** on all 10,000 validation images (the QCFS CNN 42.82 % in the same
-#    check), above the paper's Tiny ImageNet SqueezeNet SNN (41 %). 144 s wall (101 s the check). snn/ (convert.log).
+#    check), above the paper's Tiny ImageNet SqueezeNet SNN (41 %). 144 s wall (101 s the check). snn/ (superseded by command 8; at 4862365).
 spikelite convert "$RUNS/q4/best.pt" --out "$RUNS/snn-q4.pt" --T 4 --burst 4 --check 10000 --check-T 4 --threads 2
 # 3b. Its energy on 1,000 seeded validation images against command 1's CNN (78 s, 1 thread): 103.1M ACs, 1.77M MACs
 #     per image, 19.9 % firing, **0.1009 mJ** (45nm-fp32) against the CNN's 0.4368: 4.33x below it (the paper's
-#     SqueezeNet SNN: 0.1543 mJ); memory-aware (45nm-fp32-mem) 0.93x. snn/energy.txt.
-spikelite energy results/tinyimagenet/squeezenet1_1/snn/best.pt --samples 1000 \
+#     SqueezeNet SNN: 0.1543 mJ); memory-aware (45nm-fp32-mem) 0.93x. snn/energy.txt (at 4862365).
+spikelite energy "$RUNS/snn-q4.pt" --samples 1000 \
   --cnn results/tinyimagenet/squeezenet1_1/cnn/best.pt --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 1
 # 4. The CNN pruned to Ref-1 (keeps fire4, fire6, fire8, fire9: 642,616 params, 50.7M MACs; 25 s). Removing any one
 #    fire module alone drops the CNN from 46.3 % to about 0 % (ti_prune table), so the pruned net is retrained.
@@ -47,14 +47,44 @@ spikelite prune "$RUNS/cnn/best.pt" --data "$DATA" --strategy ref-1 --finetune-e
 #  spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn_p_ref1.pt" \
 #    --model-opt act_levels=4 --model-opt act_threshold=1.0 --epochs 6 --lr 0.05 --warmup-epochs 0 \
 #    --threads 2 --out "$RUNS/pq4" --save-every-steps 100 --no-tensorboard --distill-from "$RUNS/cnn/best.pt"
-# 6. (in progress) A stronger CNN: command 1's CNN, 16 more epochs at lr 0.05 (cosine, no warm-up). Session 19 ran
-#    step 1 to 1,200 of 11,264 (epoch 1: 23.00 %, the restart's learning rate; 61 s per 100 steps alone) and stopped.
-#    Session 20 (code 07dc6a7-5c39ff3, the CNN path unchanged) resumed it on one thread beside other runs to step
-#    6,900 (1.2 s a step), then on two threads with --state-dtype bfloat16 to step 10,200 (shared with a test run for
-#    22 min): validation after epochs 2-14: 32.40, 28.92, 33.28, 36.40, 38.99, 40.35, 40.46, 43.69, 45.34, 45.99,
-#    50.06, 51.26, **51.92 %** (macro-F1 0.516), above command 1's 46.65 %. Its resumable state (SGD momentum as
-#    bfloat16, 4.9 MB) is wip-cnn2/last.pt, with config.yaml and log.csv. To continue (about 11 min alone on 2 threads):
-#      mkdir -p "$RUNS/cnn2" && cp results/tinyimagenet/squeezenet1_1/wip-cnn2/last.pt "$RUNS/cnn2/"
-#      spikelite train --data "$DATA" --out "$RUNS/cnn2" --resume --threads 2 --state-dtype bfloat16   # recipe from last.pt
+# 6. A stronger CNN: command 1's CNN, 16 more epochs at lr 0.05 (cosine, no warm-up). Session 19 ran step 1 to 1,200
+#    of 11,264 (epoch 1: 23.00 %, the restart's learning rate; 61 s per 100 steps alone) and stopped. Session 20
+#    (code 07dc6a7-5c39ff3, the CNN path unchanged) resumed it on one thread beside other runs to step 6,900 (1.2 s a
+#    step), then on two threads with --state-dtype bfloat16 to step 10,200; session 21 (code 4862365) resumed it
+#    alone on two threads to the end (12 min 10 s; epochs 15-16: 458 s, 0.65 s a step). Validation after epochs
+#    2-16: 32.40, 28.92, 33.28, 36.40, 38.99, 40.35, 40.46, 43.69, 45.34, 45.99, 50.06, 51.26, 51.92, 52.91,
+#    **53.04 %** (macro-F1 0.526; train accuracy 61.6 % augmented), 6.39 points above command 1's CNN. cnn2/ (the
+#    study's cnn). A resume reads the recipe from last.pt:
+#      spikelite train --data "$DATA" --out "$RUNS/cnn2" --resume --threads 2 --state-dtype bfloat16
 spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn/best.pt" --cnn --epochs 16 \
   --lr 0.05 --warmup-epochs 0 --threads 2 --out "$RUNS/cnn2" --save-every-steps 100 --no-tensorboard
+
+# 7. Its convertible CNN (session 21, code 4862365): QCFS L = 4, learned λ, 2 epochs at lr 0.01 as command 2:
+#    28.68 % before training, 45.54, **47.85 %** (macro-F1 0.472). Epoch 1 on one thread beside command 10 and
+#    another run (804 s, 1.14 s a step), epoch 2 resumed at step 1,100 on two threads (210 s for 308 steps).
+#    cnn2-q/ (the study's cnn-q). Commands 2-3's QCFS CNN and SNN from command 1's CNN (42.81 %) are superseded;
+#    their files are in git history (cnn-q/, snn/ at commit 4862365).
+spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn2/best.pt" \
+  --model-opt act_levels=4 --model-opt act_threshold=1.0 --epochs 2 --lr 0.01 --warmup-epochs 0 \
+  --threads 2 --out "$RUNS/q4b" --save-every-steps 100 --no-tensorboard --state-dtype bfloat16
+# 8. Its SNN, converted with no training (T = 4, bursts of 4): **47.85 %** on all 10,000 validation images, the QCFS
+#    CNN 47.85 % in the same check (+0.00 points). 228 s wall on one thread beside command 10 (178 s the check).
+#    snn2/ (the study's snn; convert.log).
+spikelite convert "$RUNS/q4b/best.pt" --out "$RUNS/snn-q4b.pt" --T 4 --burst 4 --check 10000 --check-T 4 --threads 1
+# 8b. Its energy on 1,000 seeded validation images against command 6's CNN (72 s, 1 thread beside command 10):
+#     110.0M ACs, 1.77M MACs (the stem) per image, 20.2 % firing: **0.1072 mJ** (45nm-fp32) against the CNN's
+#     0.4368, 4.08x below it (the paper's SqueezeNet SNN 0.1543 mJ); memory-aware (45nm-fp32-mem) 0.87x. On these
+#     1,000 images SNN 49.60 %, CNN 53.90 %. snn2/energy.txt.
+spikelite energy results/tinyimagenet/squeezenet1_1/snn2/best.pt --samples 1000 \
+  --cnn results/tinyimagenet/squeezenet1_1/cnn2/best.pt --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 1
+# 9. Command 6's CNN pruned to Ref-1 (keeps fire4, fire6, fire8, fire9: 642,616 params, 50.7M MACs; 26 s; 0.40 %
+#    on 1,000 validation images before training).
+spikelite prune "$RUNS/cnn2/best.pt" --data "$DATA" --strategy ref-1 --finetune-epochs 0 --val-subset 1000 \
+  --threads 1 -o "$RUNS/cnn2_p_ref1.pt"
+# 10. (in progress) Its convertible CNN-P: QCFS L = 8 (closer to the ReLU CNN than L = 4; converts exactly at T = 4
+#     with rate 2 and bursts of 8, as MnasNet's), distilled from command 6's CNN, 12 epochs at lr 0.05. One thread,
+#     0.95 s a step beside another one-thread run. (A first try at L = 4 was stopped at step 600 for L = 8: the
+#     unpruned network lost 5.2 points to QCFS L = 4, command 7, and the target is >= 50 %.)
+spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/cnn2_p_ref1.pt" \
+  --model-opt act_levels=8 --model-opt act_threshold=1.0 --epochs 12 --lr 0.05 --warmup-epochs 0 --threads 1 \
+  --out "$RUNS/pq8" --save-every-steps 100 --no-tensorboard --state-dtype bfloat16 --distill-from "$RUNS/cnn2/best.pt"
