@@ -166,6 +166,25 @@ def test_native_rejects_what_it_cannot_run():
     assert s.dtype == torch.bfloat16 and "NativeLIF" not in str(getattr(s.grad_fn, "name", lambda: "")())
 
 
+@needs_native
+def test_lif_records_the_eager_formula_when_traced():
+    # under torch.jit.trace LIF runs neither the operator (spikelite.native.runs_on refuses tracing) nor a compiled
+    # kernel: a traced network holds plain aten ops (loadable without the library), fires the same spikes, and
+    # tracing leaves the compiled kernels usable
+    lif = LIF(surrogate="atan").eval()
+    x = torch.rand(4, 2, 6, generator=torch.Generator().manual_seed(0)) * 2
+    assert "NativeLIF" in lif(x.clone().requires_grad_()).grad_fn.name()  # eager: the operator
+    with torch.no_grad():
+        traced = torch.jit.trace(lif, (x,), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "spikelite_native" not in graph and "aten::" in graph
+    y = torch.rand(4, 3, 6, generator=torch.Generator().manual_seed(1)) * 2  # another batch
+    with torch.no_grad():
+        torch.testing.assert_close(traced(y), lif(y), atol=0, rtol=0)
+    from spikelite.snn.neuron import _KERNELS
+    assert not _KERNELS.broken
+
+
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=600)

@@ -345,7 +345,6 @@ def lif_multistep_compiled(x_seq, tau, v_threshold, v_reset, decay_input, detach
 # Built-in surrogates by the id the native operator knows them by (exact types only: a subclass may
 # change the formula).
 _NATIVE_SURROGATE = {Sigmoid: 0, ATan: 1, FastSigmoid: 2, Triangle: 3, Rectangle: 4}
-_NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
 @torch.no_grad()
@@ -468,13 +467,13 @@ class LIF(nn.Module):
     def native_args(self, x: torch.Tensor) -> tuple | None:
         """The native operator's neuron arguments ``(tau, threshold, v_reset, alpha, decay_input, soft,
         detach_reset, surrogate id)`` for an input like ``x``, or None where this layer does not run on
-        it (another backend, learned τ/threshold, not a CPU float32/float64 tensor, a surrogate other than
-        the five built-in ones, under torch.compile, or no operator). τ and the threshold are read as
-        numbers only once the input is known to be on the CPU (on a GPU that read would synchronise)."""
+        it (another backend, learned τ/threshold, a surrogate other than the five built-in ones, or an
+        input the native kernels refuse: :func:`spikelite.native.runs_on`, which also keeps tracing, ONNX
+        export and torch.compile on the eager formula). τ and the threshold are read as numbers only once
+        the input is known to be on the CPU (on a GPU that read would synchronise)."""
         kind = _NATIVE_SURROGATE.get(type(self.surrogate))
         if (self.backend not in ("auto", "native") or self.learn_tau or self.learn_threshold or kind is None
-                or x.device.type != "cpu" or x.dtype not in _NATIVE_DTYPES or torch.compiler.is_compiling()
-                or _native.ops() is None):
+                or not _native.runs_on(x)):
             return None
         return (float(self.tau_value), float(self.v_threshold), 0.0 if self.v_reset is None else self.v_reset,
                 self.surrogate.alpha, self.decay_input, self.v_reset is None, self.detach_reset, kind)
@@ -485,6 +484,12 @@ class LIF(nn.Module):
         win = time_window()
         if win is not None:
             return self._forward_window(x_seq, win)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # a trace records what runs: the plain update (aten ops only), not the native operator, a compiled
+            # kernel (which cannot be traced, and would be marked broken for the process) or an autograd Function
+            dtype = x_seq.dtype
+            return lif_steps_from(x_seq, None, self.tau.detach().to(dtype), self.v_threshold.detach().to(dtype),
+                                  self.v_reset, self.decay_input)[0]
         args = self.native_args(x_seq)
         if args is not None:
             out = lif_multistep_native(x_seq, args)
