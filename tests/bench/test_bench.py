@@ -534,7 +534,8 @@ def test_committed_tinyimagenet_study_imports_its_checkpoints():
     assert [(c.model.name, c.variant, c.T) for c in cells] == [
         ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "snn", 4),
         ("mnasnet_b1", "cnn", None), ("mnasnet_b1", "cnn-q", None), ("mnasnet_b1", "snn", 4),
-        ("shufflenetv2_x1_0", "cnn", None), ("shufflenetv2_x1_0", "cnn-q", None), ("shufflenetv2_x1_0", "snn", 4)]
+        ("shufflenetv2_x1_0", "cnn", None), ("shufflenetv2_x1_0", "cnn-q", None), ("shufflenetv2_x1_0", "snn", 4),
+        ("xception_mini", "cnn", None), ("xception_mini", "cnn-q", None), ("xception_mini", "snn", 4)]
     for c in cells:
         meta = torch.load(REPO / c.checkpoint, map_location="cpu", weights_only=False)
         assert meta["data"]["dataset"] == "tinyimagenet" and meta["model_spec"]["num_classes"] == 200
