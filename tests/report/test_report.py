@@ -173,3 +173,9 @@ def test_paper_figures_per_dataset():
         == {"mnasnet": 38.0, "mixnet": 34.0, "shufflenetv2": 11.0, "xception": 23.0}
     assert "16,610k ACs + 4,470k MACs = 0.0355 mJ" in _paper_note("cifar10")
     assert "accuracy and energy per image only" in _paper_note("tinyimagenet") and _paper_note("cifar100") == ""
+    # the report names the datasets its paper figures come from (a Tiny ImageNet report said "CIFAR-10")
+    from spikelite.report.paper import _paper_datasets
+
+    assert _paper_datasets(["tinyimagenet"]) == "Tiny ImageNet"
+    assert _paper_datasets(["cifar10", "cifar100", "tinyimagenet", "cifar10"]) == "CIFAR-10 and Tiny ImageNet"
+    assert _paper_datasets(["cifar100"]) == ""

@@ -11,7 +11,7 @@ from .._io import atomic_write, read_json
 from ..errors import SpikeliteError
 from .document import _Doc
 from .figures import _fig_firing, _fig_scatter, _fig_vs_T
-from .paper import PAPER, PAPER_SOURCE, _paper, _paper_note
+from .paper import PAPER, PAPER_SOURCE, _paper, _paper_datasets, _paper_note
 from .tables import _group, _k, _label, _mj, _paper_cell, _pct, _profiles, _ratio, _seeds_note
 
 # ----------------------------------------------------------------------------------------------
@@ -51,6 +51,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             energies[r["id"]] = read_json(run_dir / "cells" / r["id"] / "energy.json")
     results = {r["id"]: read_json(run_dir / "cells" / r["id"] / "result.json") or {} for r in rows}
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    paper_sets = _paper_datasets(datasets)
     compute, memory = _profiles(rows, run_dir)
     profiles = [p for p in (compute, memory) if p]
 
@@ -71,9 +72,9 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
           "inference, from exact AC/MAC counts on real images (`spikelite.energy`), under the profiles "
           + ", ".join(f"`{p}`" for p in profiles) + " (compute-only: 0.9 pJ per AC, 4.6 pJ per MAC, 45 nm fp32; "
           "memory-aware: the same plus weight reads per synaptic operation and membrane reads/writes per neuron "
-          "update, 12.5 pJ/byte). Figures labelled **paper** are the published CIFAR-10 values of "
+          "update, 12.5 pJ/byte)." + (f" Figures labelled **paper** are the published {paper_sets} values of "
           f"{PAPER_SOURCE}, printed beside ours where the paper has them; they come from the paper's own models, "
-          "training and hardware assumptions, not from this run.")
+          "training and hardware assumptions, not from this run." if paper_sets else ""))
     if machines:
         doc.p("Machine: " + "; ".join(machines) + ".")
     bad = [r for r in rows if r["status"] not in ("ok",)]
@@ -220,8 +221,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         doc.h(2, "Accuracy vs energy")
         doc.figure("accuracy_vs_energy", png, "Accuracy vs energy per image (log scale), compute-only and "
                    "memory-aware profiles side by side; colour: model, marker: variant (o CNN, ^ SNN, v SNN-P, "
-                   "s CNN-P); dashed: the Pareto front (no other network is both cheaper and more accurate); "
-                   "stars: the paper's SNN-SqueezeNet figures (CIFAR-10).")
+                   "s CNN-P); dashed: the Pareto front (no other network is both cheaper and more accurate)"
+                   + (f"; stars: the paper's SNN-SqueezeNet figures ({paper_sets})" if paper_sets else "") + ".")
         fig_names.append(("accuracy_vs_energy", png))
     png = _fig_vs_T(groups, datasets, compute)
     if png:

@@ -29,6 +29,15 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 
+_DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
+
+
+def _paper_datasets(datasets) -> str:
+    """The datasets of a run that the paper has figures for, as the paper names them ("CIFAR-10 and Tiny ImageNet")."""
+    names = [_DATASET_NAMES.get(d, d) for d in dict.fromkeys(datasets) if PAPER.get(d)]
+    return " and ".join(names)
+
+
 _VARIANT_ORDER = {"cnn": 0, "cnn-q": 1, "cnn-p": 2, "snn": 3, "snn-p": 4}
 _MARKERS = {"cnn": "o", "cnn-q": "D", "cnn-p": "s", "snn": "^", "snn-p": "v"}
 
