@@ -532,7 +532,8 @@ def test_committed_tinyimagenet_study_imports_its_checkpoints():
     # results/tinyimagenet/study.yaml: its cells are committed Tiny ImageNet checkpoints (200 classes, 64 px)
     cells = _committed_study_cells("results/tinyimagenet/study.yaml", "tinyimagenet")
     assert [(c.model.name, c.variant, c.T) for c in cells] == [
-        ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "snn", 4),
+        ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "cnn-p", None),
+        ("squeezenet1_1", "snn", 4), ("squeezenet1_1", "snn-p", 4),
         ("mnasnet_b1", "cnn", None), ("mnasnet_b1", "cnn-q", None), ("mnasnet_b1", "snn", 4),
         ("shufflenetv2_x1_0", "cnn", None), ("shufflenetv2_x1_0", "cnn-q", None), ("shufflenetv2_x1_0", "snn", 4),
         ("xception_mini", "cnn", None), ("xception_mini", "cnn-q", None), ("xception_mini", "snn", 4)]
