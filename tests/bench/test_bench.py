@@ -531,15 +531,18 @@ def _committed_study_cells(study: str, dataset: str) -> list:
 def test_committed_tinyimagenet_study_imports_its_checkpoints():
     # results/tinyimagenet/study.yaml: its cells are committed Tiny ImageNet checkpoints (200 classes, 64 px)
     cells = _committed_study_cells("results/tinyimagenet/study.yaml", "tinyimagenet")
-    assert [(c.model.name, c.variant, c.T) for c in cells] == [
+    assert [(c.model.label, c.variant, c.T) for c in cells] == [
         ("squeezenet1_1", "cnn", None), ("squeezenet1_1", "cnn-q", None), ("squeezenet1_1", "cnn-p", None),
         ("squeezenet1_1", "snn", 4), ("squeezenet1_1", "snn-p", 4),
-        ("mnasnet_b1", "cnn", None), ("mnasnet_b1", "cnn-q", None), ("mnasnet_b1", "snn", 4),
-        ("shufflenetv2_x1_0", "cnn", None), ("shufflenetv2_x1_0", "cnn-q", None), ("shufflenetv2_x1_0", "snn", 4),
-        ("xception_mini", "cnn", None), ("xception_mini", "cnn-q", None), ("xception_mini", "snn", 4)]
+        ("mnasnet", "cnn", None), ("mnasnet", "cnn-q", None), ("mnasnet", "snn", 4),
+        ("mnasnet-x0.35", "cnn", None), ("mnasnet-x0.35", "cnn-q", None), ("mnasnet-x0.35", "snn", 4),
+        ("shufflenetv2", "cnn", None), ("shufflenetv2", "cnn-q", None), ("shufflenetv2", "snn", 4),
+        ("xception", "cnn", None), ("xception", "cnn-q", None), ("xception", "snn", 4)]
     for c in cells:
         meta = torch.load(REPO / c.checkpoint, map_location="cpu", weights_only=False)
         assert meta["data"]["dataset"] == "tinyimagenet" and meta["model_spec"]["num_classes"] == 200
+        # each entry's checkpoints are of its own width (two MnasNet widths side by side)
+        assert (meta["model_spec"]["name"], meta["model_spec"]["width"]) == (c.model.name, c.model.width)
         assert (REPO / c.checkpoint).stat().st_size <= 5 << 20
 
 
