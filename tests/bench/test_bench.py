@@ -536,6 +536,7 @@ def test_committed_tinyimagenet_study_imports_its_checkpoints():
         ("squeezenet1_1", "snn", 4), ("squeezenet1_1", "snn-p", 4),
         ("mnasnet", "cnn", None), ("mnasnet", "cnn-q", None), ("mnasnet", "snn", 4),
         ("mnasnet-x0.35", "cnn", None), ("mnasnet-x0.35", "cnn-q", None), ("mnasnet-x0.35", "snn", 4),
+        ("mixnet", "cnn", None), ("mixnet", "cnn-q", None), ("mixnet", "snn", 4),
         ("shufflenetv2", "cnn", None), ("shufflenetv2", "cnn-q", None), ("shufflenetv2", "snn", 4),
         ("xception", "cnn", None), ("xception", "cnn-q", None), ("xception", "snn", 4)]
     for c in cells:

@@ -101,3 +101,18 @@ spikelite convert "$RUNS/pq8/best.pt" --out "$RUNS/snn-p.pt" --T 4 --burst 8 --r
 #      SqueezeNet-P SNN: 0.1246 mJ); memory-aware (45nm-fp32-mem) 1.23x. snn-p/energy.txt.
 spikelite energy results/tinyimagenet/squeezenet1_1/snn-p/best.pt --samples 1000 \
   --cnn results/tinyimagenet/squeezenet1_1/cnn2/best.pt --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 2
+
+# --- Session 22 (2026-12-06, code ef11327, the 2-core Zen 4 VM, torch 2.14.1): the pruned QCFS CNN trained on.
+# Commands 10-11's checkpoints (47.79 / 47.78 %) are in git history at ef11327; cnn-p/ and snn-p/ now hold command
+# 13-14's.
+# 12. Command 10's CNN-P (still climbing at the end of its cosine run), 10 more epochs at lr 0.02 (cosine, no warm-up),
+#     distilled from command 6's CNN as before; one thread beside other one-thread runs, 607-640 s an epoch, 6,334 s
+#     in all. Validation: 47.79 % before, 40.86 after the first epoch at the restarted learning rate, then 40.94,
+#     41.61, 43.74, 44.84, 47.24, 47.63, 49.04, **49.37 %** (epoch 9, best.pt; macro-F1 0.488), 49.30 (10; train
+#     accuracy 55.7 %). Converted as command 11 (T = 4, rate 2, bursts of 8; 188 s on one shared thread): 49.35 %
+#     against its 49.36 % in the same check.
+spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/pq8/best.pt" --epochs 10 \
+  --lr 0.02 --warmup-epochs 0 --distill-from "$RUNS/cnn2/best.pt" --threads 1 --out "$RUNS/pq8b" \
+  --save-every-steps 100 --state-dtype bfloat16 --no-tensorboard
+spikelite convert "$RUNS/pq8b/best.pt" --out "$RUNS/snn-pb.pt" --T 4 --burst 8 --rate 2 --check 10000 --check-T 4 \
+  --threads 1
