@@ -104,7 +104,7 @@ spikelite energy results/tinyimagenet/squeezenet1_1/snn-p/best.pt --samples 1000
 
 # --- Session 22 (2026-12-06, code ef11327, the 2-core Zen 4 VM, torch 2.14.1): the pruned QCFS CNN trained on.
 # Commands 10-11's checkpoints (47.79 / 47.78 %) are in git history at ef11327; cnn-p/ and snn-p/ now hold command
-# 13-14's.
+# 12's (cnn-p/train.log, log.csv: the 10 epochs).
 # 12. Command 10's CNN-P (still climbing at the end of its cosine run), 10 more epochs at lr 0.02 (cosine, no warm-up),
 #     distilled from command 6's CNN as before; one thread beside other one-thread runs, 607-640 s an epoch, 6,334 s
 #     in all. Validation: 47.79 % before, 40.86 after the first epoch at the restarted learning rate, then 40.94,
@@ -115,4 +115,19 @@ spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-fro
   --lr 0.02 --warmup-epochs 0 --distill-from "$RUNS/cnn2/best.pt" --threads 1 --out "$RUNS/pq8b" \
   --save-every-steps 100 --state-dtype bfloat16 --no-tensorboard
 spikelite convert "$RUNS/pq8b/best.pt" --out "$RUNS/snn-pb.pt" --T 4 --burst 8 --rate 2 --check 10000 --check-T 4 \
+  --threads 1
+# 12b. The SNN-P's energy on 1,000 seeded validation images against command 6's (unpruned) CNN:
+#      80.4M ACs, 1.77M MACs (the stem) per image, 25.7 % firing: **0.0805 mJ** (45nm-fp32), 5.43x below the CNN's
+#      0.4368 (the paper's SqueezeNet-P SNN: 0.1246 mJ); memory-aware 1.21x. snn-p/energy.txt.
+spikelite energy results/tinyimagenet/squeezenet1_1/snn-p/best.pt --samples 1000 \
+  --cnn results/tinyimagenet/squeezenet1_1/cnn2/best.pt --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 2
+# 13. Tried, not kept: L = 16 instead of 8. Command 12's CNN-P rebuilt with QCFS L = 16 (λ re-estimated from the
+#     99.9th percentiles): 49.72 % before training; one epoch at lr 0.005 with the same distillation (724 s, one
+#     shared thread): 49.80 % (macro-F1 0.491); converted at T = 4, rate 4, bursts of 16: **49.80 %** (its CNN-P
+#     49.80 % in the same check, 107 s), but 0.1369 mJ per image (143.1M ACs, 45.9 % firing; 3.19x below the CNN),
+#     above the paper's 0.1246 mJ, for 0.45 points: still below the issue's 50 %. Not in the study.
+spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/pq8b/best.pt" \
+  --model-opt act_levels=16 --epochs 1 --lr 0.005 --warmup-epochs 0 --distill-from "$RUNS/cnn2/best.pt" --threads 1 \
+  --out "$RUNS/pq16" --save-every-steps 100 --state-dtype bfloat16 --no-tensorboard
+spikelite convert "$RUNS/pq16/best.pt" --out "$RUNS/snn-p16.pt" --T 4 --burst 16 --rate 4 --check 10000 --check-T 4 \
   --threads 1
