@@ -4,8 +4,8 @@
 # images (50 per class, split_seed 0) for validation. MixNet-S at width 0.1 with ReLU activations (act=relu: a
 # convertible CNN needs ReLU/QCFS activations; the squeeze-excitation gates stay sigmoid, as on CIFAR-10), the zoo's
 # 64 px rule (stride-2 stem): 415.7k parameters at 200 classes (most in the 1536-wide conv_head and the classifier),
-# 2.08 M MACs per image. Width 0.1 rather than the CIFAR-10 study's 0.05: measured here at 1 thread, batch 128, a
-# training step costs 0.195 s at x0.05 and 0.212 s at x0.1.
+# 2.08 M MACs per image. Width 0.1 rather than the CIFAR-10 study's 0.05, for more capacity at 200 classes (MnasNet
+# at its CIFAR-10 width underfit).
 # Session 22 (2026-12-06), code ef11327, the 2-core Zen 4 VM, torch 2.14.1, one thread beside a one-thread
 # SqueezeNet run.
 set -euo pipefail
