@@ -72,9 +72,27 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _is_flat(items: list) -> bool:
+    return all(v is None or isinstance(v, (bool, int, float)) for v in items)
+
+
+def _format_json(obj, pad: str = "") -> str:
+    """Indented JSON, except that a list of numbers (a confusion-matrix row, a per-class score list) stays on
+    one line: a 200-class matrix is 200 lines, not 40,000."""
+    inner = pad + "  "
+    if isinstance(obj, dict) and obj:
+        body = ",\n".join(f"{inner}{json.dumps(str(k))}: {_format_json(v, inner)}" for k, v in obj.items())
+        return "{\n" + body + "\n" + pad + "}"
+    if isinstance(obj, list) and obj and not _is_flat(obj):
+        return "[\n" + ",\n".join(inner + _format_json(v, inner) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """``obj`` as indented JSON (paths as strings, tensors and arrays as lists), written atomically."""
-    return atomic_write(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """``obj`` as indented JSON (paths as strings, tensors and arrays as lists; lists of numbers on one line),
+    written atomically."""
+    plain = json.loads(json.dumps(obj, default=_json_default))
+    return atomic_write(path, _format_json(plain) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict | None:

@@ -69,3 +69,24 @@ def test_cells_trained_under_an_earlier_default_are_not_taken_for_the_spec_s_cel
     with pytest.raises(SpikeliteError, match=r"trained with other settings \(changed: model_defaults.pool\)"):
         B.run_bench(spec, quiet=True)
     assert os.listdir(tmp_path / "run") == ["cells"]
+
+
+def test_result_json_keeps_a_confusion_matrix_row_on_one_line(tmp_path):
+    # A 200-class confusion matrix written one number per line made each Tiny ImageNet cell's result.json
+    # ~40,000 lines; rows of numbers now stay on one line and the file reads back unchanged.
+    import math
+
+    import torch
+
+    from spikelite._io import read_json, write_json
+
+    conf = torch.arange(200 * 200).reshape(200, 200)
+    obj = {"metrics": {"acc": 0.5, "confusion": conf, "per_class": [0.1, None, float("nan")]},
+           "cells": [{"id": "a"}, {"id": "b"}], "empty": [], "path": tmp_path}
+    p = write_json(tmp_path / "result.json", obj)
+    text = p.read_text()
+    assert len(text.splitlines()) < 230
+    back = read_json(p)
+    assert back["metrics"]["confusion"] == conf.tolist()
+    assert back["metrics"]["per_class"][:2] == [0.1, None] and math.isnan(back["metrics"]["per_class"][2])
+    assert back["cells"] == [{"id": "a"}, {"id": "b"}] and back["empty"] == [] and back["path"] == str(tmp_path)
