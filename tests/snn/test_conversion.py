@@ -328,7 +328,7 @@ def test_bursts_make_the_snn_at_T_equal_L_the_qcfs_cnn_and_count_as_that_many_ev
     assert row.op == "AC" and row.acs * x.shape[0] == pytest.approx(float(expect))
 
 
-def test_train_converts_with_convert_and_fine_tunes_a_conversion_if_snn(tmp_path):
+def test_train_converts_with_convert_and_fine_tunes_a_conversion_if_snn(tmp_path, capsys):
     """spikelite train --init-from CNN.pt --neuron kind=conversion_if: convert() (no BatchNorm
     re-estimation), then surrogate-gradient fine-tuning; and a ReLU CNN fine-tuned into a QCFS CNN."""
     D.clear_memory_cache()
@@ -347,6 +347,13 @@ def test_train_converts_with_convert_and_fine_tunes_a_conversion_if_snn(tmp_path
     assert qmeta["model_spec"]["act_levels"] == 4 and q["kind"] == "cnn"
     lams = [m.threshold for m in qnet.modules() if isinstance(m, QCFS)]
     assert lams and all(v > 0 for v in lams) and len(set(lams)) > 1  # per layer, from the calibration
+    # a QCFS CNN given other levels: its λ re-estimated from its own (clipped) outputs, and the log says so
+    T.train(T.load_config(None, {**base, "epochs": 1, "init_from": str(tmp_path / "q" / "best.pt"),
+                                 "model.options.act_levels": 8, "snn.calibration_size": 64, "optim.lr": 0.001,
+                                 "quiet": False, "out": str(tmp_path / "q8")}))
+    log = capsys.readouterr().out
+    assert "QCFS activations re-levelled (L=4 -> 8" in log and "learned λ not kept" in log
+    assert C.load_model(tmp_path / "q8" / "best.pt")[1]["model_spec"]["act_levels"] == 8
     # the QCFS CNN converted with bursts, then fine-tuned one epoch with surrogate gradients
     cfg = T.load_config(None, {**base, "mode": "snn", "epochs": 1, "init_from": str(tmp_path / "q" / "best.pt"),
                                "snn.T": 4, "snn.neuron": {"kind": "conversion_if", "burst": 4},

@@ -87,9 +87,11 @@ def _qcfs_requested(cfg: TrainConfig, src_meta: dict) -> bool:
 
 
 def _to_qcfs(src: nn.Module, src_meta: dict, cfg: TrainConfig, train_data: ImageData, log) -> nn.Module:
-    """``src`` (a ReLU CNN) rebuilt with QCFS activations (``model.options.act_levels`` and
-    ``act_threshold``), its weights loaded; each learned λ starts at the ``snn.balance`` percentile (99.9
-    by default) of the ReLU's output it replaces, on ``snn.calibration_size`` training images."""
+    """``src`` (a ReLU CNN, or a QCFS CNN given new levels) rebuilt with QCFS activations
+    (``model.options.act_levels`` and ``act_threshold``), its weights loaded; each learned λ starts at the
+    ``snn.balance`` percentile (99.9 by default) of the output of the activation it replaces, on
+    ``snn.calibration_size`` training images (for a QCFS source: its clipped, quantised outputs, so a learned λ
+    is re-estimated, not carried over)."""
     opts = cfg.model.options
     if "act_levels" not in opts:
         raise SpikeliteError("model.options.act_threshold needs model.options.act_levels (the QCFS levels)")
@@ -121,8 +123,12 @@ def _to_qcfs(src: nn.Module, src_meta: dict, cfg: TrainConfig, train_data: Image
         for p, values in outs.items():
             model.get_submodule(p).set_threshold(activation_percentile(values, q))
             n += 1
-    log(f"{cfg.init_from}: ReLU activations replaced by QCFS (L={spec['act_levels']}"
-        + (f", {n} thresholds λ from the {cfg.snn.balance or 99.9} percentile of the ReLU outputs" if n else "") + ")")
+    old_levels = src_meta["model_spec"].get("act_levels")
+    what = (f"QCFS activations re-levelled (L={old_levels} -> {spec['act_levels']}"
+            if old_levels is not None else f"ReLU activations replaced by QCFS (L={spec['act_levels']}")
+    outputs = "its QCFS outputs (its learned λ not kept)" if old_levels is not None else "the ReLU outputs"
+    log(f"{cfg.init_from}: {what}"
+        + (f", {n} thresholds λ from the {cfg.snn.balance or 99.9} percentile of {outputs}" if n else "") + ")")
     return model
 
 
