@@ -131,3 +131,32 @@ spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-fro
   --out "$RUNS/pq16" --save-every-steps 100 --state-dtype bfloat16 --no-tensorboard
 spikelite convert "$RUNS/pq16/best.pt" --out "$RUNS/snn-p16.pt" --T 4 --burst 16 --rate 4 --check 10000 --check-T 4 \
   --threads 1
+
+# --- Session 23 (2026-12-06/07, code 5840ae3 (training) / ea222bc (conversion, energy, bench); a 2-core AMD EPYC
+# Zen 3 VM (AVX2, no AVX-512; about 1.5x slower a step than the Zen 4 VM of sessions 18-22), torch 2.14.1).
+# Command 12's checkpoints (49.37 / 49.35 %) are in git history at d5b6d2e; cnn-p/ and snn-p/ now hold command 14's.
+# 14. Command 12's CNN-P, 10 more epochs at lr 0.01 (cosine, no warm-up), distilled from command 6's CNN as before.
+#     Steps 1-800 on one thread beside a one-thread MixNet run (1,086 s the first epoch), then resumed alone on two
+#     threads (--resume --threads 2, 523-690 s an epoch; 1,226-1,330 s for epochs 6-7, which shared the cores with
+#     the test suite); 2 h 26 min wall. Validation: 49.37 % before, 44.55 after the first epoch at the restarted
+#     learning rate, then 45.66, 45.15, 47.27, 47.47, 48.44, 49.53, **50.05 %** (epoch 8, best.pt; macro-F1 0.494),
+#     50.04 (9), 49.88 (10; train accuracy 57.2 %). best.pt is the best epoch by this same validation split (as
+#     for every checkpoint here); the last epoch's network is 49.88 %.
+#       spikelite train --data "$DATA" --out "$RUNS/pq8c" --resume --threads 2 --state-dtype bfloat16
+spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" \
+  --init-from results/tinyimagenet/squeezenet1_1/cnn-p/best.pt --epochs 10 --lr 0.01 --warmup-epochs 0 \
+  --distill-from results/tinyimagenet/squeezenet1_1/cnn2/best.pt --threads 1 --out "$RUNS/pq8c" \
+  --save-every-steps 100 --state-dtype bfloat16 --no-tensorboard
+# 14a. The SNN-P, converted with no training: T = 4, rate 2, bursts of 8 (one thread beside the run's last epoch,
+#      4 min 31 s wall, 190 s the check): **50.03 %** on all 10,000 validation images against its CNN-P's 50.04 % in
+#      the same check (-0.01 points; the training loop's evaluation said 50.05 %). snn-p/ (convert.log).
+spikelite convert "$RUNS/pq8c/best.pt" --out "$RUNS/snn-pc.pt" --T 4 --burst 8 --rate 2 --check 10000 --check-T 4 \
+  --threads 1
+# 14b. Its energy on 1,000 seeded validation images against command 6's (unpruned) CNN (1 min 29 s, one thread):
+#      82.1M ACs, 1.77M MACs (the stem) per image, 26.2 % firing: **0.0820 mJ** (45nm-fp32), 5.33x below the CNN's
+#      0.4368 (the paper's SqueezeNet-P SNN: 0.1246 mJ); memory-aware (45nm-fp32-mem) 1.19x. snn-p/energy.txt.
+spikelite energy results/tinyimagenet/squeezenet1_1/snn-p/best.pt --samples 1000 \
+  --cnn results/tinyimagenet/squeezenet1_1/cnn2/best.pt --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 1
+# 14c. The benchmark report, the two changed cells (cnn-p, snn-p) re-measured, the 18 others reused by their
+#      fingerprints (2 min 29 s wall, two threads): CNN-P 50.04 %, SNN-P 50.03 %, 0.08287 mJ on its own 1,000 images.
+spikelite bench results/tinyimagenet/study.yaml --data-root tinyimagenet="$DATA" --threads 2
