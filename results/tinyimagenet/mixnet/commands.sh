@@ -45,3 +45,20 @@ spikelite energy results/tinyimagenet/mixnet/snn/best.pt --samples 1000 --cnn re
 spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from "$RUNS/mix10-q16/best.pt" \
   --epochs 10 --lr 0.02 --warmup-epochs 0 --channels-last --threads 1 --out "$RUNS/mix10-q16b" --save-every-steps 100 \
   --state-dtype bfloat16 --no-tensorboard
+
+# --- Session 23 (2026-12-06/07, code 5840ae3-ea222bc, a 2-core AMD EPYC Zen 3 VM (AVX2, no AVX-512: about 1.5-2.5x
+# slower a step than the Zen 4 VM of sessions 18-22), torch 2.14.1): a wider MixNet, in progress.
+# 5. MixNet-S x0.35 (ReLU variant): 779.0k parameters at 200 classes (x0.1: 415.7k), the route of MnasNet x0.35
+#    (18 CNN epochs, then a QCFS L = 16 phase of about 9 epochs at lr 0.03). 490-558 s an epoch on one thread beside
+#    the one-thread SqueezeNet run (0.70 s a step): 2.47 % after epoch 1, 4.70 % after epoch 2. Stopped at step 1,600
+#    (epoch 3, batch 192) to give the SqueezeNet run both cores, resumed alone on two threads after it (0.61 s a step:
+#    two threads barely help MixNet's mixed depthwise convs; run it on one thread beside another job): 5.86 % after
+#    epoch 3 (315 s for its last 512 steps). Stopped again at step 2,400 (epoch 4, batch 288) at the session's end;
+#    its resumable state (bfloat16, 4.96 MB) is committed as wip-x0.35/ (last.pt, config.yaml, log.csv, train.log).
+#    Resume with:
+#      mkdir -p "$RUNS/mix35" && cp results/tinyimagenet/mixnet/wip-x0.35/{last.pt,config.yaml,log.csv} "$RUNS/mix35/"
+#      spikelite train --data "$DATA" --out "$RUNS/mix35" --resume --threads 1 --state-dtype bfloat16
+#    (the stored config names --out /work/runs/ti/mix35; --out and --threads may differ on resume.)
+spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --out "$RUNS/mix35" --model mixnet_s --width 0.35 \
+  --model-opt act=relu --epochs 18 --threads 1 --channels-last --save-every-steps 100 --state-dtype bfloat16 \
+  --no-tensorboard
