@@ -54,11 +54,12 @@ spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-fro
 #    (epoch 3, batch 192) to give the SqueezeNet run both cores, resumed alone on two threads after it (0.61 s a step:
 #    two threads barely help MixNet's mixed depthwise convs; run it on one thread beside another job): 5.86 % after
 #    epoch 3 (315 s for its last 512 steps). Stopped again at step 2,400 (epoch 4, batch 288) at the session's end;
-#    its resumable state (bfloat16, 4.96 MB) is committed as wip-x0.35/ (last.pt, config.yaml, log.csv, train.log).
-#    Resume with:
-#      mkdir -p "$RUNS/mix35" && cp results/tinyimagenet/mixnet/wip-x0.35/{last.pt,config.yaml,log.csv} "$RUNS/mix35/"
-#      spikelite train --data "$DATA" --out "$RUNS/mix35" --resume --threads 1 --state-dtype bfloat16
-#    (the stored config names --out /work/runs/ti/mix35; --out and --threads may differ on resume.)
+#    its resumable state (bfloat16) was committed as wip-x0.35/. Session 24 (2026-12-07, same Zen 3 VM, code 57ee8e6)
+#    resumed it on one thread beside the one-thread CIFAR-10 SqueezeNet run (--resume --threads 1 --state-dtype
+#    bfloat16; 2 h 30 min wall for epochs 4-18, 540-685 s an epoch): 4.30 (val loss 6.8 right after the resume,
+#    train accuracy 10.7 %), 13.82, 11.47, 15.32, 20.39, 18.09, 21.74, 21.09, 27.16, 29.33, 33.52, 35.82, 36.69,
+#    **37.67 %** (epoch 17, best.pt), 37.66 % (train accuracy 42.9 %). cnn-x0.35/ (log.csv, train.log, config.yaml).
+#    Next: its QCFS L = 16 phase (about 9 epochs at lr 0.03), then conversion at T = 4, rate 4, bursts of 16.
 spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --out "$RUNS/mix35" --model mixnet_s --width 0.35 \
   --model-opt act=relu --epochs 18 --threads 1 --channels-last --save-every-steps 100 --state-dtype bfloat16 \
   --no-tensorboard
