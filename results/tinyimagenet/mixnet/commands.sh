@@ -63,3 +63,13 @@ spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-fro
 spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --out "$RUNS/mix35" --model mixnet_s --width 0.35 \
   --model-opt act=relu --epochs 18 --threads 1 --channels-last --save-every-steps 100 --state-dtype bfloat16 \
   --no-tensorboard
+# 6. Session 24: its QCFS CNN (L = 16, each λ from the 99.9th percentile of the ReLU output it replaces): 30.18 %
+#    before training, 27.13 % after epoch 1 (457 s on two threads). Stopped at the session's end near step 1,000 of
+#    6,336; its resumable state (bfloat16, 4.98 MB) is committed as wip-x0.35-q16/ (last.pt, config.yaml, log.csv,
+#    train.log). Resume with:
+#      mkdir -p "$RUNS/mix35-q16" && cp results/tinyimagenet/mixnet/wip-x0.35-q16/{last.pt,config.yaml,log.csv} "$RUNS/mix35-q16/"
+#      spikelite train --data "$DATA" --out "$RUNS/mix35-q16" --resume --threads 1 --state-dtype bfloat16
+#    then convert: spikelite convert "$RUNS/mix35-q16/best.pt" --T 4 --rate 4 --burst 16 --check 10000 --check-T 4
+spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from results/tinyimagenet/mixnet/cnn-x0.35/best.pt \
+  --model-opt act_levels=16 --model-opt act_threshold=1.0 --epochs 9 --lr 0.03 --warmup-epochs 0 --channels-last \
+  --threads 2 --out "$RUNS/mix35-q16" --save-every-steps 100 --state-dtype bfloat16 --no-tensorboard
