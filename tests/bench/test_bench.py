@@ -537,12 +537,13 @@ def test_committed_tinyimagenet_study_imports_its_checkpoints():
         ("mnasnet", "cnn", None), ("mnasnet", "cnn-q", None), ("mnasnet", "snn", 4),
         ("mnasnet-x0.35", "cnn", None), ("mnasnet-x0.35", "cnn-q", None), ("mnasnet-x0.35", "snn", 4),
         ("mixnet", "cnn", None), ("mixnet", "cnn-q", None), ("mixnet", "snn", 4),
+        ("mixnet-x0.35", "cnn", None), ("mixnet-x0.35", "cnn-q", None), ("mixnet-x0.35", "snn", 4),
         ("shufflenetv2", "cnn", None), ("shufflenetv2", "cnn-q", None), ("shufflenetv2", "snn", 4),
         ("xception", "cnn", None), ("xception", "cnn-q", None), ("xception", "snn", 4)]
     for c in cells:
         meta = torch.load(REPO / c.checkpoint, map_location="cpu", weights_only=False)
         assert meta["data"]["dataset"] == "tinyimagenet" and meta["model_spec"]["num_classes"] == 200
-        # each entry's checkpoints are of its own width (two MnasNet widths side by side)
+        # each entry's checkpoints are of its own width (two MnasNet and two MixNet widths side by side)
         assert (meta["model_spec"]["name"], meta["model_spec"]["width"]) == (c.model.name, c.model.width)
         assert (REPO / c.checkpoint).stat().st_size <= 5 << 20
 

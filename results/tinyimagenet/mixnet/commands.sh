@@ -69,7 +69,23 @@ spikelite train -c configs/cnn_tinyimagenet.yaml --data "$DATA" --out "$RUNS/mix
 #    train.log). Resume with:
 #      mkdir -p "$RUNS/mix35-q16" && cp results/tinyimagenet/mixnet/wip-x0.35-q16/{last.pt,config.yaml,log.csv} "$RUNS/mix35-q16/"
 #      spikelite train --data "$DATA" --out "$RUNS/mix35-q16" --resume --threads 1 --state-dtype bfloat16
-#    then convert: spikelite convert "$RUNS/mix35-q16/best.pt" --T 4 --rate 4 --burst 16 --check 10000 --check-T 4
+#    Session 25 (2026-12-07, the same Zen 3 VM, code c4d1130) resumed it so, on one thread beside the one-thread
+#    CIFAR-10 SqueezeNet run (1 h 17 min wall for epochs 2-9, 216-599 s an epoch): 28.78, 31.64, 32.63, 34.57, 35.68,
+#    38.60, **39.72 %** (epoch 8, best.pt), 38.82 % (train accuracy 45.1 %). cnn-q-x0.35/ (log.csv, train.log with
+#    both sessions' output, config.yaml, summary.json).
 spikelite train --cnn -c configs/cnn_tinyimagenet.yaml --data "$DATA" --init-from results/tinyimagenet/mixnet/cnn-x0.35/best.pt \
   --model-opt act_levels=16 --model-opt act_threshold=1.0 --epochs 9 --lr 0.03 --warmup-epochs 0 --channels-last \
   --threads 2 --out "$RUNS/mix35-q16" --save-every-steps 100 --state-dtype bfloat16 --no-tensorboard
+# 7. Session 25 (code c4d1130, the Zen 3 VM, one thread beside the CIFAR-10 run): the QCFS CNN converted at T = 4,
+#    rate 4, bursts of 16, no SNN training (2 min 38 s wall): CNN 39.72 %, **SNN 39.58 %** (-0.14) on all 10,000
+#    validation images (snn-x0.35/convert.log); paper's MixNet SNN: 34 %.
+spikelite convert "$RUNS/mix35-q16/best.pt" --out "$RUNS/mix35-snn.pt" --T 4 --rate 4 --burst 16 --check 10000 \
+  --check-T 4 --threads 1
+# 7b. Its energy against its ReLU CNN (54 s; snn-x0.35/energy.txt): 2.37M ACs, 11.18M MACs (effective 8.12M),
+#     63.4 % firing, 0.05358 mJ per image against the CNN's 0.02012 mJ (0.38x: it spends 2.7x more; paper's MixNet
+#     SNN 0.0093 mJ), memory-aware 0.30x.
+spikelite energy "$RUNS/mix35-snn.pt" --samples 1000 --cnn results/tinyimagenet/mixnet/cnn-x0.35/best.pt \
+  --profile 45nm-fp32 --profile 45nm-fp32-mem --threads 1
+# 7c. Its three cells (mixnet-x0.35 in study.yaml) added to the bench (181 s on one thread for the 3 new cells, the
+#     20 others reused; code c4d1130 + the study.yaml entry): CNN 37.67 %, QCFS CNN 39.72 %, SNN 39.58 %, 0.05357 mJ.
+spikelite bench results/tinyimagenet/study.yaml --data-root tinyimagenet="$DATA" --threads 1
