@@ -189,7 +189,7 @@ spikelite energy results/cifar10/squeezenet1_1/snn-p-q/best.pt --samples 1000 \
 # 29. The QCFS CNN-P of command 26 (83.26 %), a new 24-epoch cosine cycle at lr 0.05 (no warm-up, no distillation):
 #     74.96 after the restart, then 77.12 (ep 3), 75.66 (6), 79.86 (9), 81.30 (12), 82.88 (15), 83.74 (17), 84.24 (19),
 #     85.18 (21), 85.26, **85.34 %** (epoch 23, best.pt), 85.32 (train accuracy 92.9 %). 2 h 26 min wall (318-396 s an
-#     epoch). cnn-p-q24/ (the study's cnn-p): +2.08 points, still 0.66 short of 86 %.
+#     epoch). cnn-p-q24/ (the study's cnn-p until session 25): +2.08 points, still 0.66 short of 86 %.
 spikelite train --cnn -c configs/cnn_cifar10.yaml --data "$DATA" --init-from results/cifar10/squeezenet1_1/cnn-p-q/best.pt \
   --epochs 24 --lr 0.05 --warmup-epochs 0 --channels-last --threads 1 --out "$RUNS/sqp_q4_24" --save-every-steps 100 \
   --state-dtype bfloat16 --no-tensorboard
